@@ -1,0 +1,51 @@
+"""Command line: ``python -m ebmhelpers {run,bench,prepare-data}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ebmhelpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the numbered notebooks in order, headless")
+    run.add_argument("--profile", help="smoke | colab | paper (default: EBM_PROFILE, else by device)")
+    run.add_argument("--inplace", action="store_true", help="overwrite notebooks/ with the executed copies")
+    run.add_argument("--out", help="folder for executed copies (default runs/<profile>/)")
+    run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 01")
+
+    bench = sub.add_parser("bench", help="SGLD and training throughput on this device")
+    bench.add_argument("--profile", help="profile whose SGLD settings are measured")
+    bench.add_argument("--batch", type=int, default=None, help="images per SGLD batch")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--models", nargs="*", help="subset of models to measure")
+    bench.add_argument("--out", help="write the table as CSV here")
+
+    prep = sub.add_parser("prepare-data", help="gunzip an offline copy of MNIST/Fashion-MNIST into the data root")
+    prep.add_argument("source", help="folder with mnist/ and fashion-mnist/ *.gz files (e.g. ../shared/data)")
+    prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        from .notebooks import run_notebooks
+
+        timings = run_notebooks(args.profile, out_dir=args.out, inplace=args.inplace, only=args.only)
+        print("\n".join(f"{name:32s} {sec:8.0f} s" for name, sec in timings))
+    elif args.command == "bench":
+        from .bench import run_bench
+
+        table = run_bench(args.profile, batch=args.batch, repeats=args.repeats, models=args.models)
+        print(table.to_string(index=False))
+        if args.out:
+            table.to_csv(args.out, index=False)
+    elif args.command == "prepare-data":
+        from .data import install_offline_copy
+
+        print(f"data root: {install_offline_copy(args.source, args.root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

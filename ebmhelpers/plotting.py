@@ -1,0 +1,93 @@
+"""Figures of the series: image grids, SGLD chain strips, training curves, energy histograms.
+
+Each function draws on a new (or given) matplotlib figure and, with ``save=path``, writes it as
+a PNG so that ``figures/`` only holds what the committed code produces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+import torchvision
+
+
+def _finish(fig: plt.Figure, title: str | None, save: str | Path | None) -> plt.Figure:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if save is not None:
+        fig.savefig(save, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def image_grid(
+    images: torch.Tensor, nrow: int = 10, title: str | None = None, save: str | Path | None = None, ax=None
+) -> plt.Figure:
+    """A grid of [-1, 1] images (N, 1, 28, 28)."""
+    grid = torchvision.utils.make_grid(images.detach().float().cpu(), nrow=nrow, value_range=(-1, 1), normalize=True, pad_value=1)
+    if ax is None:
+        rows = -(-len(images) // nrow)
+        fig, ax = plt.subplots(figsize=(nrow * 0.6, rows * 0.6 + 0.4))
+    else:
+        fig = ax.figure
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray")
+    ax.axis("off")
+    return _finish(fig, title, save)
+
+
+def chain_strip(
+    chain: torch.Tensor, steps: list[int] | None = None, n_chains: int = 6, title: str | None = None,
+    save: str | Path | None = None,
+) -> plt.Figure:
+    """Rows of SGLD chains (T, N, 1, 28, 28) from noise (left) to samples (right)."""
+    T = chain.shape[0]
+    n = min(n_chains, chain.shape[1])
+    fig, axes = plt.subplots(n, T, figsize=(T * 0.7, n * 0.7 + 0.5), squeeze=False)
+    for i in range(n):
+        for t in range(T):
+            ax = axes[i, t]
+            ax.imshow(chain[t, i, 0].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 and steps is not None:
+                ax.set_title(str(steps[t]), fontsize=7)
+    return _finish(fig, title, save)
+
+
+def training_curves(history: pd.DataFrame, title: str | None = None, save: str | Path | None = None, smooth: int = 1) -> plt.Figure:
+    """Loss terms and mean energies of real and sampled images against the iteration."""
+    h = history.set_index("step").rolling(max(1, smooth), min_periods=1).mean()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(h.index, h["loss"], label="loss")
+    axes[0].plot(h.index, h["cd"], label="E(x+) - E(x-)")
+    axes[0].plot(h.index, h["reg"], label="alpha (E+^2 + E-^2)")
+    axes[0].set_title("loss terms")
+    axes[1].plot(h.index, h["e_real"], label="E(real)")
+    axes[1].plot(h.index, h["e_fake"], label="E(SGLD sample)")
+    axes[1].set_title("mean energies")
+    axes[2].plot(h.index, h["lr"])
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _finish(fig, title, save)
+
+
+def energy_histograms(
+    energies: dict[str, torch.Tensor], title: str | None = None, save: str | Path | None = None, ax=None
+) -> plt.Figure:
+    """Overlaid densities of -E (higher = more digit-like) for several image sets."""
+    df = pd.concat(
+        [pd.DataFrame({"-E(x)": (-e).float().cpu().numpy(), "set": k}) for k, e in energies.items()], ignore_index=True
+    )
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    sns.histplot(df, x="-E(x)", hue="set", stat="density", common_norm=False, element="step", ax=ax)
+    return _finish(fig, title, save)

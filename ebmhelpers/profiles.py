@@ -1,0 +1,198 @@
+"""Named run profiles: every size, step count and learning rate of the series lives here.
+
+Three profiles share the same code paths and differ only in scale:
+
+* ``smoke``  - CI on 2 CPU cores; every notebook executes in a few minutes. Results are
+  *not* meaningful digits; they only prove the pipeline runs end to end.
+* ``colab``  - the whole series in about an hour on a Colab T4 (an estimate from FLOP counts).
+* ``paper``  - the paper's settings, completed with P. Lippe's tutorial-8 recipe where the
+  paper is silent (the paper's reference [14]).
+
+Select one with the ``EBM_PROFILE`` environment variable or an explicit argument to
+:func:`get_profile`. Without either, the default is the profile that can run where Python was
+started: ``colab`` when CUDA is present, ``smoke`` otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+ENV_VAR = "EBM_PROFILE"
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """Settings of one SGLD run (Algorithm 1): ``steps`` updates of size ``step_size``."""
+
+    steps: int
+    step_size: float
+    noise_std: float
+    grad_clamp: float
+    clamp_range: tuple[float, float] | None = (-1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.step_size < 0 or self.noise_std < 0 or self.grad_clamp <= 0:
+            raise ValueError(f"invalid SGLD settings: {self}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All knobs of one run of the series. Frozen, so a notebook cannot drift from it."""
+
+    name: str
+    description: str
+    seed: int = 0
+
+    # ---- data -------------------------------------------------------------------------
+    train_subset: int | None = None  # None = all 60,000 training digits
+    test_subset: int | None = None  # None = all 10,000 test digits
+    data_noise_std: float = 0.005  # N(0, s) added to real images during training
+
+    # ---- sampler (Algorithm 1) --------------------------------------------------------
+    sgld_steps: int = 60
+    sgld_step_size: float = 10.0
+    sgld_noise_std: float = 0.005
+    sgld_grad_clamp: float = 0.03
+    gen_steps: int = 256  # SGLD steps when generating from noise for figures and metrics
+
+    # ---- replay buffer and PCD training (Algorithm 2) ---------------------------------
+    buffer_size: int = 8192
+    reinit_frac: float = 0.05
+    batch_size: int = 128
+    epochs: int = 60
+    max_iters_per_epoch: int | None = None  # None = one full pass over the training set
+    alpha: float = 0.1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.999)
+    lr_gamma: float = 0.97  # StepLR factor per epoch
+    grad_clip: float = 0.1  # gradient-norm clip
+    ckpt_every: int = 200  # iterations between checkpoints (and divergence checks)
+    max_abs_energy: float = 1e3  # the divergence guard fires above this |E|
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 5
+    amp_dtype: str | None = None  # "bf16" / "fp16": autocast for SGLD forward passes
+    compile: bool = False  # torch.compile the energy network (CUDA only)
+
+    # ---- evaluation -------------------------------------------------------------------
+    clf_epochs: int = 3
+    clf_train_subset: int | None = None
+    clf_batch_size: int = 128
+    n_gen: int = 10_000  # generated digits for IS and FID
+    gen_batch_size: int = 500
+    n_fid_real: int = 10_000  # real test digits for FID reference statistics
+    n_ood: int | None = None  # test digits per OOD table (None = whole test set)
+    eval_batch_size: int = 1000
+    latency_batch: int = 64
+    latency_repeats: int = 30
+    latency_warmup: int = 5
+
+    # ---- quantization (notebook 03) ---------------------------------------------------
+    n_calib: int = 1000  # held-out real digits to calibrate activation ranges
+
+    # ---- pruning (notebook 04) --------------------------------------------------------
+    prune_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    finetune_epochs: int = 7
+    lottery_rounds: int = 5
+
+    # ---- distillation (notebook 05) ---------------------------------------------------
+    distill_epochs: int = 30
+    distill_batch_size: int = 128
+
+    # ---- final comparison (notebook 06) -----------------------------------------------
+    budget_steps: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+    def sgld(self, steps: int | None = None) -> SGLDConfig:
+        """The SGLD settings used for training (or ``steps`` steps, e.g. for generation)."""
+        return SGLDConfig(
+            steps=self.sgld_steps if steps is None else steps,
+            step_size=self.sgld_step_size,
+            noise_std=self.sgld_noise_std,
+            grad_clamp=self.sgld_grad_clamp,
+        )
+
+    def replace(self, **changes) -> "Profile":
+        """A copy with some fields changed (e.g. a shorter fine-tuning run)."""
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        name="paper",
+        description="The paper's settings (60 epochs, K=60); a GPU job of about 4e17 FLOPs.",
+    ),
+    "colab": Profile(
+        name="colab",
+        description="Whole series in about an hour on a Colab T4: 20k digits, K=30, 4 epochs.",
+        train_subset=20_000,
+        sgld_steps=30,
+        gen_steps=128,
+        epochs=4,
+        ckpt_every=100,
+        clf_epochs=2,
+        n_gen=2_000,
+        n_fid_real=5_000,
+        n_ood=2_000,
+        n_calib=500,
+        prune_ratios=(0.2, 0.4, 0.6, 0.8),
+        finetune_epochs=1,
+        lottery_rounds=3,
+        distill_epochs=3,
+        budget_steps=(16, 32, 64, 128),
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="CI on 2 CPU cores: tiny subsets and few steps; proves the code runs, "
+        "its numbers are not meaningful.",
+        train_subset=512,
+        test_subset=512,
+        sgld_steps=10,
+        gen_steps=20,
+        buffer_size=256,
+        batch_size=16,
+        epochs=1,
+        max_iters_per_epoch=24,
+        ckpt_every=8,
+        clf_epochs=1,
+        clf_train_subset=4096,
+        clf_batch_size=64,
+        n_gen=64,
+        gen_batch_size=64,
+        n_fid_real=512,
+        n_ood=128,
+        eval_batch_size=128,
+        latency_batch=16,
+        latency_repeats=5,
+        latency_warmup=2,
+        n_calib=64,
+        prune_ratios=(0.3, 0.6),
+        finetune_epochs=1,
+        lottery_rounds=2,
+        distill_epochs=1,
+        distill_batch_size=32,
+        budget_steps=(5, 10, 20),
+    ),
+}
+
+
+def default_profile_name() -> str:
+    """The profile that can run here: ``colab`` on a CUDA machine, ``smoke`` on a CPU."""
+    return "colab" if torch.cuda.is_available() else "smoke"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the named profile, else the one ``EBM_PROFILE`` names, else the default.
+
+    Raises ``ValueError`` listing the valid names for an unknown profile.
+    """
+    chosen = name or os.environ.get(ENV_VAR) or default_profile_name()
+    try:
+        return PROFILES[chosen]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)} "
+            f"(argument or the {ENV_VAR} environment variable)"
+        ) from None

@@ -1,0 +1,171 @@
+"""SGLD (the paper's Algorithm 1) and the replay buffer of persistent chains (Algorithm 2).
+
+The step loop is written for accelerators: the network's parameters are frozen while sampling
+so backward computes only the input gradient, every operation stays on the device, and nothing
+in the loop reads a value back to the host (no ``.item()``, no Python branch on tensor data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .profiles import SGLDConfig
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class SamplingNotSupportedError(RuntimeError):
+    """The energy model gives no input gradient (e.g. an int8 model), so SGLD cannot run."""
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily set ``requires_grad=False`` on every parameter of ``model``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def energy_grad(
+    model: nn.Module, x: torch.Tensor, amp_dtype: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies E(x) and their input gradient dE/dx (parameters must already be frozen)."""
+    x = x.detach().requires_grad_(True)
+    dtype = AMP_DTYPES[amp_dtype]
+    with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        energy = model(x)
+    try:
+        (grad,) = torch.autograd.grad(energy.float().sum(), x)
+    except RuntimeError as err:
+        raise SamplingNotSupportedError(
+            f"{type(model).__name__} gives no gradient with respect to its input, so SGLD "
+            f"cannot follow -dE/dx. Quantized int8 kernels have no backward pass; use a "
+            f"weight-only or fake-quantized model to sample. (PyTorch said: {err})"
+        ) from err
+    return energy.detach().float(), grad
+
+
+def sgld(
+    model: nn.Module,
+    x: torch.Tensor,
+    cfg: SGLDConfig,
+    record_every: int | None = None,
+    amp_dtype: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run ``cfg.steps`` SGLD updates from ``x`` downhill on the energy (Algorithm 1).
+
+    Each step adds N(0, noise_std) noise, then moves by ``-step_size * clamp(dE/dx)``; the
+    samples stay inside ``cfg.clamp_range``. With ``record_every=k`` it also returns the chain,
+    a tensor (T, N, ...) of the state every k steps (step 0 included) for figures.
+    """
+    x = x.detach().clone()
+    lo, hi = cfg.clamp_range if cfg.clamp_range is not None else (None, None)
+    chain = [x.clone()] if record_every else None
+    noise = torch.empty_like(x)
+    with frozen(model):
+        for step in tqdm(range(cfg.steps), desc="SGLD", leave=False, disable=not progress):
+            x.add_(noise.normal_(0.0, cfg.noise_std))
+            if lo is not None:
+                x.clamp_(lo, hi)
+            _, grad = energy_grad(model, x, amp_dtype)
+            x.sub_(cfg.step_size * grad.clamp_(-cfg.grad_clamp, cfg.grad_clamp))
+            if lo is not None:
+                x.clamp_(lo, hi)
+            if record_every and (step + 1) % record_every == 0:
+                chain.append(x.clone())
+    return (x, torch.stack(chain)) if record_every else x
+
+
+def uniform_noise(n: int, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """Fresh chains: U(-1, 1) images."""
+    return torch.rand((n, *shape), device=device).mul_(2).sub_(1)
+
+
+class ReplayBuffer:
+    """Persistent chains for PCD: a fixed-size tensor of past samples on the device.
+
+    :meth:`sample` draws a batch of chain starts, ``reinit_frac`` of them fresh U(-1, 1)
+    noise and the rest random buffer entries; :meth:`update` writes the chains' end states
+    back over the slots they came from. Fixed size and index writes keep it sync-free.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        shape: tuple[int, ...] = (1, 28, 28),
+        reinit_frac: float = 0.05,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if size <= 0 or not 0.0 <= reinit_frac <= 1.0:
+            raise ValueError(f"invalid buffer size {size} or reinit fraction {reinit_frac}")
+        self.shape = tuple(shape)
+        self.reinit_frac = reinit_frac
+        self.samples = uniform_noise(size, self.shape, device)
+        self._last_idx: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chain starts (n, *shape) and a bool mask of which ones are fresh noise."""
+        device = self.samples.device
+        idx = torch.randint(len(self.samples), (n,), device=device)
+        fresh = torch.rand(n, device=device) < self.reinit_frac
+        starts = torch.where(
+            fresh.view(-1, *([1] * len(self.shape))),
+            uniform_noise(n, self.shape, device),
+            self.samples[idx],
+        )
+        self._last_idx = idx
+        return starts, fresh
+
+    def update(self, x: torch.Tensor) -> None:
+        """Store the end states of the chains drawn by the last :meth:`sample`."""
+        if self._last_idx is None or len(x) != len(self._last_idx):
+            raise RuntimeError("update() must follow sample() with the same batch size")
+        self.samples[self._last_idx] = x.detach()
+        self._last_idx = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.samples = state["samples"].to(self.samples.device)
+
+
+@torch.no_grad()
+def _noise_batches(n: int, batch_size: int, shape, device) -> Iterator[torch.Tensor]:
+    for start in range(0, n, batch_size):
+        yield uniform_noise(min(batch_size, n - start), shape, device)
+
+
+def generate(
+    model: nn.Module,
+    n: int,
+    cfg: SGLDConfig,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+    shape: tuple[int, ...] = (1, 28, 28),
+    amp_dtype: str | None = None,
+    init: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate ``n`` samples by SGLD from uniform noise (or from ``init``), in batches."""
+    device = device or next(model.parameters()).device
+    starts = init.split(batch_size) if init is not None else _noise_batches(n, batch_size, shape, device)
+    out = []
+    total = -(-n // batch_size)
+    for x0 in tqdm(starts, total=total, desc=f"generate {n} x {cfg.steps} SGLD steps", disable=not progress):
+        out.append(sgld(model, x0.to(device), cfg, amp_dtype=amp_dtype))
+    return torch.cat(out)[:n]

@@ -1,0 +1,321 @@
+"""Training: the PCD trainer of Algorithm 2 (resumable, with a divergence guard) and the
+MNIST classifier behind the metrics, each with a "load if trained, else train" entry point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from .models import MNISTClassifier, ResNetEnergy, resnet18_energy
+from .profiles import Profile, SGLDConfig
+from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .sampling import ReplayBuffer, sgld
+
+METRICS = ("loss", "cd", "reg", "e_real", "e_fake")
+
+
+def pcd_loss(e_real: torch.Tensor, e_fake: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
+    """``E(x+) - E(x-) + alpha (E(x+)^2 + E(x-)^2)``, averaged over the batch (eq. 5)."""
+    cd = e_real.mean() - e_fake.mean()
+    reg = alpha * (e_real.pow(2).mean() + e_fake.pow(2).mean())
+    return {"loss": cd + reg, "cd": cd, "reg": reg, "e_real": e_real.mean(), "e_fake": e_fake.mean()}
+
+
+class DivergenceError(RuntimeError):
+    """Training kept diverging after the allowed number of rollbacks."""
+
+
+class PCDTrainer:
+    """Persistent contrastive divergence with a replay buffer (the paper's Algorithm 2).
+
+    Every ``profile.ckpt_every`` iterations the trainer reads its metrics back from the device
+    once (the only host sync of an iteration window) and then either
+
+    * writes a checkpoint atomically (model, optimizer, scheduler, buffer, RNG states, history),
+      when the loss is finite and no |energy| exceeds ``profile.max_abs_energy``; or
+    * rolls back to the last good checkpoint, multiplies the learning rate by
+      ``profile.rollback_lr_factor``, reseeds the RNGs and records the rollback - what the paper
+      did by hand when training diverged.
+
+    A run killed at any point and started again with the same checkpoint path continues from
+    the last checkpoint and reaches the same state as an uninterrupted run (on the CPU, where
+    kernels are deterministic).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        profile: Profile,
+        data: torch.Tensor,
+        ckpt_path: str | Path | None = None,
+        device: torch.device | str | None = None,
+        buffer: ReplayBuffer | None = None,
+        sgld_cfg: SGLDConfig | None = None,
+    ) -> None:
+        self.profile = p = profile
+        self.device = torch.device(device) if device is not None else data.device
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.energy = torch.compile(self.model) if (p.compile and self.device.type == "cuda") else self.model
+        self.data = data.to(self.device)
+        self.sgld_cfg = sgld_cfg or p.sgld()
+        self.buffer = buffer or ReplayBuffer(p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=p.lr_gamma)
+        self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
+        self.epoch = 0  # epochs completed
+        self.it = 0  # iterations done inside the current epoch
+        self.step = 0  # iterations done in total (rolled-back ones excluded)
+        self.rollbacks: list[dict[str, Any]] = []
+        self._history: list[list[float]] = []  # rows: step, epoch, lr, *METRICS
+        self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
+
+    # ---- bookkeeping ------------------------------------------------------------------
+    @property
+    def iters_per_epoch(self) -> int:
+        n = math.ceil(len(self.data) / self.profile.batch_size)
+        cap = self.profile.max_iters_per_epoch
+        return min(n, cap) if cap else n
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.profile.epochs
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per iteration: step, epoch, lr and the loss terms and mean energies."""
+        return pd.DataFrame(self._history, columns=["step", "epoch", "lr", *METRICS])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "it": self.it,
+            "step": self.step,
+            "rollbacks": [dict(r) for r in self.rollbacks],
+            "history": [list(r) for r in self._history],
+            "profile": self.profile.name,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.buffer.load_state_dict(state["buffer"])
+        set_rng_state(state["rng"])
+        self.epoch, self.it, self.step = state["epoch"], state["it"], state["step"]
+        self.rollbacks = [dict(r) for r in state["rollbacks"]]
+        self._history = [list(r) for r in state["history"]]
+
+    def save(self) -> None:
+        """Remember this state as the last good one and, with a path, write it atomically."""
+        state = self.state_dict()
+        self._good = {k: _clone(v) for k, v in state.items()}
+        if self.ckpt_path is not None:
+            atomic_save(state, self.ckpt_path)
+
+    def load(self) -> bool:
+        """Resume from the checkpoint file if there is one; returns whether it did."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return False
+        state = load_checkpoint(self.ckpt_path, self.device)
+        if state.get("profile") != self.profile.name:
+            raise ValueError(f"{self.ckpt_path} was written by profile {state.get('profile')!r}, not {self.profile.name!r}")
+        self.load_state_dict(state)
+        self._good = {k: _clone(v) for k, v in state.items()}
+        return True
+
+    # ---- one iteration ----------------------------------------------------------------
+    def train_step(self, x_real: torch.Tensor) -> torch.Tensor:
+        """One PCD update; returns the metrics as a device tensor (no host sync)."""
+        p = self.profile
+        x_real = (x_real + p.data_noise_std * torch.randn_like(x_real)).clamp_(-1.0, 1.0)
+        x0, _ = self.buffer.sample(len(x_real))
+        x_fake = sgld(self.energy, x0, self.sgld_cfg, amp_dtype=p.amp_dtype)
+        self.buffer.update(x_fake)
+        energies = self.energy(torch.cat([x_real, x_fake]))
+        terms = pcd_loss(*energies.float().chunk(2), alpha=p.alpha)
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+        self.opt.step()
+        return torch.stack([terms[k].detach() for k in METRICS])
+
+    def _healthy(self, window: torch.Tensor) -> str | None:
+        """Why a window of metrics is unhealthy, or None when it is fine."""
+        if not torch.isfinite(window).all():
+            return "non-finite loss or energy"
+        worst = window[:, [METRICS.index("e_real"), METRICS.index("e_fake")]].abs().max().item()
+        if worst > self.profile.max_abs_energy:
+            return f"|energy| reached {worst:.3g} > {self.profile.max_abs_energy:g}"
+        return None
+
+    def _rollback(self, reason: str) -> None:
+        p = self.profile
+        if len(self.rollbacks) >= p.max_rollbacks:
+            raise DivergenceError(f"training diverged {len(self.rollbacks) + 1} times (last: {reason}); giving up")
+        failed_at = self.step
+        self.load_state_dict({k: _clone(v) for k, v in self._good.items()})
+        for group in self.opt.param_groups:
+            group["lr"] *= p.rollback_lr_factor
+        seed = p.seed + 1000 * (len(self.rollbacks) + 1)
+        seed_everything(seed)
+        self.rollbacks.append(
+            {"failed_at_step": failed_at, "resumed_from_step": self.step, "reason": reason,
+             "new_lr": self.opt.param_groups[0]["lr"], "new_seed": seed}
+        )  # fmt: skip
+        self.save()
+
+    # ---- the loop ---------------------------------------------------------------------
+    def fit(
+        self,
+        max_steps: int | None = None,
+        time_budget_s: float | None = None,
+        progress: bool = True,
+        on_window: Callable[["PCDTrainer"], None] | None = None,
+    ) -> pd.DataFrame:
+        """Train until ``profile.epochs`` are done (or ``max_steps`` total iterations, or the
+        time budget runs out, stopping at a checkpoint so a later call resumes there)."""
+        p = self.profile
+        start = time.monotonic()
+        if self._good is None:
+            self.save()
+        total = p.epochs * self.iters_per_epoch
+        bar = tqdm(total=total, initial=self.step, desc=f"PCD training ({p.name})", disable=not progress)
+        window: list[torch.Tensor] = []
+        rows: list[list[float]] = []
+        while not self.done:
+            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(p.seed * 100_003 + self.epoch))
+            while self.it < self.iters_per_epoch:
+                idx = order[self.it * p.batch_size : (self.it + 1) * p.batch_size].to(self.device)
+                lr = self.opt.param_groups[0]["lr"]
+                window.append(self.train_step(self.data[idx]))
+                rows.append([self.step, self.epoch, lr])
+                self.it += 1
+                self.step += 1
+                bar.update(1)
+                end_of_epoch = self.it == self.iters_per_epoch
+                if len(window) >= p.ckpt_every or end_of_epoch:
+                    stacked = torch.stack(window).cpu()
+                    reason = self._healthy(stacked)
+                    window = []
+                    if reason is not None:
+                        rows = []
+                        self._rollback(reason)
+                        bar.n = self.step
+                        bar.refresh()
+                        break  # restart the epoch loop from the restored position
+                    self._history += [r + v.tolist() for r, v in zip(rows, stacked)]
+                    rows = []
+                    if end_of_epoch:
+                        self.sched.step()
+                        self.epoch += 1
+                        self.it = 0
+                    self.save()
+                    last = self._history[-1]
+                    bar.set_postfix(loss=f"{last[3]:.3f}", e_real=f"{last[6]:.3f}", e_fake=f"{last[7]:.3f}")
+                    if on_window is not None:
+                        on_window(self)
+                    out_of_time = time_budget_s is not None and time.monotonic() - start > time_budget_s
+                    if (max_steps is not None and self.step >= max_steps) or out_of_time:
+                        bar.close()
+                        return self.history
+                    if end_of_epoch:
+                        break
+        bar.close()
+        return self.history
+
+
+def _clone(value: Any) -> Any:
+    """Deep copy of a checkpoint tree (tensors cloned), for the in-memory rollback copy."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clone(v) for v in value)
+    return value
+
+
+def load_or_train_baseline(ctx: Context, progress: bool = True) -> PCDTrainer:
+    """The baseline ResNet18 EBM of ``ctx.profile``: loaded if fully trained, else trained
+    (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``."""
+    p = ctx.profile
+    images, _ = data_mod.load_dataset("mnist", train=True, subset=p.train_subset, seed=p.seed, device=ctx.device)
+    seed_everything(p.seed)
+    trainer = PCDTrainer(resnet18_energy(), p, images, ckpt_path=ctx.checkpoints / "baseline.pt", device=ctx.device)
+    if trainer.load() and trainer.done:
+        print(f"loaded trained baseline from {trainer.ckpt_path} ({trainer.step} iterations)")
+    else:
+        trainer.fit(progress=progress)
+    trainer.model.eval()
+    return trainer
+
+
+# ---- the classifier behind IS and FID ---------------------------------------------------
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of a classifier."""
+    model.eval()
+    correct = sum(
+        (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+        for i in range(0, len(images), batch_size)
+    )
+    return correct / len(images)
+
+
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, seed: int = 0, progress: bool = True
+) -> MNISTClassifier:
+    """Train :class:`MNISTClassifier` with Adam and a one-cycle schedule."""
+    seed_everything(seed)
+    model = MNISTClassifier().to(images.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc="classifier", disable=not progress)
+    model.train()
+    for _ in range(epochs):
+        for idx in data_mod.batches(len(images), batch_size, gen):
+            idx = idx.to(images.device)
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return model.eval()
+
+
+def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNISTClassifier, float]:
+    """The metric classifier of ``ctx.profile`` and its test accuracy (loaded or trained)."""
+    p = ctx.profile
+    path = ctx.checkpoints / "classifier.pt"
+    test_x, test_y = data_mod.load_dataset("mnist", train=False, device=ctx.device)
+    if path.exists():
+        model = MNISTClassifier().to(ctx.device)
+        model.load_state_dict(load_checkpoint(path, ctx.device)["model"])
+        model.eval()
+    else:
+        x, y = data_mod.load_dataset("mnist", train=True, subset=p.clf_train_subset, seed=p.seed, device=ctx.device)
+        model = train_classifier(x, y, p.clf_epochs, p.clf_batch_size, seed=p.seed, progress=progress)
+        atomic_save({"model": model.state_dict()}, path)
+    return model, accuracy(model, test_x, test_y)
