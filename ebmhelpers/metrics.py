@@ -49,7 +49,7 @@ def inception_score(logits: torch.Tensor) -> float:
 
 def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64) of a feature matrix (N, D)."""
-    f = features.double().cpu().numpy()
+    f = features.detach().double().cpu().numpy()
     return f.mean(0), np.cov(f, rowvar=False)
 
 

@@ -49,8 +49,8 @@ class PCDTrainer:
       did by hand when training diverged.
 
     A run killed at any point and started again with the same checkpoint path continues from
-    the last checkpoint and reaches the same state as an uninterrupted run (on the CPU, where
-    kernels are deterministic).
+    the last checkpoint and reaches the same state as an uninterrupted run, bit for bit where the kernels are
+    deterministic (on the CPU with one thread; multi-threaded reductions differ in the last bits).
     """
 
     def __init__(

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ebmhelpers import metrics, runtime
+from ebmhelpers.models import MNISTClassifier, count_parameters
+
+
+def test_inception_score_extremes():
+    confident = torch.eye(10).repeat(20, 1) * 50.0  # every class equally often, one-hot confident
+    assert metrics.inception_score(confident) == pytest.approx(10.0, rel=1e-6)
+    assert metrics.inception_score(torch.eye(10)[[3] * 50] * 50.0) == pytest.approx(1.0, rel=1e-6)
+    assert metrics.inception_score(torch.zeros(50, 10)) == pytest.approx(1.0)  # uniform p(y|x)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 6)), rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + 1.0
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
+    assert metrics.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_real_halves_small_noise_large(mnist_test):
+    torch.manual_seed(0)
+    clf = MNISTClassifier().eval()  # untrained features already separate digits from noise
+    x, _ = mnist_test
+    half1, half2 = metrics.feature_stats(clf.features(x[:256])), metrics.feature_stats(clf.features(x[256:]))
+    noise = metrics.feature_stats(clf.features(torch.rand(256, 1, 28, 28) * 2 - 1))
+    fid_real = metrics.frechet_distance(*half1, *half2)
+    fid_noise = metrics.frechet_distance(*half1, *noise)
+    assert fid_real < 0.1 * fid_noise
+
+
+def test_auroc_agrees_with_sklearn_including_ties():
+    g = torch.Generator().manual_seed(0)
+    s_in = torch.randint(0, 20, (300,), generator=g).float()
+    s_out = torch.randint(0, 15, (200,), generator=g).float()
+    y = np.r_[np.ones(300), np.zeros(200)]
+    assert metrics.auroc(s_in, s_out) == pytest.approx(roc_auc_score(y, torch.cat([s_in, s_out]).numpy()))
+    assert metrics.auroc(torch.ones(5), torch.zeros(5)) == 1.0
+    assert metrics.auroc(torch.zeros(5), torch.ones(5)) == 0.0
+
+
+def test_ood_transforms_keep_shape_and_range(mnist_test):
+    x = mnist_test[0][:16]
+    for name, t in metrics.OOD_TRANSFORMS.items():
+        y = t(x)
+        assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1, name
+        assert (y - x).abs().mean() > 0.05, name
+    small = metrics.reduce_size(x)
+    assert (small[..., :7, :] == -1).all() and (small[..., :, -7:] == -1).all()  # border is background
+    assert torch.allclose(metrics.rotate(metrics.rotate(x, 90), -90), x, atol=1e-5)
+
+
+def test_size_and_latency(tiny_energy):
+    size = metrics.serialized_size_bytes(tiny_energy)
+    assert 4 * count_parameters(tiny_energy) <= size < 4 * count_parameters(tiny_energy) + 20_000
+    ms = metrics.latency_ms(tiny_energy, batch=4, device=torch.device("cpu"), repeats=3, warmup=1)
+    assert 0 < ms < 1000
+
+
+def test_evaluator_scores_a_model(tiny_energy):
+    ctx = runtime.Context(runtime.get_profile("smoke").replace(n_gen=8, gen_steps=2, n_ood=64), torch.device("cpu"))
+    torch.manual_seed(0)
+    ev = metrics.Evaluator(ctx, MNISTClassifier())
+    row, ood, samples = ev.score(tiny_energy, "tiny")
+    assert samples.shape == (8, 1, 28, 28)
+    assert row["params"] == count_parameters(tiny_energy) and 1.0 <= row["IS"] <= 10.0 and row["FID"] > 0
+    assert set(ood.ood_set) == {"noise", "rotation", "reduction", "fashion", "uniform"}
+    assert ood.auroc.between(0, 1).all() and (ood.n > 0).all()
+    # the paper's gap is mean(-E(T(x))) - mean(-E(x)) on the same images
+    e_in, e_out = ev.energies(tiny_energy, ev.ood_x), ev.energies(tiny_energy, ev.ood_sets["noise"])
+    gap = ood[(ood.ood_set == "noise") & (ood.digits == "all")].gap.item()
+    assert gap == pytest.approx(float((-e_out).mean() - (-e_in).mean()), rel=1e-5)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+from torch import nn
+
+from ebmhelpers.profiles import SGLDConfig
+from ebmhelpers.sampling import ReplayBuffer, SamplingNotSupportedError, energy_grad, frozen, generate, sgld
+
+
+class GaussianEnergy(nn.Module):
+    """E(x) = ||x - mu||^2 / (2 s^2): exp(-E) is N(mu, s^2 I)."""
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.mu = nn.Parameter(torch.tensor(mu))
+        self.s = s
+
+    def forward(self, x):
+        return ((x - self.mu) ** 2).sum(1) / (2 * self.s**2)
+
+
+def test_sgld_reproduces_gaussian_mean_and_variance():
+    torch.manual_seed(0)
+    model = GaussianEnergy([0.5, -1.0], s=0.7)
+    eta = 0.005  # Langevin: noise variance = 2 * step size
+    cfg = SGLDConfig(steps=800, step_size=eta, noise_std=(2 * eta) ** 0.5, grad_clamp=1e9, clamp_range=None)
+    x = sgld(model, torch.randn(4000, 2) * 3, cfg)
+    assert torch.allclose(x.mean(0), torch.tensor([0.5, -1.0]), atol=0.05)
+    assert torch.allclose(x.var(0), torch.full((2,), 0.49), rtol=0.08)
+    # and the parameters come back trainable
+    assert model.mu.requires_grad
+
+
+def test_sgld_gradient_clamp_and_range():
+    model = GaussianEnergy([5.0, 5.0], s=0.1)  # huge gradients towards (5, 5)
+    cfg = SGLDConfig(steps=1, step_size=10.0, noise_std=0.0, grad_clamp=0.03, clamp_range=(-1.0, 1.0))
+    x0 = torch.zeros(8, 2)
+    x1 = sgld(model, x0, cfg)
+    assert torch.allclose(x1, torch.full_like(x0, 0.3))  # moved by step_size * clamp = 0.3
+    x10 = sgld(model, x0, SGLDConfig(10, 10.0, 0.0, 0.03, (-1.0, 1.0)))
+    assert x10.max() <= 1.0
+
+
+def test_sgld_records_chain_and_freezes_params():
+    model = GaussianEnergy([0.0, 0.0], s=1.0)
+    cfg = SGLDConfig(steps=6, step_size=0.01, noise_std=0.1, grad_clamp=1.0, clamp_range=None)
+    x, chain = sgld(model, torch.zeros(3, 2), cfg, record_every=2)
+    assert chain.shape == (4, 3, 2) and torch.equal(chain[-1], x)
+    with frozen(model):
+        assert not model.mu.requires_grad
+        energy, grad = energy_grad(model, torch.ones(2, 2))
+    assert torch.allclose(grad, torch.ones(2, 2)) and model.mu.grad is None
+
+
+def test_no_input_gradient_is_a_clear_error():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return (x.detach() * self.w).sum(1)
+
+    cfg = SGLDConfig(steps=1, step_size=1.0, noise_std=0.0, grad_clamp=1.0)
+    with pytest.raises(SamplingNotSupportedError, match="no gradient with respect to its input"):
+        sgld(Detached(), torch.zeros(2, 3), cfg)
+
+
+def test_buffer_reinit_fraction_and_update():
+    torch.manual_seed(0)
+    buf = ReplayBuffer(size=500, shape=(1, 4, 4), reinit_frac=0.05)
+    buf.samples.fill_(5.0)  # outside U(-1, 1): tells buffer entries from fresh noise
+    starts, fresh = buf.sample(20_000)
+    assert abs(fresh.float().mean().item() - 0.05) < 0.006
+    assert (starts[~fresh] == 5.0).all()
+    assert (starts[fresh].abs() <= 1.0).all()
+    buf.update(torch.zeros_like(starts))
+    assert (buf.samples == 0).float().mean() > 0.99  # 20k draws hit (almost) every slot
+    with pytest.raises(RuntimeError):
+        buf.update(torch.zeros_like(starts))
+
+
+def test_generate_batches(tiny_energy):
+    cfg = SGLDConfig(steps=2, step_size=10.0, noise_std=0.005, grad_clamp=0.03)
+    out = generate(tiny_energy, 7, cfg, batch_size=3, device="cpu", progress=False)
+    assert out.shape == (7, 1, 28, 28) and out.abs().max() <= 1.0
