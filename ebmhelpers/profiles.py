@@ -96,6 +96,7 @@ class Profile:
     # ---- pruning (notebook 04) --------------------------------------------------------
     prune_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     finetune_epochs: int = 7
+    finetune_iters: int | None = None  # iterations per fine-tuning epoch (None = a full pass)
     lottery_rounds: int = 5
 
     # ---- distillation (notebook 05) ---------------------------------------------------
@@ -139,6 +140,7 @@ PROFILES: dict[str, Profile] = {
         n_calib=500,
         prune_ratios=(0.2, 0.4, 0.6, 0.8),
         finetune_epochs=1,
+        finetune_iters=30,
         lottery_rounds=3,
         distill_epochs=3,
         budget_steps=(16, 32, 64, 128),
@@ -170,6 +172,7 @@ PROFILES: dict[str, Profile] = {
         n_calib=64,
         prune_ratios=(0.3, 0.6),
         finetune_epochs=1,
+        finetune_iters=2,
         lottery_rounds=2,
         distill_epochs=1,
         distill_batch_size=32,

@@ -1,0 +1,529 @@
+"""Pruning the EBM (notebook 04): masks, fine-tuning, real channel removal and lottery tickets.
+
+* **Masks** (the paper's Section 3.3.2): ``torch.nn.utils.prune`` zeros weights through a mask
+  that a forward pre-hook applies, so the pruned model keeps its dense shape. Four strategies:
+  unstructured (L1 magnitude of single weights) or structured (L2 norm of whole output
+  channels), each either *global* (Conv2d and Linear layers ranked together) or *Conv2d-only*
+  (every Conv2d layer pruned by the same ratio on its own, as in PyTorch's pruning tutorial; the
+  Linear head stays dense).
+* **Fine-tuning** with the same PCD trainer; the masks stay in place because the pre-hook
+  re-applies them on every forward pass, and the trainer's divergence guard counts rollbacks.
+* **Physical removal** with Torch-Pruning: channels that are zero in every layer coupled to them
+  (across residual additions) are cut out, so the smaller model computes the same energies.
+* **Lottery tickets**: iterative magnitude pruning with rewinding to an early checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune
+from tqdm.auto import tqdm
+
+from .metrics import Evaluator, latency_ms, serialized_size_bytes, sgld_throughput
+from .models import count_parameters, resnet18_energy
+from .plotting import _finish
+from .profiles import Profile, SGLDConfig
+from .runtime import Context, seed_everything
+from .sampling import ReplayBuffer
+from .training import DivergenceError, PCDTrainer
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+STRUCTURED_NORM = 2  # Ln norm of an output channel (the issue: n=2, dim=0)
+REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
+# (Frankle et al. 2020 find rewinding to the first few percent of training enough for deep nets)
+QUALITY_METRICS = {"FID": "FID (lower is better)", "IS": "IS (higher is better)",
+                   "ood_auroc": "OOD AUROC (noise/rotation/reduction)"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way of choosing what to prune."""
+
+    key: str
+    label: str
+    structured: bool  # whole output channels (L2) instead of single weights (L1)
+    scope: str  # "global": Conv2d + Linear ranked together; "conv": each Conv2d on its own
+
+    @property
+    def finetuned(self) -> bool:
+        """The paper fine-tunes the Conv2d-only strategies."""
+        return self.scope == "conv"
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.key: s
+    for s in (
+        Strategy("unstructured_global", "L1 unstructured, global", False, "global"),
+        Strategy("unstructured_conv", "L1 unstructured, Conv2d", False, "conv"),
+        Strategy("structured_global", "L2 structured, global", True, "global"),
+        Strategy("structured_conv", "L2 structured, Conv2d", True, "conv"),
+    )
+}
+
+
+def get_strategy(strategy: str | Strategy) -> Strategy:
+    """A :class:`Strategy` from its key; ``ValueError`` listing the keys for an unknown one."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    try:
+        return STRATEGIES[strategy]
+    except KeyError:
+        raise ValueError(f"unknown pruning strategy {strategy!r}; choose one of {sorted(STRATEGIES)}") from None
+
+
+# ---- masks ------------------------------------------------------------------------------
+def prunable_layers(model: nn.Module, scope: str = "global") -> list[nn.Module]:
+    """The layers a strategy may prune: Conv2d and Linear (``global``) or Conv2d only (``conv``)."""
+    if scope not in ("global", "conv"):
+        raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'conv'")
+    kinds = PRUNABLE if scope == "global" else (nn.Conv2d,)
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor a forward pass uses: ``<name>_orig * <name>_mask`` under a mask, else the
+    parameter itself (``module.weight`` is only refreshed by the next forward pass)."""
+    if hasattr(module, name + "_mask"):
+        return getattr(module, name + "_orig") * getattr(module, name + "_mask")
+    return getattr(module, name)
+
+
+def is_masked(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` carries a ``torch.nn.utils.prune`` mask."""
+    return any(hasattr(m, "weight_mask") or hasattr(m, "bias_mask") for m in model.modules())
+
+
+def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Tensor]:
+    """Keep-masks (bool per output channel) that remove ``ratio`` of all the layers' weights
+    by pruning the least important output channels across layers.
+
+    Raw channel norms are not comparable across layers (their scale drifts with fan-in and
+    training), so a channel's score is its L2 norm divided by the mean L2 norm of its layer's
+    channels: a channel goes when it is weak *relative to its peers*. Channels are removed in
+    increasing score until the removed weights are closest to ``ratio`` of all weights (so the
+    achieved sparsity matches the ratio to within half a channel), and no layer loses its last
+    channel.
+    """
+    weights = [m.weight.detach() for m in layers]
+    total = sum(w.numel() for w in weights)
+    scores, sizes, owners, local = [], [], [], []
+    for i, w in enumerate(weights):
+        norms = w.flatten(1).norm(p=STRUCTURED_NORM, dim=1).float().cpu()
+        mean = norms.mean()
+        scores.append(norms / mean if mean > 0 else torch.zeros_like(norms))
+        sizes += [w[0].numel()] * len(norms)
+        owners += [i] * len(norms)
+        local += list(range(len(norms)))
+    keep = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights]
+    left = [w.shape[0] for w in weights]
+    removed, target = 0, ratio * total
+    for idx in torch.argsort(torch.cat(scores), stable=True).tolist():
+        if removed + sizes[idx] / 2 > target:
+            break
+        layer = owners[idx]
+        if left[layer] == 1:
+            continue
+        keep[layer][local[idx]] = False
+        left[layer] -= 1
+        removed += sizes[idx]
+    return [k.to(w.device) for k, w in zip(keep, weights)]
+
+
+def _mask_bias(module: nn.Module) -> None:
+    """A structurally pruned channel loses its bias too, so it outputs exactly zero (and can
+    be removed physically without changing the energy)."""
+    if module.bias is not None:
+        prune.custom_from_mask(module, "bias", module.weight_mask.flatten(1).amax(1))
+
+
+def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> nn.Module:
+    """Mask ``ratio`` of ``model``'s prunable weights in place with ``torch.nn.utils.prune``.
+
+    Unstructured: L1 magnitude of single weights. Structured: L2 norm over output channels
+    (``dim=0``), bias included. Global strategies rank Conv2d and Linear weights together
+    (see :func:`global_channel_masks` for channels); Conv2d-only ones prune each Conv2d layer
+    by ``ratio`` on its own and leave the Linear head dense. Returns ``model``.
+    """
+    s = get_strategy(strategy)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if is_masked(model):
+        raise ValueError("model already carries pruning masks; call remove_masks() first")
+    layers = prunable_layers(model, s.scope)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layer that strategy {s.key!r} can prune")
+    if not s.structured and s.scope == "global":
+        prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=ratio)
+    elif not s.structured:
+        for m in layers:
+            prune.l1_unstructured(m, "weight", amount=ratio)
+    elif s.scope == "global":
+        for m, keep in zip(layers, global_channel_masks(layers, ratio)):
+            shape = (-1,) + (1,) * (m.weight.dim() - 1)
+            prune.custom_from_mask(m, "weight", keep.view(shape).expand_as(m.weight))
+            _mask_bias(m)
+    else:
+        for m in layers:
+            prune.ln_structured(m, "weight", amount=ratio, n=STRUCTURED_NORM, dim=0)
+            _mask_bias(m)
+    return model
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy that also works under masks: the masked ``weight`` attribute is a computed
+    tensor that ``deepcopy`` refuses, so it is detached first (the pre-hook recomputes it)."""
+    for m in model.modules():
+        for name in ("weight", "bias"):
+            if hasattr(m, name + "_mask"):
+                setattr(m, name, getattr(m, name).detach())
+    return copy.deepcopy(model)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Make pruning permanent in place: zeros written into dense tensors, hooks removed."""
+    for m in model.modules():
+        for name in ("weight", "bias"):
+            if hasattr(m, name + "_mask"):
+                prune.remove(m, name)
+    return model
+
+
+def sparsity(model: nn.Module) -> float:
+    """Real sparsity: zero entries over all Conv2d and Linear weights (biases excluded)."""
+    weights = [effective_weight(m) for m in prunable_layers(model, "global")]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """Per prunable layer: kind, weights, fraction of zero weights and of all-zero channels."""
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, PRUNABLE):
+            w = effective_weight(m)
+            rows.append({
+                "layer": name.replace("layers.", "block"), "kind": type(m).__name__, "weights": w.numel(),
+                "sparsity": float((w == 0).float().mean()),
+                "zero_channels": float((w.flatten(1) == 0).all(1).float().mean()),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ---- fine-tuning ------------------------------------------------------------------------
+def finetune_profile(profile: Profile) -> Profile:
+    """The profile of a fine-tuning run: ``finetune_epochs`` epochs of ``finetune_iters``
+    iterations (a full pass when that is None), otherwise the training settings."""
+    return profile.replace(
+        epochs=profile.finetune_epochs, max_iters_per_epoch=profile.finetune_iters or profile.max_iters_per_epoch
+    )
+
+
+def clone_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
+    """An independent copy of a replay buffer (fine-tuning starts from the baseline's chains)."""
+    out = ReplayBuffer(len(buffer), buffer.shape, buffer.reinit_frac, buffer.samples.device)
+    out.load_state_dict({"samples": buffer.samples.clone()})
+    return out
+
+
+def finetune(
+    ctx: Context, model: nn.Module, data: torch.Tensor, buffer: ReplayBuffer, name: str, progress: bool = True
+) -> tuple[PCDTrainer, bool]:
+    """Fine-tune a (masked) model in place with the PCD trainer, checkpointed to
+    ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded, an interrupted one resumed).
+
+    Returns the trainer (``.rollbacks`` lists the divergence-guard firings) and whether the run
+    gave up after too many rollbacks; then the model holds its last good checkpoint.
+    """
+    p = finetune_profile(ctx.profile)
+    seed_everything(p.seed)
+    trainer = PCDTrainer(model, p, data, ckpt_path=ctx.checkpoints / f"{name}.pt", device=ctx.device, buffer=clone_buffer(buffer))
+    diverged = False
+    if not (trainer.load() and trainer.done):
+        try:
+            trainer.fit(progress=progress)
+        except DivergenceError as err:
+            print(f"{name}: {err}; keeping its last good checkpoint")
+            trainer.load()
+            diverged = True
+    trainer.model.eval()
+    return trainer, diverged
+
+
+# ---- physical removal -------------------------------------------------------------------
+def _zero_out_channels(module: nn.Module) -> torch.Tensor:
+    """Bool per output channel: weights and bias all zero, so the channel outputs zero."""
+    dead = (module.weight.detach().flatten(1) == 0).all(1)
+    if module.bias is not None:
+        dead &= module.bias.detach() == 0
+    return dead
+
+
+def physically_prune(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A smaller copy of ``model`` without the channels its masks zeroed, computing the same
+    energies (up to float rounding).
+
+    Torch-Pruning's dependency graph groups channels that must go together (a residual sum
+    couples the stem, every block's second conv and the shortcut convs of a stage). A group's
+    channel is removed only where *every* layer producing it is zero (weights and bias); Swish,
+    pooling and addition map zero to zero, so the consumers lose only zero inputs. The Linear
+    head is never cut: its outputs are the logits whose mean is the energy.
+    """
+    phys = remove_masks(copy_model(model)).eval()
+    device = next(phys.parameters()).device
+    example = example_inputs if example_inputs is not None else torch.zeros(1, 1, 28, 28, device=device)
+    graph = tp.DependencyGraph().build_dependency(phys, example_inputs=example)
+    heads = [m for m in phys.modules() if isinstance(m, nn.Linear)]
+    plans = []
+    for group in graph.get_all_groups(ignored_layers=heads, root_module_types=PRUNABLE):
+        root, handler = group[0].dep.target.module, group[0].dep.handler
+        n = graph.get_out_channels(root)
+        dead = torch.ones(n, dtype=torch.bool)
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, PRUNABLE):
+                zero = _zero_out_channels(item.dep.target.module).cpu()
+                mapped = torch.zeros(n, dtype=torch.bool)
+                mapped[torch.as_tensor(item.root_idxs)] = zero[torch.as_tensor(item.idxs)]
+                dead &= mapped
+        idxs = dead.nonzero().flatten().tolist()
+        if len(idxs) == n:  # keep one (zero) channel so the layers stay well-formed
+            idxs = idxs[1:]
+        if idxs:
+            plans.append((root, handler, idxs))
+    for root, handler, idxs in plans:
+        graph.get_pruning_group(root, handler, idxs).prune()
+    return phys
+
+
+def cost_row(ctx: Context, model: nn.Module) -> dict:
+    """Parameters, serialized size, latency and SGLD throughput, measured as
+    :meth:`Evaluator.score` measures them (same batch, repeats and short SGLD run)."""
+    p = ctx.profile
+    cfg = p.sgld(p.gen_steps)
+    short = SGLDConfig(min(cfg.steps, 5), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
+    return {
+        "params": count_parameters(model),
+        "size_mb": serialized_size_bytes(model) / 1e6,
+        f"latency_ms_{ctx.device.type}": latency_ms(model, p.latency_batch, ctx.device, p.latency_repeats, p.latency_warmup),
+        "sgld_img_steps_per_s": sgld_throughput(model, short, p.latency_batch, ctx.device),
+    }
+
+
+def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """Largest |E_a(x) - E_b(x)| over a batch: the check that surgery kept the function."""
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+# ---- the sweep behind Figure 2 ----------------------------------------------------------
+def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> str:
+    return f"{prefix}_{strategy.key}_{round(100 * ratio)}"
+
+
+def score_variant(
+    ev: Evaluator, model: nn.Module, strategy: Strategy, ratio: float, finetuned: bool, rollbacks: int = 0,
+    diverged: bool = False, method: str = "one-shot",
+) -> dict:
+    """``Evaluator.score`` of a pruned model (masks made permanent on a copy, so size and
+    latency are those of the dense model with zeros) plus the pruning columns."""
+    dense = remove_masks(copy_model(model)).eval()
+    name = f"{strategy.label} {ratio:.0%}" + ("" if method == "one-shot" else f" ({method})")
+    name += " + fine-tuned" if finetuned and method == "one-shot" else ""
+    row, _, _ = ev.score(dense, name)
+    row.update(strategy=strategy.key, ratio=ratio, sparsity=sparsity(dense), finetuned=finetuned,
+               rollbacks=rollbacks, diverged=diverged, method=method)  # fmt: skip
+    return row
+
+
+def prune_sweep(
+    ctx: Context, ev: Evaluator, baseline: PCDTrainer, data: torch.Tensor, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every strategy at every ``profile.prune_ratios``: score before fine-tuning, fine-tune
+    and score again (Conv2d-only strategies), and for structured strategies remove the zeroed
+    channels physically and measure the cost of the smaller model.
+
+    Returns the tidy quality table (one row per strategy, ratio and fine-tuned flag) and the
+    cost table of the physically pruned models (``variant='physical'``).
+    """
+    p = ctx.profile
+    check_x = ev.ood_x[: p.eval_batch_size].to(ctx.device)
+    rows, speed = [], []
+    jobs = [(s, r) for s in STRATEGIES.values() for r in p.prune_ratios]
+    for strategy, ratio in tqdm(jobs, desc="pruning sweep", disable=not progress):
+        masked = apply_pruning(copy_model(baseline.model), strategy, ratio).eval()
+        rows.append(score_variant(ev, masked, strategy, ratio, finetuned=False))
+        phys = physically_prune(masked) if strategy.structured else None
+        if phys is not None:
+            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ctx, phys),
+                          "max_abs_energy_diff": max_energy_difference(masked, phys, check_x)})  # fmt: skip
+        if strategy.finetuned:
+            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, checkpoint_name(strategy, ratio), progress=False)
+            rows.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged))
+            if phys is not None:  # same masks, so the same architecture: check the function again
+                tuned = physically_prune(trainer.model)
+                speed[-1]["max_abs_energy_diff_finetuned"] = max_energy_difference(trainer.model, tuned, check_x)
+    return pd.DataFrame(rows), pd.DataFrame(speed)
+
+
+def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFrame) -> pd.DataFrame:
+    """Tidy cost table: the dense baseline, each structured model as masked (dense tensors with
+    zeros, from its score row) and physically pruned, with speed-ups over the baseline."""
+    lat = next(k for k in baseline_row if k.startswith("latency_ms_"))
+    cols = ["params", "size_mb", lat, "sgld_img_steps_per_s"]
+    base = {"strategy": "baseline", "ratio": 0.0, "variant": "dense", **{c: baseline_row[c] for c in cols}}
+    masked = pruning[pruning.strategy.isin(physical.strategy.unique()) & ~pruning.finetuned & (pruning.method == "one-shot")]
+    masked = masked[["strategy", "ratio", *cols]].assign(variant="masked")
+    out = pd.concat([pd.DataFrame([base]), masked, physical], ignore_index=True)
+    out["param_fraction"] = out.params / base["params"]
+    out["speedup_latency"] = base[lat] / out[lat]
+    out["speedup_sgld"] = out.sgld_img_steps_per_s / base["sgld_img_steps_per_s"]
+    return out
+
+
+def best_finetuned_strategy(pruning: pd.DataFrame, metric: str = "FID") -> str:
+    """The fine-tuned strategy with the best ``metric`` at the largest ratio (lower FID wins,
+    higher IS / AUROC wins): the one the lottery-ticket experiment uses."""
+    tuned = pruning[pruning.finetuned & (pruning.method == "one-shot")]
+    if tuned.empty:
+        raise ValueError("no fine-tuned rows in the pruning table")
+    at = tuned[tuned.ratio == tuned.ratio.max()]
+    best = at.loc[at[metric].idxmin() if metric == "FID" else at[metric].idxmax()]
+    return str(best.strategy)
+
+
+# ---- lottery tickets --------------------------------------------------------------------
+def rewind_step(profile: Profile, n_train: int) -> int:
+    """The iteration the lottery tickets rewind to: ``REWIND_FRACTION`` of the baseline run."""
+    per_epoch = math.ceil(n_train / profile.batch_size)
+    if profile.max_iters_per_epoch:
+        per_epoch = min(per_epoch, profile.max_iters_per_epoch)
+    return max(1, round(REWIND_FRACTION * profile.epochs * per_epoch))
+
+
+def early_weights(ctx: Context, data: torch.Tensor, progress: bool = True) -> tuple[dict[str, torch.Tensor], int]:
+    """Weights of the baseline run at :func:`rewind_step`, and that step.
+
+    The baseline keeps only its last checkpoint, so this replays the start of its run: same
+    seed, same initialization, same data order as :func:`training.load_or_train_baseline`
+    (identical on the CPU, where kernels are deterministic), stopped after ``k`` iterations
+    and checkpointed to ``ctx.checkpoints / 'baseline_rewind.pt'``.
+    """
+    p = ctx.profile
+    k = rewind_step(p, len(data))
+    seed_everything(p.seed)
+    trainer = PCDTrainer(resnet18_energy(), p.replace(ckpt_every=k), data, ckpt_path=ctx.checkpoints / "baseline_rewind.pt", device=ctx.device)
+    if not (trainer.load() and trainer.step >= k):
+        trainer.fit(max_steps=k, progress=progress)
+    if trainer.step != k:
+        raise RuntimeError(f"early run stopped at step {trainer.step}, expected {k}")
+    return {name: t.detach().clone() for name, t in trainer.model.state_dict().items()}, k
+
+
+def rewind(model: nn.Module, early: dict[str, torch.Tensor]) -> nn.Module:
+    """Load early weights into a (masked) model in place; masks stay, so pruned weights stay 0."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in early.items():
+            path, _, leaf = key.rpartition(".")
+            target = f"{path}.{leaf}_orig" if f"{path}.{leaf}_orig" in state else key
+            if target not in state:
+                raise KeyError(f"early checkpoint entry {key!r} has no counterpart in the model")
+            state[target].copy_(value)
+    return model
+
+
+def lottery_ticket(
+    ctx: Context, baseline: PCDTrainer, early: dict[str, torch.Tensor], strategy: str | Strategy, target: float,
+    data: torch.Tensor, progress: bool = True,
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Iterative magnitude pruning with rewinding (Frankle et al.) to sparsity ``target``.
+
+    ``profile.lottery_rounds`` rounds, each removing the same fraction of the weights still
+    alive (cumulative ratio ``1 - (1 - target)^(r/R)``) by ranking the *trained* weights, then
+    rewinding the survivors to ``early`` and training them with the fine-tuning budget. The
+    baseline is the round-0 network. Returns the final (masked) model and one row per round.
+    """
+    s = get_strategy(strategy)
+    rounds = ctx.profile.lottery_rounds
+    if rounds < 1:
+        raise ValueError(f"lottery_rounds must be at least 1, got {rounds}")
+    model = copy_model(baseline.model)
+    log = []
+    for r in tqdm(range(1, rounds + 1), desc="lottery rounds", disable=not progress):
+        ratio = 1.0 - (1.0 - target) ** (r / rounds)
+        apply_pruning(remove_masks(model), s, ratio)  # pruned weights are 0, so they are ranked first
+        rewind(model, early)
+        trainer, diverged = finetune(ctx, model, data, baseline.buffer, checkpoint_name(s, target, f"lottery_r{r}"), progress=False)
+        model = trainer.model
+        log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "rollbacks": len(trainer.rollbacks),
+                    "diverged": diverged, "final_loss": float(trainer.history.loss.iloc[-1])})  # fmt: skip
+    return model, pd.DataFrame(log)
+
+
+# ---- figures ----------------------------------------------------------------------------
+def _palette() -> dict[str, tuple]:
+    return dict(zip(STRATEGIES, sns.color_palette("colorblind", len(STRATEGIES))))
+
+
+def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
+    """The paper's Figure 2: one panel per metric against the pruning ratio, one line per
+    strategy (dashed after fine-tuning), the baseline as a horizontal line."""
+    colors = _palette()
+    fig, axes = plt.subplots(1, len(QUALITY_METRICS), figsize=(4.2 * len(QUALITY_METRICS), 3.6))
+    one_shot = pruning[pruning.method == "one-shot"]
+    for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
+        for key, s in STRATEGIES.items():
+            for tuned, style in ((False, "-"), (True, "--")):
+                d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
+                if not d.empty:
+                    ax.plot(d.ratio, d[metric], style, marker="o", ms=4, color=colors[key],
+                            label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
+        ax.axhline(baseline_row[metric], color="0.3", ls=":", label="baseline")
+        ax.set(xlabel="pruning ratio", title=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _finish(fig, title, save)
+
+
+def plot_speedup(speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
+    """Quality against the real SGLD speed-up: masked models sit at 1x whatever their ratio;
+    physically pruned ones move right with the same quality (hollow markers: after fine-tuning)."""
+    colors = _palette()
+    q = pruning[pruning.method == "one-shot"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("FID", "ood_auroc")):
+        for variant, marker in (("masked", "s"), ("physical", "o")):
+            v = speed[speed.variant == variant]
+            for tuned in (False, True):
+                d = v.merge(q[q.finetuned == tuned][["strategy", "ratio", metric]], on=["strategy", "ratio"])
+                for key, g in d.groupby("strategy"):
+                    ax.scatter(g.speedup_sgld, g[metric], marker=marker, s=36, color=colors[key] if not tuned else "none",
+                               edgecolors=colors[key], label=f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else ""))
+                    for _, r in g.iterrows():
+                        ax.annotate(f"{r.ratio:.0%}", (r.speedup_sgld, r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.scatter([1.0], [baseline_row[metric]], marker="*", s=120, color="k", label="baseline", zorder=3)
+        ax.set(xlabel="SGLD speed-up over the baseline (x)", title=QUALITY_METRICS[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    return _finish(fig, title, save)
+
+
+def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = None, save=None) -> plt.Figure:
+    """Fraction of zero weights per layer for each strategy (where each strategy puts its cuts)."""
+    colors = _palette()
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    width = 0.8 / len(tables)
+    for i, (key, t) in enumerate(tables.items()):
+        ax.bar([j + i * width for j in range(len(t))], t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
+    first = next(iter(tables.values()))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], first.layer, rotation=70, fontsize=7)
+    ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return _finish(fig, title, save)
