@@ -34,7 +34,7 @@ def image_grid(
         fig, ax = plt.subplots(figsize=(nrow * 0.6, rows * 0.6 + 0.4))
     else:
         fig = ax.figure
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray")
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
     ax.axis("off")
     return _finish(fig, title, save)
 
@@ -50,7 +50,7 @@ def chain_strip(
     for i in range(n):
         for t in range(T):
             ax = axes[i, t]
-            ax.imshow(chain[t, i, 0].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.imshow(chain[t, i, 0].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 and steps is not None:
