@@ -92,6 +92,7 @@ class Profile:
 
     # ---- quantization (notebook 03) ---------------------------------------------------
     n_calib: int = 1000  # held-out real digits to calibrate activation ranges
+    precision_n_gen: int | None = None  # digits per reduced-precision/weight-only SGLD run (None = n_gen)
 
     # ---- pruning (notebook 04) --------------------------------------------------------
     prune_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -170,6 +171,7 @@ PROFILES: dict[str, Profile] = {
         latency_repeats=5,
         latency_warmup=2,
         n_calib=64,
+        precision_n_gen=8,
         prune_ratios=(0.3, 0.6),
         finetune_epochs=1,
         finetune_iters=2,
