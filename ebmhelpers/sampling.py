@@ -44,14 +44,13 @@ def energy_grad(
     dtype = AMP_DTYPES[amp_dtype]
     with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         energy = model(x)
-    try:
-        (grad,) = torch.autograd.grad(energy.float().sum(), x)
-    except RuntimeError as err:
+    if not energy.requires_grad:  # the graph from x to E was cut (e.g. int8 kernels)
         raise SamplingNotSupportedError(
             f"{type(model).__name__} gives no gradient with respect to its input, so SGLD "
             f"cannot follow -dE/dx. Quantized int8 kernels have no backward pass; use a "
-            f"weight-only or fake-quantized model to sample. (PyTorch said: {err})"
-        ) from err
+            f"weight-only or fake-quantized model to sample."
+        )
+    (grad,) = torch.autograd.grad(energy.float().sum(), x)
     return energy.detach().float(), grad
 
 
