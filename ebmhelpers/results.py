@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
+
+from .runtime import atomic_save, load_checkpoint
 
 from .runtime import Context
 
@@ -17,6 +20,7 @@ PRODUCERS = {
     "pruning_speed": "04_pruning",
     "distillation": "05_distillation",
 }
+SAMPLE_PRODUCERS = {"baseline": "02_evaluation", "pruning": "04_pruning", "student": "05_distillation"}
 
 
 class MissingResultsError(FileNotFoundError):
@@ -41,3 +45,18 @@ def load_table(ctx: Context, name: str) -> pd.DataFrame:
             f"run notebooks/{producer}.ipynb with this profile first"
         )
     return pd.read_csv(path)
+
+
+def save_samples(ctx: Context, name: str, samples: torch.Tensor, n: int = 100) -> None:
+    """Keep the first ``n`` generated digits of a model (``results/<profile>/samples_<name>.pt``)
+    so the final comparison can show them without sampling again."""
+    atomic_save({"samples": samples[:n].detach().cpu().float()}, ctx.results / f"samples_{name}.pt")
+
+
+def load_samples(ctx: Context, name: str) -> torch.Tensor:
+    """Samples saved by :func:`save_samples`; a missing file names the notebook to run."""
+    path = ctx.results / f"samples_{name}.pt"
+    if not path.exists():
+        producer = next((nb for key, nb in SAMPLE_PRODUCERS.items() if name.startswith(key)), "an earlier notebook")
+        raise MissingResultsError(f"no samples {path}: run notebooks/{producer}.ipynb with profile {ctx.profile.name!r}")
+    return load_checkpoint(path)["samples"]
