@@ -126,7 +126,8 @@ def serialized_size_bytes(model: nn.Module) -> int:
     return buf.getbuffer().nbytes
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA kernels, so a timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -135,12 +136,12 @@ def median_time_s(fn: Callable[[], object], device: torch.device, repeats: int, 
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
