@@ -1,0 +1,44 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from ebmhelpers import comparison, results, runtime
+from ebmhelpers.profiles import SGLDConfig, get_profile
+
+
+def test_pareto_front_drops_dominated_rows():
+    df = pd.DataFrame({"model": list("abcde"), "size": [1, 2, 3, 2, 5], "FID": [9.0, 5.0, 6.0, 4.0, 1.0]})
+    front = comparison.pareto_front(df, "size", "FID")
+    assert front.model.tolist() == ["a", "d", "e"]  # b is beaten by d (same size, lower FID), c by d
+    front_auroc = comparison.pareto_front(df.assign(auroc=[0.5, 0.9, 0.8, 0.7, 0.6]), "size", "auroc", False)
+    assert front_auroc.model.tolist() == ["a", "b"]
+
+
+def test_step_size_rescaling_rule():
+    base = SGLDConfig(steps=256, step_size=10.0, noise_std=0.005, grad_clamp=0.03)
+    cfg = comparison.rescaled_step_size(base, 64, ref_steps=256)
+    assert cfg.steps == 64 and cfg.step_size == pytest.approx(20.0) and cfg.grad_clamp == 0.03
+    assert comparison.rescaled_step_size(base, 256, 256).step_size == 10.0
+
+
+def test_best_pruning_ratio_is_largest_that_keeps_quality():
+    base = pd.Series({"FID": 10.0, "ood_auroc": 0.9})
+    rows = [("l1", False, r, fid, au) for r, fid, au in [(0.2, 10.0, 0.9), (0.4, 10.9, 0.89), (0.6, 30.0, 0.9)]]
+    rows += [("ln", False, r, fid, 0.5) for r, fid in [(0.2, 12.0), (0.4, 11.5)]]  # none keeps quality
+    df = pd.DataFrame(rows, columns=["strategy", "finetuned", "ratio", "FID", "ood_auroc"])
+    best = comparison.best_pruning_rows(df, base)
+    assert best.set_index("strategy").ratio.to_dict() == {"l1": 0.4, "ln": 0.4}
+    assert not comparison.keeps_quality(pd.Series({"FID": math.nan, "ood_auroc": 1.0}), base)
+
+
+def test_missing_results_name_the_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path))
+    ctx = runtime.Context(get_profile("smoke"), torch.device("cpu"))
+    with pytest.raises(results.MissingResultsError, match="02_evaluation"):
+        comparison.comparison_table(ctx)
+    with pytest.raises(results.MissingResultsError, match="05_distillation"):
+        results.load_samples(ctx, "student_x")
+    results.save_samples(ctx, "baseline", torch.ones(3, 1, 28, 28))
+    assert torch.equal(results.load_samples(ctx, "baseline"), torch.ones(3, 1, 28, 28))
