@@ -102,3 +102,35 @@ def sampling_budget(
         rows.append({"model": name, "K": k, "rule": rule, "step_size": cfg.step_size, "seconds": seconds,
                      **evaluator.sample_quality(samples)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def conclusions(table: pd.DataFrame, budget: pd.DataFrame | None = None) -> list[str]:
+    """Plain-language findings computed from the comparison table (and the budget study), so
+    the written conclusion always matches the numbers of the profile that produced them."""
+    base = table[table.family == "baseline"].iloc[0]
+    lines = []
+    for _, r in table[table.family != "baseline"].iterrows():
+        verdict = "keeps" if keeps_quality(r, base) else "does not keep"
+        fid = "no samples (no input gradient)" if math.isnan(r.FID) else f"FID {r.FID:.1f} vs {base.FID:.1f}"
+        lines.append(
+            f"{r.model} ({r.family}): {r.compression_x:.1f}x smaller on disk, {fid}, "
+            f"OOD AUROC {r.ood_auroc:.3f} vs {base.ood_auroc:.3f}: {verdict} the baseline's quality "
+            f"(FID within {FID_TOLERANCE:.2f}x and AUROC within {AUROC_TOLERANCE})."
+        )
+    keepers = table[(table.family != "baseline") & table.apply(keeps_quality, axis=1, base=base)]
+    if len(keepers):
+        best = keepers.loc[keepers.size_mb.idxmin()]
+        lines.append(f"Smallest model that keeps quality: {best.model}, {best.compression_x:.1f}x smaller than the baseline.")
+    else:
+        lines.append("No compressed model keeps the baseline's quality under this profile's tolerances.")
+    if budget is not None and len(budget):
+        for (model, rule), g in budget.groupby(["model", "rule"], sort=False):
+            g = g.sort_values("K")
+            ref = g.iloc[-1]
+            ok = g[g.FID <= FID_TOLERANCE * ref.FID]
+            k = ok.iloc[0] if len(ok) else ref
+            lines.append(
+                f"Sampling budget, {model}, {rule}: K={int(k.K)} steps reach FID {k.FID:.1f} "
+                f"(K={int(ref.K)}: {ref.FID:.1f}) in {k.seconds / ref.seconds:.0%} of the time."
+            )
+    return lines

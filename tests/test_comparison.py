@@ -42,3 +42,18 @@ def test_missing_results_name_the_notebook(tmp_path, monkeypatch):
         results.load_samples(ctx, "student_x")
     results.save_samples(ctx, "baseline", torch.ones(3, 1, 28, 28))
     assert torch.equal(results.load_samples(ctx, "baseline"), torch.ones(3, 1, 28, 28))
+
+
+def test_conclusions_follow_the_numbers():
+    table = pd.DataFrame(
+        {"model": ["baseline", "int8", "student"], "family": ["baseline", "quantization", "distillation"],
+         "size_mb": [40.0, 10.0, 0.4], "FID": [10.0, math.nan, 10.5], "ood_auroc": [0.8, 0.8, 0.5]}
+    )
+    table["compression_x"] = 40.0 / table.size_mb
+    budget = pd.DataFrame({"model": "baseline", "rule": "fixed step", "K": [16, 64, 256],
+                           "FID": [30.0, 10.5, 10.0], "seconds": [1.0, 4.0, 16.0]})
+    text = comparison.conclusions(table, budget)
+    assert "int8 (quantization): 4.0x smaller" in text[0] and "no samples" in text[0] and "does not keep" in text[0]
+    assert "does not keep" in text[1]  # FID fine, AUROC 0.5 vs 0.8
+    assert text[2].startswith("No compressed model keeps")
+    assert "K=64 steps reach FID 10.5" in text[3] and "25% of the time" in text[3]
