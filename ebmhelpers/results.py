@@ -47,10 +47,11 @@ def load_table(ctx: Context, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def save_samples(ctx: Context, name: str, samples: torch.Tensor, n: int = 100) -> None:
-    """Keep the first ``n`` generated digits of a model (``results/<profile>/samples_<name>.pt``)
-    so the final comparison can show them without sampling again."""
-    atomic_save({"samples": samples[:n].detach().cpu().float()}, ctx.results / f"samples_{name}.pt")
+def save_samples(ctx: Context, name: str, samples: torch.Tensor, n: int = 40) -> None:
+    """Keep the first ``n`` generated digits of a model (``results/<profile>/samples_<name>.pt``,
+    as 8-bit pixels, about 31 kB) so the final comparison can show them without sampling again."""
+    pixels = samples[:n].detach().cpu().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    atomic_save({"samples": pixels}, ctx.results / f"samples_{name}.pt")
 
 
 def load_samples(ctx: Context, name: str) -> torch.Tensor:
@@ -59,4 +60,4 @@ def load_samples(ctx: Context, name: str) -> torch.Tensor:
     if not path.exists():
         producer = next((nb for key, nb in SAMPLE_PRODUCERS.items() if name.startswith(key)), "an earlier notebook")
         raise MissingResultsError(f"no samples {path}: run notebooks/{producer}.ipynb with profile {ctx.profile.name!r}")
-    return load_checkpoint(path)["samples"]
+    return load_checkpoint(path)["samples"].float().div(127.5).sub(1)
