@@ -13,8 +13,10 @@ it unchanged. The toy sizes are tiny and the same for every profile (named const
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -32,31 +34,40 @@ from .training import PCDTrainer
 # ---- the toy world ------------------------------------------------------------------------
 BOX = 1.0  # data, samples and quadrature live in [-BOX, BOX]^2
 GRID_SIZE = 200  # quadrature points per axis (a 200 x 200 midpoint rule)
-HIST_BINS = 40  # bins per axis when comparing a sample histogram with the exact density
-MIX_MODES, MIX_RADIUS, MIX_STD = 8, 0.6, 0.1  # the target: 8 Gaussians on a circle
+HIST_BINS = 20  # bins per axis when comparing a sample histogram with the exact density
+MIX_MODES, MIX_RADIUS, MIX_STD = 8, 0.6, 0.1  # the target: 8 Gaussians on a circle,
+MIX_WEIGHTS = (3.0, 1.0) * (MIX_MODES // 2)  # alternately heavy and light (normalized to sum 1)
 RING_RADIUS, RING_STD = 0.6, 0.1
 NO_GRAD_CLAMP = 1e6  # a gradient clamp that never binds: plain Langevin dynamics
+NUM_THREADS = 1  # tensors here are tiny: extra intra-op threads only add synchronization
+# (on a CPU shared with other jobs, two threads made toy training 17x slower than one)
+ENERGY_PLOT_RANGE = 20.0  # energy plots show min(E) .. min(E) + this (nats)
 
 # ---- sampler comparison -------------------------------------------------------------------
-N_CHAINS = 2000
-SAMPLER_STEPS = 400
-RECORD_EVERY = 10
+N_CHAINS = 1000
+SAMPLER_STEPS = 1000
+RECORD_EVERY = 25
 MH_PROPOSAL_STD = 0.15
 LANGEVIN_STEP = 1e-3  # step size of ULA and MALA; the Langevin noise std is sqrt(2 * step)
-LANGEVIN_BIG_STEP = 5e-3  # a larger ULA step, to show its discretization bias
+LANGEVIN_BIG_STEP = 5e-3  # a larger step: MALA stays exact, ULA shows its discretization bias
 
-# ---- training a small MLP energy ----------------------------------------------------------
+# ---- training a small MLP energy (identical for every profile: the toy is tiny) ------------
 N_DATA = 8192
+N_TEST = 4096
 MLP_HIDDEN = (64, 64)
 TOY_BATCH = 128
-TOY_EPOCHS = 12
+TOY_EPOCHS = 12  # 12 x 64 = 768 parameter updates for every training method
 TOY_BUFFER = 2048
-TOY_SGLD_STEPS = 20
+TOY_SGLD_STEPS = (2, 10)  # K of the CD-K / PCD-K comparison
 TOY_SGLD_STEP = 1e-3  # Langevin step; noise std sqrt(2 * step) makes SGLD sample exp(-E)
-TOY_LR = 1e-3
+TOY_LR = 1e-2
+TOY_BETAS = (0.0, 0.999)  # as the paper's recipe
 TOY_ALPHA = 0.01  # weaker than the paper's 0.1: the toy's energies span ~20 nats
-NCE_STEPS = 1500
-NCE_NOISE_RATIO = 4  # noise samples per data sample
+MLE_GRID_SIZE = 50  # quadrature points per axis for exact-likelihood training
+NCE_NOISE_RATIO = 4  # uniform-noise samples per data sample
+GRAD_CHECK_HIDDEN = (8,)  # the small parametric energy of the eq. 3 check (33 parameters)
+MC_SAMPLE_SIZES = (256, 1024, 4096, 16384)  # negatives per estimate of eq. 3
+MC_REPEATS = 3
 
 # ---- SGLD step size / noise exploration ---------------------------------------------------
 EXPLORE_STEPS = 200
@@ -84,7 +95,7 @@ class GaussianEnergy(nn.Module):
 
     def log_partition(self) -> float:
         """Analytic log Z = log(2 pi) + sum_i log std_i."""
-        return float(math.log(2 * math.pi) + self.log_std.sum())
+        return float(math.log(2 * math.pi) + self.log_std.detach().sum())
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -137,10 +148,11 @@ class RingEnergy(nn.Module):
 
 
 def eight_gaussians() -> GaussianMixtureEnergy:
-    """The toy target: ``MIX_MODES`` equal Gaussians (std ``MIX_STD``) on a circle in the box."""
+    """The toy target: ``MIX_MODES`` Gaussians (std ``MIX_STD``) on a circle in the box,
+    weighted ``MIX_WEIGHTS``: unequal weights test whether a method learns the modes' masses."""
     angles = torch.arange(MIX_MODES) * (2 * math.pi / MIX_MODES)
     means = MIX_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return GaussianMixtureEnergy(means, MIX_STD)
+    return GaussianMixtureEnergy(means, MIX_STD, torch.tensor(MIX_WEIGHTS))
 
 
 class MLPEnergy(EnergyModel):
@@ -203,6 +215,12 @@ def _energies_on(energy: nn.Module, grid: Grid) -> torch.Tensor:
     return energy(grid.points.to(dtype))
 
 
+@torch.no_grad()
+def grid_energy(energy: nn.Module, grid: Grid) -> torch.Tensor:
+    """E(x_g) on the grid as an (n, n) tensor (for plots)."""
+    return _energies_on(energy, grid).reshape(grid.n, grid.n)
+
+
 def log_partition(energy: nn.Module, grid: Grid) -> torch.Tensor:
     """log Z = log sum_g exp(-E(x_g)) dA by the midpoint rule; differentiable in the parameters."""
     return torch.logsumexp(-_energies_on(energy, grid), dim=0) + math.log(grid.cell_area)
@@ -256,6 +274,30 @@ def finite_difference_gradient(energy: nn.Module, x: torch.Tensor, grid: Grid, h
             flat[i] = old
             out.append((up - down) / (2 * h))
     return torch.stack(out)
+
+
+def mc_gradient_errors(
+    energy: nn.Module, data: torch.Tensor, grid: Grid, sizes: Sequence[int] = MC_SAMPLE_SIZES,
+    cd_steps: Sequence[int] = TOY_SGLD_STEPS, repeats: int = MC_REPEATS, seed: int = 0,
+) -> pd.DataFrame:
+    """Relative error ||g_hat - g|| / ||g|| of sample estimates of eq. 3's negative phase
+    against the exact gradient g (positive phase on all of ``data`` in both): n negatives that
+    are exact samples of the model, or CD-K negatives (K Langevin steps from n data points).
+    One row per (n, negatives, repeat)."""
+    g_exact = mle_gradient(energy, data, grid)
+    density = grid_density(energy, grid)
+    rows = []
+    for n, rep in itertools.product(sizes, range(repeats)):
+        torch.manual_seed(seed + 1000 * rep + n)
+        starts = data[torch.randint(len(data), (n,))]
+        negatives = {"exact samples of p": sample_exact(density, grid, n).to(data.dtype)}
+        for k in cd_steps:
+            cfg = langevin_config(k, TOY_SGLD_STEP, clamp_range=(-grid.lim, grid.lim))
+            negatives[f"CD-{k} (Langevin from data)"] = sgld(energy, starts, cfg)
+        for name, x_neg in negatives.items():
+            err = (mle_gradient_mc(energy, data, x_neg) - g_exact).norm() / g_exact.norm()
+            rows.append({"n": n, "negatives": name, "repeat": rep, "relative_error": float(err)})
+    return pd.DataFrame(rows)
 
 
 def sample_exact(density: torch.Tensor, grid: Grid, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -314,6 +356,7 @@ class SamplerRun:
     chain: torch.Tensor
     record_every: int
     acceptance: float = 1.0
+    seconds: float = float("nan")
 
     def tv_curve(self, density: torch.Tensor, grid: Grid, name: str) -> pd.DataFrame:
         """TV distance to the exact density after each recorded number of steps."""
@@ -400,25 +443,50 @@ def langevin(
     return SamplerRun(x, chain, record_every)
 
 
+def sampler_suite(energy: nn.Module, x0: torch.Tensor, steps: int = SAMPLER_STEPS) -> dict[str, SamplerRun]:
+    """The samplers compared in notebook 00, all from the same starts ``x0``: random-walk MH,
+    ULA (the package's SGLD) and MALA at ``LANGEVIN_STEP``, and ULA and MALA at the larger
+    ``LANGEVIN_BIG_STEP``. Each run is timed (wall clock, in ``seconds``)."""
+    suite = {
+        f"MH (proposal std {MH_PROPOSAL_STD:g})": lambda: metropolis_hastings(energy, x0, steps, MH_PROPOSAL_STD),
+        f"ULA / SGLD (eps {LANGEVIN_STEP:g})": lambda: langevin(energy, x0, steps, LANGEVIN_STEP),
+        f"MALA (eps {LANGEVIN_STEP:g})": lambda: mala(energy, x0, steps, LANGEVIN_STEP),
+        f"ULA / SGLD (eps {LANGEVIN_BIG_STEP:g})": lambda: langevin(energy, x0, steps, LANGEVIN_BIG_STEP),
+        f"MALA (eps {LANGEVIN_BIG_STEP:g})": lambda: mala(energy, x0, steps, LANGEVIN_BIG_STEP),
+    }
+    runs = {}
+    for name, run in tqdm(suite.items(), desc="samplers", leave=False):
+        start = time.perf_counter()
+        runs[name] = run()
+        runs[name].seconds = time.perf_counter() - start
+    return runs
+
+
 def uniform_box(n: int, lim: float = BOX) -> torch.Tensor:
     """``n`` chain starts uniform in the box, the replay buffer's noise."""
     return (torch.rand(n, 2) * 2 - 1) * lim
 
 
 # ==== training: persistent vs plain contrastive divergence ==================================
-def toy_profile(base: Profile) -> Profile:
-    """``base`` with the toy's training settings: Langevin SGLD (noise sqrt(2 eps), no gradient
-    clamp), a small buffer and batch, Adam without decay. The name stays that of ``base``."""
+def toy_updates() -> int:
+    """Parameter updates of every toy training run (the PCD trainer's epochs x batches)."""
+    return TOY_EPOCHS * math.ceil(N_DATA / TOY_BATCH)
+
+
+def toy_profile(base: Profile, sgld_steps: int = TOY_SGLD_STEPS[-1]) -> Profile:
+    """``base`` with the toy's training settings: ``sgld_steps`` Langevin steps per update (noise
+    sqrt(2 eps), no gradient clamp), a small buffer and batch, Adam without decay. The name stays
+    that of ``base``."""
     return base.replace(
         batch_size=TOY_BATCH, epochs=TOY_EPOCHS, max_iters_per_epoch=None, buffer_size=TOY_BUFFER,
-        sgld_steps=TOY_SGLD_STEPS, sgld_step_size=TOY_SGLD_STEP, sgld_noise_std=math.sqrt(2 * TOY_SGLD_STEP),
-        sgld_grad_clamp=NO_GRAD_CLAMP, lr=TOY_LR, lr_gamma=1.0, alpha=TOY_ALPHA, grad_clip=1.0,
-        ckpt_every=N_DATA // TOY_BATCH, amp_dtype=None, compile=False,
+        sgld_steps=sgld_steps, sgld_step_size=TOY_SGLD_STEP, sgld_noise_std=math.sqrt(2 * TOY_SGLD_STEP),
+        sgld_grad_clamp=NO_GRAD_CLAMP, lr=TOY_LR, betas=TOY_BETAS, lr_gamma=1.0, alpha=TOY_ALPHA,
+        grad_clip=1.0, ckpt_every=math.ceil(N_DATA / TOY_BATCH), amp_dtype=None, compile=False,
     )  # fmt: skip
 
 
 class DataStarts:
-    """A stand-in for the replay buffer that makes the trainer run CD-k: every negative chain
+    """A stand-in for the replay buffer that makes the trainer run CD-K: every negative chain
     starts at the current batch of data (primed by :class:`CDTrainer`) and nothing persists.
     ``samples`` holds the last negatives, for plots."""
 
@@ -446,11 +514,13 @@ class DataStarts:
 
 
 class CDTrainer(PCDTrainer):
-    """Contrastive divergence CD-k (Hinton, 2002) with the package's trainer: the K SGLD steps
-    start at the data batch itself instead of the replay buffer. Everything else (loss,
+    """Contrastive divergence CD-K (Hinton, 2002) with the package's trainer: the K SGLD steps
+    start at the (clean) data batch itself instead of the replay buffer. Everything else (loss,
     optimizer, checkpoints, divergence guard) is :class:`~ebmhelpers.training.PCDTrainer`'s."""
 
     def __init__(self, model: nn.Module, profile: Profile, data: torch.Tensor, **kwargs) -> None:
+        if "buffer" in kwargs:
+            raise ValueError("CD-K has no replay buffer: its chains start at the data")
         device = kwargs.get("device") or data.device
         super().__init__(model, profile, data, buffer=DataStarts(tuple(data.shape[1:]), device), **kwargs)
 
@@ -459,18 +529,49 @@ class CDTrainer(PCDTrainer):
         return super().train_step(x_real)
 
 
-def train_toy(method: str, data: torch.Tensor, profile: Profile, seed: int = 0, progress: bool = True) -> PCDTrainer:
-    """Train a fresh :class:`MLPEnergy` on 2-D ``data`` with ``"pcd"`` (replay buffer) or
-    ``"cd"`` (chains from the data), in memory (no checkpoint file)."""
+def train_toy(
+    method: str, data: torch.Tensor, profile: Profile, sgld_steps: int = TOY_SGLD_STEPS[-1], progress: bool = True
+) -> PCDTrainer:
+    """Train a fresh :class:`MLPEnergy` (seeded by ``profile.seed``) on 2-D ``data`` with
+    ``"pcd"`` (replay buffer) or ``"cd"`` (chains from the data), in memory (no checkpoint file)."""
     if method not in ("pcd", "cd"):
         raise ValueError(f"method must be 'pcd' or 'cd', got {method!r}")
-    torch.manual_seed(seed)
-    model = MLPEnergy()
+    torch.manual_seed(profile.seed)
     trainer_cls = PCDTrainer if method == "pcd" else CDTrainer
-    trainer = trainer_cls(model, toy_profile(profile), data)
+    trainer = trainer_cls(MLPEnergy(), toy_profile(profile, sgld_steps), data)
     trainer.fit(progress=progress)
     trainer.model.eval()
     return trainer
+
+
+def _fit(
+    params: list[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    data: torch.Tensor, steps: int, seed: int, desc: str, progress: bool,
+) -> pd.DataFrame:
+    """Adam (the toy's lr and betas) on ``loss_fn(batch, generator)`` for ``steps`` random batches."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(params, lr=TOY_LR, betas=TOY_BETAS)
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, disable=not progress):
+        loss = loss_fn(data[torch.randint(len(data), (TOY_BATCH,), generator=gen)], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return pd.DataFrame({"step": range(steps), "loss": torch.stack(losses).tolist()})
+
+
+def fit_exact_mle(
+    model: nn.Module, data: torch.Tensor, steps: int, grid: Grid | None = None, seed: int = 0, progress: bool = True
+) -> pd.DataFrame:
+    """Maximum likelihood with the exact gradient (eq. 3, expectation by quadrature on ``grid``):
+    the reference that CD and PCD approximate with samples. Returns the NLL per step."""
+    grid = grid or Grid(n=MLE_GRID_SIZE)
+
+    def nll(x: torch.Tensor, _: torch.Generator) -> torch.Tensor:
+        return -exact_log_likelihood(model, x, grid)
+
+    return _fit(list(model.parameters()), nll, data, steps, seed, "exact MLE", progress)
 
 
 # ==== an MCMC-free alternative: noise-contrastive estimation =================================
@@ -488,8 +589,9 @@ class NCEModel(nn.Module):
 
 
 def nce_loss(model: NCEModel, x_data: torch.Tensor, x_noise: torch.Tensor, lim: float = BOX) -> torch.Tensor:
-    """Logistic loss of telling data from ``nu`` times as many uniform-box noise samples, with
-    the logit G(x) = log p(x) - log(nu q(x)) (Gutmann & Hyvarinen, 2010)."""
+    """Logistic loss of telling data from ``nu = len(x_noise) / len(x_data)`` times as many
+    uniform-box noise samples, logit G(x) = log p(x) - log(nu q(x)) (Gutmann & Hyvarinen, 2010).
+    Its minimizer is the data density, normalizer included; no sampling from the model."""
     nu = len(x_noise) / len(x_data)
     log_nu_q = math.log(nu) - 2 * math.log(2 * lim)
     g_data = -model.energy(x_data) - model.log_z - log_nu_q
@@ -498,31 +600,61 @@ def nce_loss(model: NCEModel, x_data: torch.Tensor, x_noise: torch.Tensor, lim: 
 
 
 def fit_nce(
-    model: NCEModel, data: torch.Tensor, steps: int = NCE_STEPS, batch_size: int = TOY_BATCH,
-    noise_ratio: int = NCE_NOISE_RATIO, lr: float = TOY_LR, seed: int = 0, progress: bool = True,
+    model: NCEModel, data: torch.Tensor, steps: int, noise_ratio: int = NCE_NOISE_RATIO, seed: int = 0,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Fit ``model`` by NCE against uniform noise on the box; returns the loss per step."""
     if data.ndim != 2 or data.shape[1] != 2 or data.abs().max() > BOX:
         raise ValueError("NCE here needs (N, 2) data inside the box [-BOX, BOX]^2 (the noise support)")
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rows = []
-    for step in tqdm(range(steps), desc="NCE", disable=not progress):
-        x = data[torch.randint(len(data), (batch_size,), generator=gen)]
-        noise = (torch.rand(batch_size * noise_ratio, 2, generator=gen) * 2 - 1) * BOX
-        loss = nce_loss(model, x, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rows.append((step, loss.item(), model.log_z.item()))
-    return pd.DataFrame(rows, columns=["step", "loss", "log_z"])
+
+    def loss(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        noise = (torch.rand(len(x) * noise_ratio, 2, generator=gen, dtype=x.dtype) * 2 - 1) * BOX
+        return nce_loss(model, x, noise)
+
+    return _fit(list(model.parameters()), loss, data, steps, seed, "NCE", progress)
+
+
+# ==== scoring a learned energy against the target ===========================================
+def mode_masses(density: torch.Tensor, grid: Grid, means: torch.Tensor) -> torch.Tensor:
+    """Probability mass of each mode's region (the grid cells nearest to that mode's mean)."""
+    nearest = torch.cdist(grid.points, means.to(grid.points.dtype)).argmin(1)
+    return torch.bincount(nearest, weights=density.reshape(-1), minlength=len(means))
+
+
+@torch.no_grad()
+def density_report(
+    name: str, energy: nn.Module, target: GaussianMixtureEnergy, grid: Grid, test: torch.Tensor
+) -> dict[str, float | str]:
+    """Exact scores of a learned energy: TV and KL(target || model) on the grid, test NLL with
+    the quadrature log Z, and the mass the model gives the target's light modes."""
+    dtype = next(iter(energy.parameters()), torch.empty((), dtype=torch.float64)).dtype
+    p_target, p_model = grid_density(target, grid), grid_density(energy, grid)
+    light = target.log_w < target.log_w.max()
+    return {
+        "method": name,
+        "tv": density_tv(p_target, p_model),
+        "kl": kl_divergence(p_target, p_model),
+        "test_nll": float(-exact_log_likelihood(energy, test.to(dtype), grid)),
+        "light_mode_mass": float(mode_masses(p_model, grid, target.means)[light].sum()),
+    }
 
 
 # ==== plots =================================================================================
 def plot_density(ax: plt.Axes, density: torch.Tensor, grid: Grid, title: str | None = None) -> None:
-    """The grid density as an image (log-scale colours would hide the modes' relative mass)."""
+    """The grid density as an image, linear colours (log colours would hide the modes' masses)."""
     ax.imshow(density.cpu().numpy(), origin="lower", extent=grid.extent, cmap="viridis", interpolation="nearest")
-    ax.set(xticks=[], yticks=[], title=title)
+    ax.set(xticks=[], yticks=[])
+    ax.set_title(title, fontsize=9)
+
+
+def plot_energy(ax: plt.Axes, energy: nn.Module, grid: Grid, title: str | None = None) -> None:
+    """E(x) on the grid, shifted to start at 0 and cut at ``ENERGY_PLOT_RANGE`` nats."""
+    e = grid_energy(energy, grid).double()
+    e = (e - e.min()).clamp(max=ENERGY_PLOT_RANGE)
+    im = ax.imshow(e.cpu().numpy(), origin="lower", extent=grid.extent, cmap="magma_r", interpolation="nearest")
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    ax.set(xticks=[], yticks=[])
+    ax.set_title(title, fontsize=9)
 
 
 def plot_samples(ax: plt.Axes, x: torch.Tensor, grid: Grid, title: str | None = None, n_max: int = 1000,
@@ -534,7 +666,8 @@ def plot_samples(ax: plt.Axes, x: torch.Tensor, grid: Grid, title: str | None = 
         ax.contour(axis, axis, density.cpu().numpy(), levels=np.unique(levels), colors="0.6", linewidths=0.6)
     pts = x[:n_max].detach().cpu().numpy()
     ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="C3")
-    ax.set(xlim=(-grid.lim, grid.lim), ylim=(-grid.lim, grid.lim), xticks=[], yticks=[], aspect="equal", title=title)
+    ax.set(xlim=(-grid.lim, grid.lim), ylim=(-grid.lim, grid.lim), xticks=[], yticks=[], aspect="equal")
+    ax.set_title(title, fontsize=9)
 
 
 def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Grid, step_size: float,
@@ -550,11 +683,14 @@ def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Gri
     return tv
 
 
-def sgld_grid_figure(energy: nn.Module, density: torch.Tensor, grid: Grid, step_sizes: Sequence[float] = EXPLORE_STEP_SIZES,
-                     noise_stds: Sequence[float] = EXPLORE_NOISE_STDS, title: str | None = None) -> tuple[plt.Figure, pd.DataFrame]:
+def sgld_grid_figure(
+    energy: nn.Module, density: torch.Tensor, grid: Grid, step_sizes: Sequence[float] = EXPLORE_STEP_SIZES,
+    noise_stds: Sequence[float] = EXPLORE_NOISE_STDS, title: str | None = None,
+) -> tuple[plt.Figure, pd.DataFrame]:
     """:func:`sgld_panel` for every (step size, noise) pair: rows = step size, columns = noise.
     Returns the figure and a table of temperature and TV per pair."""
-    fig, axes = plt.subplots(len(step_sizes), len(noise_stds), figsize=(2.4 * len(noise_stds), 2.6 * len(step_sizes)), squeeze=False)
+    size = (2.4 * len(noise_stds), 2.6 * len(step_sizes))
+    fig, axes = plt.subplots(len(step_sizes), len(noise_stds), figsize=size, squeeze=False)
     rows = []
     for i, eps in enumerate(step_sizes):
         for j, sigma in enumerate(noise_stds):
