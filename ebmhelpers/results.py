@@ -12,6 +12,7 @@ from .runtime import Context
 
 # Which notebook writes which table, so a missing table names the notebook to run.
 PRODUCERS = {
+    "toy_density_fits": "00_ebm_theory",
     "baseline": "02_evaluation",
     "baseline_ood": "02_evaluation",
     "quantization": "03_quantization",

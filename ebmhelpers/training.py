@@ -71,7 +71,7 @@ class PCDTrainer:
         self.energy = torch.compile(self.model) if (p.compile and self.device.type == "cuda") else self.model
         self.data = data.to(self.device)
         self.sgld_cfg = sgld_cfg or p.sgld()
-        self.buffer = buffer or ReplayBuffer(p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device)
+        self.buffer = buffer if buffer is not None else ReplayBuffer(p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=p.lr_gamma)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
