@@ -35,7 +35,10 @@ def keeps_quality(row: pd.Series, base: pd.Series) -> bool:
 
 
 def best_pruning_rows(pruning: pd.DataFrame, base: pd.Series) -> pd.DataFrame:
-    """Per (strategy, fine-tuned): the largest ratio that keeps quality, else the lowest FID."""
+    """Per (strategy, fine-tuned): the largest ratio that keeps quality, else the lowest FID.
+    One-shot pruning only (the lottery-ticket rows are a separate experiment)."""
+    if "method" in pruning.columns:
+        pruning = pruning[pruning.method == "one-shot"]
     picked = []
     for _, group in pruning.groupby(["strategy", "finetuned"], sort=False):
         ok = group[group.apply(keeps_quality, axis=1, base=base)]

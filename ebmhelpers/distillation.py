@@ -395,6 +395,30 @@ def run_name(variant: str, grad_weight: float = 0.0) -> str:
     return f"{variant}+grad" if grad_weight > 0 else variant
 
 
+def best_student(table: pd.DataFrame) -> pd.Series:
+    """The row of the distillation table with the lowest FID (any student, any variant)."""
+    if table.empty or table.FID.isna().all():
+        raise ValueError("the distillation table has no scored student")
+    return table.loc[table.FID.idxmin()]
+
+
+def best_student_name(table: pd.DataFrame) -> str:
+    """``<student>_<variant>``: how the best student's samples and checkpoint are named."""
+    row = best_student(table)
+    return f"{row.student}_{row.variant}"
+
+
+def load_best_student(ctx: Context, table: pd.DataFrame) -> EnergyModel:
+    """The best student's weights from its distillation checkpoint (nothing is trained)."""
+    row = best_student(table)
+    path = ctx.checkpoints / f"student_{row.student}_{row.variant}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path}: run notebooks/05_distillation.ipynb with profile {ctx.profile.name!r}")
+    student = build_student(row.student).to(ctx.device)
+    student.load_state_dict(load_checkpoint(path, ctx.device)["model"])
+    return student.eval()
+
+
 # ---- evaluation -------------------------------------------------------------------------
 def heldout_errors(model: nn.Module, held: DistillSet, batch_size: int = 256) -> pd.DataFrame:
     """Per input kind: energy MSE against the teacher, and the mean cosine similarity of the
