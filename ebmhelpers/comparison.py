@@ -93,6 +93,8 @@ def sampling_budget(
     p = ctx.profile
     base = p.sgld(ref_steps)
     rows = []
+    for model in models.values():  # warm-up (allocator, kernels) so the first timing is not inflated
+        generate(model, p.gen_batch_size, p.sgld(1), p.gen_batch_size, device=ctx.device, progress=False)
     jobs = [(m, k, rule) for m in models for k in steps for rule in ("fixed step", "step ∝ 1/sqrt(K)")]
     for name, k, rule in tqdm(jobs, desc="sampling budget"):
         cfg = p.sgld(k) if rule == "fixed step" else rescaled_step_size(base, k, ref_steps)
