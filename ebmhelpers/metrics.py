@@ -228,7 +228,8 @@ class Evaluator:
         """Score one model: a summary row (cost, IS, FID, mean OOD AUROC), its OOD table and
         the samples used for IS/FID (generated here by SGLD from noise unless given).
 
-        A model without input gradients (int8) gets NaN IS/FID and ``generative=False``.
+        A model without input gradients (int8), or scored without samples, gets NaN IS/FID and
+        ``generative=False``; samples are drawn on the model's own device.
         """
         p = self.ctx.profile
         cfg = sgld_cfg or p.sgld(p.gen_steps)
@@ -241,13 +242,12 @@ class Evaluator:
             "latency_batch": p.latency_batch,
             "hardware": device_name(lat_dev),
         }
-        generative = True
         if samples is None and generate_samples:
             try:
-                samples = generate(model, p.n_gen, cfg, p.gen_batch_size, device=self.device)
+                samples = generate(model, p.n_gen, cfg, p.gen_batch_size, device=model_device(model))
             except SamplingNotSupportedError as err:
-                generative, samples = False, None
                 print(f"{name}: no samples - {err}")
+        generative = samples is not None
         if samples is not None:
             row.update(self.sample_quality(samples))
             short = SGLDConfig(min(cfg.steps, 5), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)

@@ -17,11 +17,14 @@ PRODUCERS = {
     "baseline_ood": "02_evaluation",
     "quantization": "03_quantization",
     "quantization_ood": "03_quantization",
+    "quantization_sampling": "03_quantization",
     "pruning": "04_pruning",
     "pruning_speed": "04_pruning",
     "distillation": "05_distillation",
 }
-SAMPLE_PRODUCERS = {"baseline": "02_evaluation", "pruning": "04_pruning", "student": "05_distillation"}
+SAMPLE_PRODUCERS = {
+    "baseline": "02_evaluation", "quantization": "03_quantization", "pruning": "04_pruning", "student": "05_distillation",
+}
 
 
 class MissingResultsError(FileNotFoundError):
