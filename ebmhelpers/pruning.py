@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
+from . import results
 from .metrics import Evaluator, latency_ms, serialized_size_bytes, sgld_throughput
 from .models import count_parameters, resnet18_energy
 from .plotting import _finish
@@ -244,7 +245,8 @@ def finetune(
     """
     p = finetune_profile(ctx.profile)
     seed_everything(p.seed)
-    trainer = PCDTrainer(model, p, data, ckpt_path=ctx.checkpoints / f"{name}.pt", device=ctx.device, buffer=clone_buffer(buffer))
+    path = ctx.checkpoints / f"{name}.pt"
+    trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer))
     diverged = False
     if not (trainer.load() and trainer.done):
         try:
@@ -311,7 +313,9 @@ def cost_row(ctx: Context, model: nn.Module) -> dict:
     return {
         "params": count_parameters(model),
         "size_mb": serialized_size_bytes(model) / 1e6,
-        f"latency_ms_{ctx.device.type}": latency_ms(model, p.latency_batch, ctx.device, p.latency_repeats, p.latency_warmup),
+        f"latency_ms_{ctx.device.type}": latency_ms(
+            model, p.latency_batch, ctx.device, p.latency_repeats, p.latency_warmup
+        ),
         "sgld_img_steps_per_s": sgld_throughput(model, short, p.latency_batch, ctx.device),
     }
 
@@ -327,18 +331,31 @@ def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> 
     return f"{prefix}_{strategy.key}_{round(100 * ratio)}"
 
 
+METHODS = ("one-shot", "lottery")
+
+
 def score_variant(
     ev: Evaluator, model: nn.Module, strategy: Strategy, ratio: float, finetuned: bool, rollbacks: int = 0,
     diverged: bool = False, method: str = "one-shot",
 ) -> dict:
     """``Evaluator.score`` of a pruned model (masks made permanent on a copy, so size and
-    latency are those of the dense model with zeros) plus the pruning columns."""
+    latency are those of the dense model with zeros) plus the pruning columns; its first
+    samples are kept with :func:`results.save_samples` under the name in column ``samples``.
+
+    Lottery tickets get the strategy key ``lottery_<strategy>``, so a table grouped by strategy
+    and fine-tuning keeps them apart from one-shot pruning.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    lottery = method == "lottery"
+    key = f"lottery_{strategy.key}" if lottery else strategy.key
+    name = f"{strategy.label} {ratio:.0%}" + (" lottery ticket" if lottery else " + fine-tuned" if finetuned else "")
     dense = remove_masks(copy_model(model)).eval()
-    name = f"{strategy.label} {ratio:.0%}" + ("" if method == "one-shot" else f" ({method})")
-    name += " + fine-tuned" if finetuned and method == "one-shot" else ""
-    row, _, _ = ev.score(dense, name)
-    row.update(strategy=strategy.key, ratio=ratio, sparsity=sparsity(dense), finetuned=finetuned,
-               rollbacks=rollbacks, diverged=diverged, method=method)  # fmt: skip
+    row, _, samples = ev.score(dense, name)
+    sample_name = f"pruning_{key}_{round(100 * ratio)}" + ("_ft" if finetuned and not lottery else "")
+    results.save_samples(ev.ctx, sample_name, samples)
+    row.update(strategy=key, ratio=ratio, sparsity=sparsity(dense), finetuned=finetuned, rollbacks=rollbacks,
+               diverged=diverged, method=method, samples=sample_name)  # fmt: skip
     return row
 
 
@@ -353,7 +370,7 @@ def prune_sweep(
     cost table of the physically pruned models (``variant='physical'``).
     """
     p = ctx.profile
-    check_x = ev.ood_x[: p.eval_batch_size].to(ctx.device)
+    check_x = ev.ood_x[: p.latency_batch].to(ctx.device)  # real digits for the energy check
     rows, speed = [], []
     jobs = [(s, r) for s in STRATEGIES.values() for r in p.prune_ratios]
     for strategy, ratio in tqdm(jobs, desc="pruning sweep", disable=not progress):
@@ -364,7 +381,8 @@ def prune_sweep(
             speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ctx, phys),
                           "max_abs_energy_diff": max_energy_difference(masked, phys, check_x)})  # fmt: skip
         if strategy.finetuned:
-            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, checkpoint_name(strategy, ratio), progress=False)
+            name = checkpoint_name(strategy, ratio)
+            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, name, progress=False)
             rows.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged))
             if phys is not None:  # same masks, so the same architecture: check the function again
                 tuned = physically_prune(trainer.model)
@@ -378,7 +396,8 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFram
     lat = next(k for k in baseline_row if k.startswith("latency_ms_"))
     cols = ["params", "size_mb", lat, "sgld_img_steps_per_s"]
     base = {"strategy": "baseline", "ratio": 0.0, "variant": "dense", **{c: baseline_row[c] for c in cols}}
-    masked = pruning[pruning.strategy.isin(physical.strategy.unique()) & ~pruning.finetuned & (pruning.method == "one-shot")]
+    one_shot = pruning[(pruning.method == "one-shot") & ~pruning.finetuned]
+    masked = one_shot[one_shot.strategy.isin(physical.strategy.unique())]
     masked = masked[["strategy", "ratio", *cols]].assign(variant="masked")
     out = pd.concat([pd.DataFrame([base]), masked, physical], ignore_index=True)
     out["param_fraction"] = out.params / base["params"]
@@ -399,12 +418,17 @@ def best_finetuned_strategy(pruning: pd.DataFrame, metric: str = "FID") -> str:
 
 
 # ---- lottery tickets --------------------------------------------------------------------
-def rewind_step(profile: Profile, n_train: int) -> int:
-    """The iteration the lottery tickets rewind to: ``REWIND_FRACTION`` of the baseline run."""
+def training_iterations(profile: Profile, n_train: int) -> int:
+    """PCD iterations of a full run of ``profile`` on ``n_train`` digits."""
     per_epoch = math.ceil(n_train / profile.batch_size)
     if profile.max_iters_per_epoch:
         per_epoch = min(per_epoch, profile.max_iters_per_epoch)
-    return max(1, round(REWIND_FRACTION * profile.epochs * per_epoch))
+    return profile.epochs * per_epoch
+
+
+def rewind_step(profile: Profile, n_train: int) -> int:
+    """The iteration the lottery tickets rewind to: ``REWIND_FRACTION`` of the baseline run."""
+    return max(1, round(REWIND_FRACTION * training_iterations(profile, n_train)))
 
 
 def early_weights(ctx: Context, data: torch.Tensor, progress: bool = True) -> tuple[dict[str, torch.Tensor], int]:
@@ -418,7 +442,8 @@ def early_weights(ctx: Context, data: torch.Tensor, progress: bool = True) -> tu
     p = ctx.profile
     k = rewind_step(p, len(data))
     seed_everything(p.seed)
-    trainer = PCDTrainer(resnet18_energy(), p.replace(ckpt_every=k), data, ckpt_path=ctx.checkpoints / "baseline_rewind.pt", device=ctx.device)
+    path = ctx.checkpoints / "baseline_rewind.pt"
+    trainer = PCDTrainer(resnet18_energy(), p.replace(ckpt_every=k), data, ckpt_path=path, device=ctx.device)
     if not (trainer.load() and trainer.step >= k):
         trainer.fit(max_steps=k, progress=progress)
     if trainer.step != k:
@@ -460,7 +485,8 @@ def lottery_ticket(
         ratio = 1.0 - (1.0 - target) ** (r / rounds)
         apply_pruning(remove_masks(model), s, ratio)  # pruned weights are 0, so they are ranked first
         rewind(model, early)
-        trainer, diverged = finetune(ctx, model, data, baseline.buffer, checkpoint_name(s, target, f"lottery_r{r}"), progress=False)
+        name = checkpoint_name(s, target, f"lottery_r{r}")
+        trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=False)
         model = trainer.model
         log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "rollbacks": len(trainer.rollbacks),
                     "diverged": diverged, "final_loss": float(trainer.history.loss.iloc[-1])})  # fmt: skip
@@ -474,7 +500,7 @@ def _palette() -> dict[str, tuple]:
 
 def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
     """The paper's Figure 2: one panel per metric against the pruning ratio, one line per
-    strategy (dashed after fine-tuning), the baseline as a horizontal line."""
+    strategy (dashed with hollow markers after fine-tuning), the baseline as a horizontal line."""
     colors = _palette()
     fig, axes = plt.subplots(1, len(QUALITY_METRICS), figsize=(4.2 * len(QUALITY_METRICS), 3.6))
     one_shot = pruning[pruning.method == "one-shot"]
@@ -483,16 +509,18 @@ def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = 
             for tuned, style in ((False, "-"), (True, "--")):
                 d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
                 if not d.empty:
-                    ax.plot(d.ratio, d[metric], style, marker="o", ms=4, color=colors[key],
-                            label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
+                    ax.plot(d.ratio, d[metric], style, marker="o", ms=5, color=colors[key],
+                            mfc="none" if tuned else colors[key], label=s.label + (" + fine-tuned" if tuned else ""))
         ax.axhline(baseline_row[metric], color="0.3", ls=":", label="baseline")
-        ax.set(xlabel="pruning ratio", title=label)
+        ax.set(xlabel="pruning ratio", title=label, xlim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return _finish(fig, title, save)
 
 
-def plot_speedup(speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
+def plot_speedup(
+    speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None
+) -> plt.Figure:
     """Quality against the real SGLD speed-up: masked models sit at 1x whatever their ratio;
     physically pruned ones move right with the same quality (hollow markers: after fine-tuning)."""
     colors = _palette()
@@ -504,10 +532,12 @@ def plot_speedup(speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict,
             for tuned in (False, True):
                 d = v.merge(q[q.finetuned == tuned][["strategy", "ratio", metric]], on=["strategy", "ratio"])
                 for key, g in d.groupby("strategy"):
-                    ax.scatter(g.speedup_sgld, g[metric], marker=marker, s=36, color=colors[key] if not tuned else "none",
-                               edgecolors=colors[key], label=f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else ""))
+                    label = f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else "")
+                    ax.scatter(g.speedup_sgld, g[metric], marker=marker, s=36, label=label,
+                               color="none" if tuned else colors[key], edgecolors=colors[key])  # fmt: skip
                     for _, r in g.iterrows():
-                        ax.annotate(f"{r.ratio:.0%}", (r.speedup_sgld, r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                        ax.annotate(f"{r.ratio:.0%}", (r.speedup_sgld, r[metric]), fontsize=6, xytext=(3, 3),
+                                    textcoords="offset points")  # fmt: skip
         ax.scatter([1.0], [baseline_row[metric]], marker="*", s=120, color="k", label="baseline", zorder=3)
         ax.set(xlabel="SGLD speed-up over the baseline (x)", title=QUALITY_METRICS[metric])
         ax.grid(alpha=0.3)
@@ -521,7 +551,8 @@ def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = Non
     fig, ax = plt.subplots(figsize=(10, 3.4))
     width = 0.8 / len(tables)
     for i, (key, t) in enumerate(tables.items()):
-        ax.bar([j + i * width for j in range(len(t))], t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
+        xs = [j + i * width for j in range(len(t))]
+        ax.bar(xs, t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
     first = next(iter(tables.values()))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], first.layer, rotation=70, fontsize=7)
     ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
