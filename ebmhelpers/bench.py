@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .metrics import median_time_s
-from .models import ResNetEnergy, count_parameters, resnet18_energy
+from .models import count_parameters, resnet18_energy
 from .profiles import Profile, SGLDConfig, get_profile
 from .runtime import device_name, get_device
 from .sampling import frozen, sgld
@@ -51,11 +51,22 @@ def sgld_step_flops(model: nn.Module, batch: int, device: torch.device) -> int:
 
 
 def bench_models() -> dict[str, Callable[[], nn.Module]]:
-    """The models measured: the baseline and a smaller ResNet as a stand-in student."""
-    return {
+    """The models measured, freshly initialized (speed does not depend on the weights): the
+    baseline, its weight-only int8 copy, 60% structured Conv2d pruning with the channels removed,
+    and every distillation student."""
+    from .distillation import STUDENTS, build_student
+    from .pruning import apply_pruning, physically_prune
+    from .quantization import weight_only_quantize
+
+    models: dict[str, Callable[[], nn.Module]] = {
         "baseline ResNet18": resnet18_energy,
-        "ResNet (1,1,1,1) x 1/4 width": lambda: ResNetEnergy((1, 1, 1, 1), (16, 32, 64, 128)),
+        "int8 weight-only ResNet18": lambda: weight_only_quantize(resnet18_energy(), 8),
+        "structured Conv2d 60%, channels removed": lambda: physically_prune(
+            apply_pruning(resnet18_energy(), "structured_conv", 0.6)
+        ),
     }
+    models |= {f"student {name}": (lambda name=name: build_student(name)) for name in STUDENTS}
+    return models
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -64,20 +75,21 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def measure_sgld(
     name: str, model: nn.Module, cfg: SGLDConfig, batch: int, device: torch.device, repeats: int,
-    amp_dtype: str | None = None,
+    amp_dtype: str | None = None, freeze: bool = True,
 ) -> dict:
     """One row of the benchmark table for SGLD sampling with ``model``."""
     model = model.to(device).eval()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     x = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
-    t = median_time_s(lambda: sgld(model, x, cfg, amp_dtype=amp_dtype), device, repeats, warmup=1)
+    t = median_time_s(lambda: sgld(model, x, cfg, amp_dtype=amp_dtype, freeze=freeze), device, repeats, warmup=1)
     flops = sgld_step_flops(model, batch, device) * cfg.steps
     peak = peak_flops(device, amp_dtype or "fp32")
     return {
         "model": name,
         "params": count_parameters(model),
         "dtype": amp_dtype or "fp32",
+        "params_frozen": freeze,
         "batch": batch,
         "sgld_steps": cfg.steps,
         "img_steps_per_s": batch * cfg.steps / t,
@@ -125,6 +137,8 @@ def run_bench(
         if models and not any(m in name for m in models):
             continue
         rows.append(measure_sgld(name, make(), cfg, batch, device, repeats))
+        if name == "baseline ResNet18":  # what freezing the parameters during sampling saves
+            rows.append(measure_sgld(name, make(), cfg, batch, device, repeats, freeze=False))
         if device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()):
             rows.append(measure_sgld(name, make(), cfg, batch, device, repeats, amp_dtype="bf16"))
     rows.append(measure_training(p.replace(sgld_steps=cfg.steps), batch, device, repeats))

@@ -35,7 +35,7 @@ from . import data as data_mod
 from . import results
 from .metrics import Evaluator, latency_ms, sgld_throughput
 from .models import EnergyModel, ResNetEnergy, Swish
-from .plotting import image_grid
+from .plotting import finish, image_grid
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, device_name, load_checkpoint, seed_everything
 from .sampling import energy_grad, frozen, generate
@@ -534,12 +534,7 @@ def plot_vs_size(
         ax.set_xlabel("student parameters (dotted: the paper's 77,004)")
         ax.set_title(label, fontsize=9)
     axes.flat[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=110, bbox_inches="tight")
-    return fig
+    return finish(fig, title, save)
 
 
 def sample_grids(
@@ -552,12 +547,7 @@ def sample_grids(
     for ax, (name, x) in zip(axes[:, 0], samples.items()):
         image_grid(x[:n], nrow=nrow, ax=ax)
         ax.set_title(name, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=110, bbox_inches="tight")
-    return fig
+    return finish(fig, title, save)
 
 
 def plot_heldout(
@@ -573,9 +563,4 @@ def plot_heldout(
     axes[1].set_title("cosine(dE_student/dx, dE_teacher/dx) (1 = same direction)", fontsize=9)
     for ax in axes:
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=110, bbox_inches="tight")
-    return fig
+    return finish(fig, title, save)

@@ -15,7 +15,8 @@ import torch
 import torchvision
 
 
-def _finish(fig: plt.Figure, title: str | None, save: str | Path | None) -> plt.Figure:
+def finish(fig: plt.Figure, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
+    """Give ``fig`` its title, tighten the layout and, with ``save``, write it as a PNG."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -36,7 +37,7 @@ def image_grid(
         fig = ax.figure
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
     ax.axis("off")
-    return _finish(fig, title, save)
+    return finish(fig, title, save)
 
 
 def chain_strip(
@@ -55,7 +56,7 @@ def chain_strip(
             ax.set_yticks([])
             if i == 0 and steps is not None:
                 ax.set_title(str(steps[t]), fontsize=7)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)
 
 
 def training_curves(history: pd.DataFrame, title: str | None = None, save: str | Path | None = None, smooth: int = 1) -> plt.Figure:
@@ -75,7 +76,7 @@ def training_curves(history: pd.DataFrame, title: str | None = None, save: str |
         ax.set_xlabel("iteration")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)
 
 
 def energy_histograms(
@@ -90,4 +91,4 @@ def energy_histograms(
     else:
         fig = ax.figure
     sns.histplot(df, x="-E(x)", hue="set", stat="density", common_norm=False, element="step", ax=ax)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)

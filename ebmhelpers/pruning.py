@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import results
 from .metrics import Evaluator, latency_ms, serialized_size_bytes, sgld_throughput
 from .models import count_parameters, resnet18_energy
-from .plotting import _finish
+from .plotting import finish
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, seed_everything
 from .sampling import ReplayBuffer
@@ -515,7 +515,7 @@ def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = 
         ax.set(xlabel="pruning ratio", title=label, xlim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)
 
 
 def plot_speedup(
@@ -542,7 +542,7 @@ def plot_speedup(
         ax.set(xlabel="SGLD speed-up over the baseline (x)", title=QUALITY_METRICS[metric])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)
 
 
 def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = None, save=None) -> plt.Figure:
@@ -557,4 +557,4 @@ def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = Non
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], first.layer, rotation=70, fontsize=7)
     ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
     ax.legend(fontsize=7)
-    return _finish(fig, title, save)
+    return finish(fig, title, save)

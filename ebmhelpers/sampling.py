@@ -61,18 +61,21 @@ def sgld(
     record_every: int | None = None,
     amp_dtype: str | None = None,
     progress: bool = False,
+    freeze: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run ``cfg.steps`` SGLD updates from ``x`` downhill on the energy (Algorithm 1).
 
     Each step adds N(0, noise_std) noise, then moves by ``-step_size * clamp(dE/dx)``; the
     samples stay inside ``cfg.clamp_range``. With ``record_every=k`` it also returns the chain,
     a tensor (T, N, ...) of the state every k steps (step 0 included) for figures.
+    ``freeze=False`` leaves the parameters trainable, so backward also builds their gradients'
+    graph; it exists only so the benchmark can measure what freezing saves.
     """
     x = x.detach().clone()
     lo, hi = cfg.clamp_range if cfg.clamp_range is not None else (None, None)
     chain = [x.clone()] if record_every else None
     noise = torch.empty_like(x)
-    with frozen(model):
+    with frozen(model) if freeze else contextlib.nullcontext():
         for step in tqdm(range(cfg.steps), desc="SGLD", leave=False, disable=not progress):
             x.add_(noise.normal_(0.0, cfg.noise_std))
             if lo is not None:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from .models import MNISTClassifier, ResNetEnergy, resnet18_energy
+from .models import MNISTClassifier, resnet18_energy
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .sampling import ReplayBuffer, sgld

@@ -17,3 +17,12 @@ def mnist_test():
 def tiny_energy():
     torch.manual_seed(0)
     return ResNetEnergy(blocks=(1, 1), widths=(8, 16))
+
+
+@pytest.fixture
+def one_thread():
+    """Multi-threaded CPU reductions are not bit-reproducible run to run; one thread is."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

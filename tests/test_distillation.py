@@ -10,15 +10,6 @@ from ebmhelpers.models import EnergyModel, ResNetEnergy, Swish, count_parameters
 from ebmhelpers.profiles import get_profile
 
 
-@pytest.fixture
-def one_thread():
-    """Multi-threaded CPU reductions are not bit-reproducible run to run; one thread is."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _teacher() -> ResNetEnergy:
     """A tiny random ResNet teacher with a wide, centred energy range (random init alone gives
     energies that barely vary, which a student would match by learning a constant)."""

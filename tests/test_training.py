@@ -32,15 +32,6 @@ def test_pcd_loss_matches_formula():
     assert torch.isclose(t["loss"], expected) and torch.isclose(t["cd"], torch.tensor(0.5 / 3 - 1.0))
 
 
-@pytest.fixture
-def one_thread():
-    """Multi-threaded CPU reductions are not bit-reproducible run to run; one thread is."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kill_and_resume_equals_uninterrupted(tmp_path, one_thread):
     full = _trainer(_tiny(), tmp_path / "full.pt")
     full.fit(progress=False)
@@ -51,7 +42,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, one_thread):
     resumed = _trainer(_tiny(), tmp_path / "run.pt")  # a fresh process: new model, same file
     assert resumed.load() and resumed.step == 2
     resumed.fit(progress=False)
-    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(full.buffer.samples, resumed.buffer.samples)
     assert full.history.equals(resumed.history)

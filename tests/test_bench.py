@@ -1,0 +1,22 @@
+import torch
+
+from ebmhelpers import bench
+from ebmhelpers.distillation import build_student
+from ebmhelpers.models import ResNetEnergy
+
+
+def test_flop_count_scales_with_batch_and_model():
+    cpu = torch.device("cpu")
+    small, big = ResNetEnergy((1, 1), (8, 16)), ResNetEnergy((1, 1), (16, 32))
+    f1, f2 = bench.sgld_step_flops(small, 1, cpu), bench.sgld_step_flops(small, 4, cpu)
+    assert f1 > 0 and f2 == 4 * f1
+    assert bench.sgld_step_flops(big, 1, cpu) > 3 * f1  # twice the widths: about 4x the conv FLOPs
+    assert bench.peak_flops(cpu, "fp32") is None
+
+
+def test_bench_table_for_a_student():
+    table = bench.run_bench("smoke", batch=2, repeats=1, models=["student cnn_2k"], steps=1)
+    student = table[table.model == "student cnn_2k"]
+    assert len(student) >= 1 and (student.img_steps_per_s > 0).all()
+    assert student.params.iloc[0] == sum(p.numel() for p in build_student("cnn_2k").parameters())
+    assert "train_iters_per_s" in table and table.train_iters_per_s.dropna().gt(0).all()
