@@ -16,11 +16,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .distillation import STUDENTS, build_student
 from .metrics import median_time_s
 from .models import count_parameters, resnet18_energy
 from .profiles import Profile, SGLDConfig, get_profile
+from .pruning import apply_pruning, physically_prune
+from .quantization import weight_count, weight_only_quantize
 from .runtime import device_name, get_device
 from .sampling import frozen, sgld
+from .training import PCDTrainer
 
 # Dense peak FLOP/s by GPU name fragment and compute dtype (vendor data sheets, SXM parts).
 PEAK_FLOPS = {
@@ -54,10 +58,6 @@ def bench_models() -> dict[str, Callable[[], nn.Module]]:
     """The models measured, freshly initialized (speed does not depend on the weights): the
     baseline, its weight-only int8 copy, 60% structured Conv2d pruning with the channels removed,
     and every distillation student."""
-    from .distillation import STUDENTS, build_student
-    from .pruning import apply_pruning, physically_prune
-    from .quantization import weight_only_quantize
-
     models: dict[str, Callable[[], nn.Module]] = {
         "baseline ResNet18": resnet18_energy,
         "int8 weight-only ResNet18": lambda: weight_only_quantize(resnet18_energy(), 8),
@@ -87,7 +87,7 @@ def measure_sgld(
     peak = peak_flops(device, amp_dtype or "fp32")
     return {
         "model": name,
-        "params": count_parameters(model),
+        "params": weight_count(model),
         "dtype": amp_dtype or "fp32",
         "params_frozen": freeze,
         "batch": batch,
@@ -101,8 +101,6 @@ def measure_sgld(
 
 def measure_training(profile: Profile, batch: int, device: torch.device, repeats: int) -> dict:
     """PCD training iterations per second of the baseline (SGLD + update), median of runs."""
-    from .training import PCDTrainer
-
     data = torch.rand(batch * 4, 1, 28, 28, device=device) * 2 - 1
     p = profile.replace(batch_size=batch, buffer_size=max(batch * 4, 64), max_iters_per_epoch=1)
     trainer = PCDTrainer(resnet18_energy(), p, data, device=device)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .runtime import atomic_save, load_checkpoint
-
-from .runtime import Context
+from .runtime import Context, atomic_save, load_checkpoint
 
 # Which notebook writes which table, so a missing table names the notebook to run.
 PRODUCERS = {
