@@ -38,7 +38,7 @@ from .models import EnergyModel, ResNetEnergy, Swish
 from .plotting import finish, image_grid
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, device_name, load_checkpoint, seed_everything
-from .sampling import energy_grad, frozen, generate
+from .sampling import batched_energy_grad, generate
 
 BASELINE_PARAMS = 11_168_010  # ResNet18 teacher
 PAPER_STUDENT_PARAMS = 77_004  # the paper's best student, about 145x smaller
@@ -203,14 +203,9 @@ def teacher_targets(
     teacher: nn.Module, x: torch.Tensor, kind: torch.Tensor, batch_size: int, progress: bool = True
 ) -> DistillSet:
     """Run the teacher once over ``x``: energies and input gradients, kept on ``x``'s device."""
-    energies, grads = [], []
     teacher.eval()
-    with frozen(teacher):
-        for i in tqdm(range(0, len(x), batch_size), desc="teacher energies and gradients", disable=not progress):
-            e, g = energy_grad(teacher, x[i : i + batch_size])
-            energies.append(e)
-            grads.append(g)
-    return DistillSet(x, kind, torch.cat(energies), torch.cat(grads))
+    energies, grads = batched_energy_grad(teacher, x, batch_size, progress=progress, desc="teacher energies and gradients")
+    return DistillSet(x, kind, energies, grads)
 
 
 # ---- losses -----------------------------------------------------------------------------
@@ -424,13 +419,7 @@ def heldout_errors(model: nn.Module, held: DistillSet, batch_size: int = 256) ->
     """Per input kind: energy MSE against the teacher, and the mean cosine similarity of the
     input gradients (what SGLD follows) with the teacher's."""
     model.eval()
-    energies, grads = [], []
-    with frozen(model):
-        for i in range(0, len(held), batch_size):
-            e, g = energy_grad(model, held.x[i : i + batch_size])
-            energies.append(e)
-            grads.append(g)
-    e, g = torch.cat(energies), torch.cat(grads)
+    e, g = batched_energy_grad(model, held.x, batch_size)
     cos = F.cosine_similarity(g.flatten(1), held.grad.flatten(1), dim=1, eps=1e-12)
     rows = []
     for i, k in enumerate(INPUT_KINDS):

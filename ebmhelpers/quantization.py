@@ -33,7 +33,7 @@ from .metrics import Evaluator, latency_ms, model_device, serialized_size_bytes,
 from .models import BasicBlock, EnergyModel, ResNetEnergy, Swish
 from .profiles import Profile, SGLDConfig
 from .runtime import seed_everything
-from .sampling import SamplingNotSupportedError, energy_grad, frozen, generate, sgld, uniform_noise
+from .sampling import SamplingNotSupportedError, batched_energy_grad, generate, sgld, uniform_noise
 
 DEFAULT_BACKEND = "x86"  # PyTorch's x86 backend: fbgemm kernels (onednn where faster)
 WEIGHT_ONLY_BITS = (8, 4)  # weight widths the notebook compares
@@ -260,10 +260,7 @@ def weight_count(model: nn.Module) -> int:
 def input_grads(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """dE/dx for real images ``x`` (CPU float result); raises
     :class:`~ebmhelpers.sampling.SamplingNotSupportedError` for a model without them."""
-    device = model_device(model)
-    with frozen(model):
-        grads = [energy_grad(model, x[i : i + batch_size].to(device))[1].cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(grads)
+    return batched_energy_grad(model, x.cpu(), batch_size, device=model_device(model))[1]
 
 
 def fidelity_table(

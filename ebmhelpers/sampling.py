@@ -54,6 +54,22 @@ def energy_grad(
     return energy.detach().float(), grad
 
 
+def batched_energy_grad(
+    model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str | None = None,
+    progress: bool = False, desc: str = "energies and input gradients",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies and dE/dx of every image in ``x``, in batches computed on ``device`` (default:
+    ``x``'s) with the parameters frozen; both results are returned on ``x``'s device."""
+    device = device or x.device
+    energies, grads = [], []
+    with frozen(model):
+        for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress):
+            e, g = energy_grad(model, x[i : i + batch_size].to(device))
+            energies.append(e.to(x.device))
+            grads.append(g.to(x.device))
+    return torch.cat(energies), torch.cat(grads)
+
+
 def sgld(
     model: nn.Module,
     x: torch.Tensor,

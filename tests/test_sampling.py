@@ -3,7 +3,15 @@ import torch
 from torch import nn
 
 from ebmhelpers.profiles import SGLDConfig
-from ebmhelpers.sampling import ReplayBuffer, SamplingNotSupportedError, energy_grad, frozen, generate, sgld
+from ebmhelpers.sampling import (
+    ReplayBuffer,
+    SamplingNotSupportedError,
+    batched_energy_grad,
+    energy_grad,
+    frozen,
+    generate,
+    sgld,
+)
 
 
 class GaussianEnergy(nn.Module):
@@ -83,3 +91,12 @@ def test_generate_batches(tiny_energy):
     cfg = SGLDConfig(steps=2, step_size=10.0, noise_std=0.005, grad_clamp=0.03)
     out = generate(tiny_energy, 7, cfg, batch_size=3, device="cpu", progress=False)
     assert out.shape == (7, 1, 28, 28) and out.abs().max() <= 1.0
+
+
+def test_batched_energy_grad_matches_one_batch(tiny_energy):
+    x = torch.rand(7, 1, 28, 28) * 2 - 1
+    with frozen(tiny_energy):
+        e_ref, g_ref = energy_grad(tiny_energy, x)
+    e, g = batched_energy_grad(tiny_energy, x, batch_size=3)
+    assert torch.allclose(e, e_ref, atol=1e-6) and torch.allclose(g, g_ref, atol=1e-6)
+    assert tiny_energy.stem.weight.requires_grad  # parameters trainable again afterwards
