@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .distillation import STUDENTS, build_student
-from .metrics import median_time_s
-from .models import count_parameters, resnet18_energy
+from .distillation import build_student, forward_flops, students_for
+from .metrics import median_time_s, throughput_config
+from .models import build_baseline, count_parameters
 from .profiles import Profile, SGLDConfig, get_profile
 from .pruning import apply_pruning, physically_prune
 from .quantization import weight_count, weight_only_quantize
@@ -26,6 +26,7 @@ from .runtime import device_name, get_device
 from .sampling import frozen, sgld
 from .training import PCDTrainer
 
+CPU_BATCH = 16  # images per SGLD batch when benchmarking on a CPU
 # Dense peak FLOP/s by GPU name fragment and compute dtype (vendor data sheets, SXM parts).
 PEAK_FLOPS = {
     "H100": {"fp32": 67e12, "bf16": 989e12},
@@ -54,18 +55,24 @@ def sgld_step_flops(model: nn.Module, batch: int, device: torch.device) -> int:
     return counter.get_total_flops()
 
 
-def bench_models() -> dict[str, Callable[[], nn.Module]]:
+PRUNE_RATIO = 0.6  # structured Conv2d pruning benchmarked with its channels removed
+
+
+def bench_models(profile: Profile) -> dict[str, Callable[[], nn.Module]]:
     """The models measured, freshly initialized (speed does not depend on the weights): the
-    baseline, its weight-only int8 copy, 60% structured Conv2d pruning with the channels removed,
-    and every distillation student."""
+    profile's baseline (``profile.baseline``), its weight-only int8 copy, ``PRUNE_RATIO``
+    structured Conv2d pruning with the channels removed, and every student smaller than it."""
+    arch = profile.baseline
     models: dict[str, Callable[[], nn.Module]] = {
-        "baseline ResNet18": resnet18_energy,
-        "int8 weight-only ResNet18": lambda: weight_only_quantize(resnet18_energy(), 8),
-        "structured Conv2d 60%, channels removed": lambda: physically_prune(
-            apply_pruning(resnet18_energy(), "structured_conv", 0.6)
+        f"baseline {arch}": lambda: build_baseline(arch),
+        f"int8 weight-only {arch}": lambda: weight_only_quantize(build_baseline(arch), 8),
+        f"structured Conv2d {PRUNE_RATIO:.0%} {arch}, channels removed": lambda: physically_prune(
+            apply_pruning(build_baseline(arch), "structured_conv", PRUNE_RATIO)
         ),
     }
-    models |= {f"student {name}": (lambda name=name: build_student(name)) for name in STUDENTS}
+    teacher = build_baseline(arch)
+    chosen = students_for(count_parameters(teacher), forward_flops(teacher))
+    models |= {f"student {name}": (lambda name=name: build_student(name)) for name in chosen}
     return models
 
 
@@ -100,15 +107,15 @@ def measure_sgld(
 
 
 def measure_training(profile: Profile, batch: int, device: torch.device, repeats: int) -> dict:
-    """PCD training iterations per second of the baseline (SGLD + update), median of runs."""
+    """PCD training iterations per second of the profile's baseline (SGLD + update), median of runs."""
     data = torch.rand(batch * 4, 1, 28, 28, device=device) * 2 - 1
     p = profile.replace(batch_size=batch, buffer_size=max(batch * 4, 64), max_iters_per_epoch=1)
-    trainer = PCDTrainer(resnet18_energy(), p, data, device=device)
+    trainer = PCDTrainer(build_baseline(p.baseline), p, data, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t = median_time_s(lambda: trainer.train_step(data[:batch]), device, repeats, warmup=1)
     return {
-        "model": "baseline ResNet18 (PCD training step)",
+        "model": f"baseline {p.baseline} (PCD training step)",
         "params": count_parameters(trainer.model),
         "dtype": p.amp_dtype or "fp32",
         "batch": batch,
@@ -123,19 +130,22 @@ def run_bench(
     profile: str | None = None, batch: int | None = None, repeats: int = 5, models: list[str] | None = None,
     steps: int | None = None,
 ) -> pd.DataFrame:
-    """The benchmark table for the current device (see the module docstring)."""
+    """The benchmark table for the current device (see the module docstring): on a GPU, chains
+    of the profile's K training steps at its training batch; on a CPU, the short chain every
+    throughput of the series is timed on (``metrics.throughput_config``) at ``CPU_BATCH``."""
     p = get_profile(profile)
     device = get_device()
-    batch = batch or (p.batch_size if device.type == "cuda" else 16)
-    cfg = p.sgld(steps or (p.sgld_steps if device.type == "cuda" else 5))
+    batch = batch or (p.batch_size if device.type == "cuda" else CPU_BATCH)
+    cfg = p.sgld(steps) if steps else (p.sgld() if device.type == "cuda" else throughput_config(p.sgld()))
     torch.manual_seed(p.seed)
     rows = []
     t0 = time.monotonic()
-    for name, make in bench_models().items():
+    base_name = f"baseline {p.baseline}"
+    for name, make in bench_models(p).items():
         if models and not any(m in name for m in models):
             continue
         rows.append(measure_sgld(name, make(), cfg, batch, device, repeats))
-        if name == "baseline ResNet18":  # what freezing the parameters during sampling saves
+        if name == base_name:  # what freezing the parameters during sampling saves
             rows.append(measure_sgld(name, make(), cfg, batch, device, repeats, freeze=False))
         if device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()):
             rows.append(measure_sgld(name, make(), cfg, batch, device, repeats, amp_dtype="bf16"))

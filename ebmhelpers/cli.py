@@ -1,4 +1,4 @@
-"""Command line: ``python -m ebmhelpers {run,bench,prepare-data}``."""
+"""Command line: ``python -m ebmhelpers {run,bench,estimate,prepare-data}``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--models", nargs="*", help="subset of models to measure")
     bench.add_argument("--out", help="write the table as CSV here")
 
+    est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
+    est.add_argument("--profile", help="smoke | cpu | colab | paper (default: EBM_PROFILE, else by device)")
+    est.add_argument("--tflops", type=float, default=None, help="sustained TFLOP/s (default: an assumed T4 fp32 rate)")
+    est.add_argument("--device", default="cuda", help="device type the series would run on (cuda | cpu)")
+
     prep = sub.add_parser("prepare-data", help="gunzip an offline copy of MNIST/Fashion-MNIST into the data root")
     prep.add_argument("source", help="folder with mnist/ and fashion-mnist/ *.gz files (e.g. ../shared/data)")
     prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
@@ -40,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table.to_string(index=False))
         if args.out:
             table.to_csv(args.out, index=False)
+    elif args.command == "estimate":
+        from .estimate import ASSUMED_T4_FLOPS_PER_S, estimate
+
+        rate = args.tflops * 1e12 if args.tflops else ASSUMED_T4_FLOPS_PER_S
+        table, summary = estimate(args.profile, flops_per_s=rate, device=args.device)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(summary)
     elif args.command == "prepare-data":
         from .data import install_offline_copy
 

@@ -1,18 +1,54 @@
 """Knowledge distillation of the EBM into small students (the paper's Section 3.4, eq. 6).
 
 A student is a small :class:`~ebmhelpers.models.EnergyModel` trained to reproduce the
-teacher's energy on a fixed set of inputs: ``L = mean((E_s(x) - E_t(x))^2)``. Where the inputs
-come from matters. Real digits alone only show the student the low-energy valley, while SGLD
-starts from noise and walks through high-energy regions first; so the distillation set mixes
-real digits, the teacher's replay buffer (its persistent SGLD chains) and uniform noise.
+teacher's energy on a fixed set of inputs (eq. 6: ``mean((E_s(x) - E_t(x))^2)``). Where the
+inputs come from matters. Real digits alone only show the student the low-energy valley, while
+SGLD starts from noise and walks through high-energy regions first; so the distillation set
+mixes three *kinds* of inputs: real digits, the teacher's replay buffer (its persistent SGLD
+chains) and uniform noise. Only students with fewer parameters than the teacher are distilled
+(:func:`students_for`), whatever the profile's baseline architecture.
 
-Sampling follows the input gradient ``dE/dx``, which the energy MSE does not constrain. The
-optional gradient-matching term adds ``w * mean((dE_s/dx - dE_t/dx)^2) / mean((dE_t/dx)^2)``
-(relative to the teacher's gradient scale, so ``w = 1`` weighs both terms alike).
+**Balancing the kinds.** One MSE over the mix is ruled by whichever kind has the largest
+energies: buffer and noise energies are several times those of real digits, so a student can
+leave the digits' energies flat and still have a small loss. Instead every kind ``k`` gets its
+own *relative* squared error, its MSE divided by the mean square ``s_k`` of the teacher's
+energies on that kind (over the training targets), and the kinds present are averaged with
+equal weight::
+
+    L_E = 1/K * sum_k  mean_{x in k} (E_s(x) - E_t(x))^2 / s_k
+
+So every kind is asked for the same *fraction* of its own energy scale: a student whose error
+is 10% of each kind's scale pays the same on each, and multiplying one kind's energies by 10
+leaves its share of the loss unchanged. Energies have a natural zero here: the training loss's
+``alpha (E(x+)^2 + E(x-)^2)`` term pulls both real and sampled energies towards 0, which is
+what makes their magnitude a scale. The mean square is used rather than the variance within
+each kind: the teacher's energy on noise is nearly constant, and dividing by its tiny variance
+made that plateau dominate the loss and the wide buffer energies count least. In a trial on an
+early ``cpu``-profile teacher (``cnn_7k`` over 3 seeds, ``resnet_77k`` over 1; 800 steps), the
+held-out energy MSE relative to the plain MSE's was 1.1-1.6x on real digits and 3-5x on buffer
+states with variance normalisation, and 0.6x on real digits and 0.8-1.1x on buffer states with
+the mean square (0.8-2x on the nearly constant noise energies). A kind with energies all near 0
+would still get a tiny ``s_k``, so ``s_k`` is floored at :data:`SCALE_FLOOR` times the mean
+square over all training inputs. In a minibatch the same objective is an importance-weighted
+MSE: input ``i`` of kind ``k`` weighs ``N / (K n_k s_k)`` (``n_k`` inputs of kind ``k`` among
+``N``), which makes the minibatch loss an unbiased estimate of ``L_E`` whatever the batch's mix
+(:meth:`DistillSet.loss_weights`). With one kind the loss is that kind's relative MSE.
+
+**Gradient matching.** Sampling follows the input gradient ``dE/dx``, which the energy MSE does
+not constrain. The optional term ``w * L_G`` is built the same way, with ``g_k`` the mean
+squared teacher gradient on kind ``k`` (floored likewise):
+``L_G = 1/K * sum_k mean_{x in k} mean_pixels (dE_s/dx - dE_t/dx)^2 / g_k``. Both terms are
+relative squared errors, so ``w = 1`` weighs them alike. The teacher's gradient is far smaller
+on noise than on digits, so without the balance the directions where every SGLD chain starts
+would hardly count.
 
 Teacher energies and input gradients are computed once per input set (:func:`teacher_targets`),
 so training a student never runs the teacher again. :class:`Distiller` is resumable: it writes
 checkpoints atomically and a restarted run continues at the last one.
+:func:`heldout_errors` reports, per kind of held-out input, the energy MSE, the relative error
+``MSE / variance of the teacher's energies on that kind`` (comparable across kinds: 1 is what
+predicting the kind's mean energy gives) and the cosine between the student's and the
+teacher's input gradients.
 """
 
 from __future__ import annotations
@@ -24,23 +60,24 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import results
-from .metrics import Evaluator, latency_ms, sgld_throughput
-from .models import EnergyModel, ResNetEnergy, Swish
+from . import metrics, results
+from .metrics import Evaluator
+from .models import ConvEnergy, EnergyModel, ResNetEnergy
 from .plotting import finish, image_grid
-from .profiles import Profile, SGLDConfig
-from .runtime import Context, atomic_save, device_name, load_checkpoint, seed_everything
+from .profiles import Profile
+from .runtime import Context, atomic_save, load_checkpoint, seed_everything
 from .sampling import batched_energy_grad, generate
 
-BASELINE_PARAMS = 11_168_010  # ResNet18 teacher
 PAPER_STUDENT_PARAMS = 77_004  # the paper's best student, about 145x smaller
 
 INPUT_KINDS = ("real", "buffer", "noise")
@@ -49,39 +86,15 @@ VARIANT_INPUTS = {"real": ("real",), "mixed": INPUT_KINDS}
 HOLDOUT_FRACTION = 8  # 1/8 of the teacher's buffer is held out; as many test digits and noise join it
 DISTILL_LR = 1e-3  # Adam, cosine-annealed to 0 over the run
 GRAD_WEIGHT = 1.0  # weight of the (relative) gradient-matching term when it is on
+# A kind's loss scale (and held-out variance) is at least this fraction of the same statistic over
+# all inputs together: a kind whose RMS energy is below 1% of the whole set's is held to that 1%.
+SCALE_FLOOR = 1e-4
+LOSS_NAME = "per-kind relative (mean square)"  # stored in checkpoints: students trained with another loss are not reused
 # Chain lengths, as fractions of ``profile.gen_steps``, for sampling a student from the teacher's buffer.
 BUFFER_CHAIN_FRACTIONS = (0.25, 1.0)
 
 
 # ---- students ---------------------------------------------------------------------------
-class ConvEnergy(EnergyModel):
-    """Plain CNN energy in the layout of Lippe's tutorial-8 EBM (the paper's reference [14]):
-    a 5x5 stride-2 convolution (padding 4), 3x3 stride-2 convolutions, flatten, an optional
-    hidden linear layer, then 10 logits. Swish everywhere, no normalization, no residuals."""
-
-    def __init__(self, channels: Sequence[int], hidden: int | None = None, num_logits: int = 10) -> None:
-        super().__init__()
-        if not channels:
-            raise ValueError("channels must be non-empty")
-        self.num_logits = num_logits
-        layers: list[nn.Module] = []
-        c_in, size = 1, 28
-        for i, c_out in enumerate(channels):
-            k, pad = (5, 4) if i == 0 else (3, 1)
-            layers += [nn.Conv2d(c_in, c_out, k, 2, pad), Swish()]
-            c_in, size = c_out, (size + 2 * pad - k) // 2 + 1
-        layers.append(nn.Flatten())
-        features = c_in * size * size
-        if hidden:
-            layers += [nn.Linear(features, hidden), Swish()]
-            features = hidden
-        layers.append(nn.Linear(features, num_logits))
-        self.net = nn.Sequential(*layers)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 @dataclass(frozen=True)
 class StudentSpec:
     """One student architecture: how to build it and how many parameters it has."""
@@ -122,11 +135,40 @@ def build_student(name: str) -> EnergyModel:
     return STUDENTS[name].build()
 
 
-def student_table() -> pd.DataFrame:
-    """The students with their parameter counts and compression factors versus the teacher."""
+def forward_flops(model: nn.Module) -> int:
+    """FLOPs of one energy evaluation of one digit (``torch.utils.flop_counter``)."""
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28, device=device))
+    return counter.get_total_flops()
+
+
+def students_for(teacher_params: int, teacher_flops: int | None = None) -> list[str]:
+    """The students (in :data:`STUDENTS` order) with fewer parameters than a teacher of
+    ``teacher_params`` and, given ``teacher_flops``, fewer FLOPs per energy evaluation too:
+    distilling into a network that is not smaller and cheaper compresses nothing. (Tutorial 8's
+    CNN, the ``cpu`` baseline, has 77,578 parameters in strided convolutions; ``resnet_77k``
+    has fewer parameters but runs them at full resolution, so it costs more per SGLD step.)"""
+    out = []
+    for spec in STUDENTS.values():
+        if spec.params >= teacher_params:
+            continue
+        if teacher_flops is not None:
+            with torch.device("meta"):
+                student = spec.build()
+            if forward_flops(student) >= teacher_flops:
+                continue
+        out.append(spec.name)
+    return out
+
+
+def student_table(teacher_params: int, teacher_flops: int | None = None) -> pd.DataFrame:
+    """Every student with its parameter count, its compression factor versus a teacher of
+    ``teacher_params`` parameters and whether it is distilled (see :func:`students_for`)."""
+    used = set(students_for(teacher_params, teacher_flops))
     rows = [
         {"student": s.name, "family": s.family, "architecture": s.architecture, "params": s.params,
-         "x fewer than baseline": BASELINE_PARAMS / s.params}
+         "x fewer than teacher": teacher_params / s.params, "distilled": s.name in used}
         for s in STUDENTS.values()
     ]  # fmt: skip
     return pd.DataFrame(rows)
@@ -153,18 +195,55 @@ class DistillSet:
         mask = torch.isin(self.kind, torch.tensor([INPUT_KINDS.index(k) for k in kinds], device=self.kind.device))
         return DistillSet(self.x[mask], self.kind[mask], self.energy[mask], self.grad[mask])
 
-    @property
-    def grad_scale(self) -> float:
-        """Mean squared teacher gradient: the normalizer of the gradient-matching term."""
-        return float(self.grad.pow(2).mean())
+    def counts(self) -> torch.Tensor:
+        """Number of inputs of each kind (index = position in :data:`INPUT_KINDS`)."""
+        return torch.bincount(self.kind, minlength=len(INPUT_KINDS)).cpu()
+
+    def kind_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scales of the balanced loss per kind (NaN where absent): ``s_k`` the mean square
+        of the teacher's energies and ``g_k`` the mean squared teacher gradient, each floored at
+        :data:`SCALE_FLOOR` times the same statistic over all inputs (module docstring)."""
+        e2 = self.energy.detach().double().pow(2)
+        g2 = self.grad.detach().double().flatten(1).pow(2).mean(1)
+        return self._per_kind(e2, torch.mean), self._per_kind(g2, torch.mean)
+
+    def energy_variances(self) -> torch.Tensor:
+        """Variance of the teacher's energies per kind (NaN where absent), floored at
+        :data:`SCALE_FLOOR` times their variance over all inputs: the normalizer of the held-out
+        relative error (:func:`heldout_errors`)."""
+        return self._per_kind(self.energy.detach().double(), lambda v: v.var(correction=0))
+
+    def _per_kind(self, values: torch.Tensor, stat: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``stat`` of the per-input ``values`` of each kind, floored at SCALE_FLOOR x ``stat`` of all."""
+        values, kind = values.cpu(), self.kind.cpu()
+        out = torch.full((len(INPUT_KINDS),), float("nan"), dtype=torch.float64)
+        floor = max(SCALE_FLOOR * float(stat(values)), torch.finfo(torch.float64).tiny)
+        for i in range(len(INPUT_KINDS)):
+            if (kind == i).any():
+                out[i] = max(float(stat(values[kind == i])), floor)
+        return out
+
+    def loss_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-input weights (energy term, gradient term) that make the plain weighted mean
+        squared error over this set the kind-balanced loss: ``N / (K n_k s_k)`` for an input of
+        kind ``k``, with ``g_k`` in place of ``s_k`` for the gradient term."""
+        counts = self.counts().double()
+        per_kind = len(self) / (int((counts > 0).sum()) * counts.clamp_min(1))
+        e_scale, g_scale = self.kind_scales()
+        kind = self.kind.cpu()
+        w_e, w_g = (per_kind / e_scale)[kind], (per_kind / g_scale)[kind]
+        return w_e.float().to(self.kind.device), w_g.float().to(self.kind.device)
 
     def summary(self) -> pd.DataFrame:
-        """Count and teacher-energy statistics per input kind."""
+        """Count, teacher-energy statistics and the loss scales ``s_k`` and ``g_k`` per input kind."""
+        e_scale, g_scale = self.kind_scales()
         rows = []
         for i, k in enumerate(INPUT_KINDS):
             e = self.energy[self.kind == i]
             if len(e):
-                rows.append({"inputs": k, "n": len(e), "teacher E mean": float(e.mean()), "teacher E std": float(e.std())})
+                rows.append({"inputs": k, "n": len(e), "teacher E mean": float(e.mean()),
+                             "teacher E std": float(e.std(correction=0)), "loss scale s_k (mean E^2)": float(e_scale[i]),
+                             "gradient scale g_k": float(g_scale[i])})  # fmt: skip
         return pd.DataFrame(rows)
 
 
@@ -219,28 +298,41 @@ def input_gradient(model: nn.Module, x: torch.Tensor, create_graph: bool = False
     return energy, grad
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean_i w_i * mean((pred_i - target_i)^2)``, the squared error of each input averaged
+    over its non-batch dimensions; ``weight=None`` is the plain MSE. Both loss terms use it."""
+    err = (pred - target).pow(2).flatten(1).mean(1) if pred.dim() > 1 else (pred - target).pow(2)
+    return err.mean() if weight is None else (weight * err).mean()
+
+
 def gradient_matching_loss(
-    student: nn.Module, x: torch.Tensor, teacher_grad: torch.Tensor, scale: float = 1.0
+    student_grad: torch.Tensor, teacher_grad: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``mean((dE_s/dx - dE_t/dx)^2) / scale``, differentiable in the student's parameters."""
-    _, grad = input_gradient(student, x, create_graph=True)
-    return (grad - teacher_grad).pow(2).mean() / scale
+    """The gradient-matching term: weighted MSE between the student's input gradient (from
+    :func:`input_gradient` with ``create_graph=True``, so it trains the parameters) and the
+    teacher's; with :meth:`DistillSet.loss_weights` it is the kind-balanced ``L_G``."""
+    return weighted_mse(student_grad, teacher_grad, weight)
 
 
 def distill_loss(
     student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor | None = None,
-    grad_weight: float = 0.0, grad_scale: float = 1.0,
+    grad_weight: float = 0.0, energy_w: torch.Tensor | None = None, grad_w: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Energy MSE (eq. 6) plus, when ``grad_weight > 0``, the weighted gradient-matching term."""
+    """``L_E + grad_weight * L_G`` on one batch (module docstring), with per-input weights
+    ``energy_w`` and ``grad_w`` (from :meth:`DistillSet.loss_weights`; None = plain MSE).
+
+    Returns the total ``loss``, the two terms ``energy`` and ``grad`` (zero when gradient
+    matching is off) and the unweighted ``energy_mse`` of the batch, for monitoring."""
     if grad_weight > 0:
         if teacher_grad is None:
             raise ValueError("gradient matching needs the teacher's input gradients")
         energy, grad = input_gradient(student, x, create_graph=True)
-        grad_mse = (grad - teacher_grad).pow(2).mean() / grad_scale
+        grad_term = gradient_matching_loss(grad, teacher_grad, grad_w)
     else:
-        energy, grad_mse = student(x), torch.zeros((), device=x.device)
-    energy_mse = F.mse_loss(energy, teacher_energy)
-    return {"loss": energy_mse + grad_weight * grad_mse, "energy_mse": energy_mse, "grad_mse": grad_mse}
+        energy, grad_term = student(x), torch.zeros((), device=x.device)
+    energy_term = weighted_mse(energy, teacher_energy, energy_w)
+    return {"loss": energy_term + grad_weight * grad_term, "energy": energy_term, "grad": grad_term,
+            "energy_mse": F.mse_loss(energy.detach(), teacher_energy)}  # fmt: skip
 
 
 # ---- the resumable trainer --------------------------------------------------------------
@@ -249,8 +341,12 @@ def num_steps(profile: Profile, n_points: int) -> int:
     return profile.distill_epochs * math.ceil(n_points / profile.distill_batch_size)
 
 
+LOSS_TERMS = ("loss", "energy", "grad", "energy_mse")  # what distill_loss returns, logged per step
+
+
 class Distiller:
-    """Trains one student on precomputed teacher targets for ``steps`` Adam steps.
+    """Trains one student on precomputed teacher targets for ``steps`` Adam steps, minimizing
+    the kind-balanced loss (module docstring) with the weights of ``targets``.
 
     Batches follow a per-epoch permutation seeded by ``seed`` and the epoch, so the run is a
     pure function of the step count: it checkpoints every ``ckpt_every`` steps (atomically) and
@@ -269,14 +365,15 @@ class Distiller:
         self.student = student.to(self.device)
         self.targets, self.steps, self.batch_size = targets, steps, batch_size
         self.grad_weight, self.seed, self.ckpt_every = grad_weight, seed, ckpt_every
-        self.grad_scale = targets.grad_scale if grad_weight > 0 else 1.0
+        self.energy_w, self.grad_w = targets.loss_weights()
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
         self.meta = {"steps": steps, "batch_size": batch_size, "grad_weight": grad_weight, "lr": lr, "seed": seed,
-                     "n_targets": len(targets), **(meta or {})}  # fmt: skip
+                     "n_targets": len(targets), "loss": LOSS_NAME, "scale_floor": SCALE_FLOOR,
+                     **(meta or {})}  # fmt: skip
         self.opt = torch.optim.Adam(self.student.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         self.step = 0
-        self._history: list[list[float]] = []  # step, loss, energy_mse, grad_mse
+        self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
 
     @property
     def iters_per_epoch(self) -> int:
@@ -288,7 +385,9 @@ class Distiller:
 
     @property
     def history(self) -> pd.DataFrame:
-        return pd.DataFrame(self._history, columns=["step", "loss", "energy_mse", "grad_mse"])
+        """Per step: the total loss, its terms ``energy`` (L_E) and ``grad`` (L_G) and the
+        batch's unweighted ``energy_mse``."""
+        return pd.DataFrame(self._history, columns=["step", *LOSS_TERMS])
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
@@ -331,13 +430,14 @@ class Distiller:
         bar = tqdm(total=self.steps, initial=self.step, desc=desc, disable=not progress)
         while not self.done:
             idx = self._batch_indices(self.step)
-            terms = distill_loss(self.student, t.x[idx], t.energy[idx], t.grad[idx], self.grad_weight, self.grad_scale)
+            terms = distill_loss(self.student, t.x[idx], t.energy[idx], t.grad[idx], self.grad_weight,
+                                 self.energy_w[idx], self.grad_w[idx])
             self.opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.opt.step()
             self.sched.step()
             self.step += 1
-            window.append(torch.stack([terms[k].detach() for k in ("loss", "energy_mse", "grad_mse")]))
+            window.append(torch.stack([terms[k].detach() for k in LOSS_TERMS]))
             bar.update(1)
             if len(window) >= self.ckpt_every or self.done:
                 values = torch.stack(window).cpu()
@@ -416,71 +516,74 @@ def load_best_student(ctx: Context, table: pd.DataFrame) -> EnergyModel:
 
 # ---- evaluation -------------------------------------------------------------------------
 def heldout_errors(model: nn.Module, held: DistillSet, batch_size: int = 256) -> pd.DataFrame:
-    """Per input kind: energy MSE against the teacher, and the mean cosine similarity of the
-    input gradients (what SGLD follows) with the teacher's."""
+    """Per input kind of ``held``: the energy MSE against the teacher; the relative error
+    ``energy_rel``, that MSE over the variance of the teacher's energies on the kind (comparable
+    across kinds: 1 = no better than predicting the kind's mean energy; floored as in
+    :meth:`DistillSet.energy_variances`); ``grad_rel``, the gradient term of the loss on this kind
+    (squared gradient error over the teacher's mean squared gradient); and ``grad_cosine``, the
+    mean cosine between the student's and the teacher's input gradients (the direction SGLD
+    follows)."""
     model.eval()
     e, g = batched_energy_grad(model, held.x, batch_size)
     cos = F.cosine_similarity(g.flatten(1), held.grad.flatten(1), dim=1, eps=1e-12)
+    g_err = (g - held.grad).pow(2).flatten(1).mean(1)
+    e_var, (_, g_scale) = held.energy_variances(), held.kind_scales()
     rows = []
     for i, k in enumerate(INPUT_KINDS):
         m = held.kind == i
         if m.any():
-            rows.append({"inputs": k, "energy_mse": float((e[m] - held.energy[m]).pow(2).mean()),
+            mse = float((e[m] - held.energy[m]).pow(2).mean())
+            rows.append({"inputs": k, "energy_mse": mse, "energy_rel": mse / float(e_var[i]),
+                         "grad_rel": float(g_err[m].mean()) / float(g_scale[i]),
                          "grad_cosine": float(cos[m].mean())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def score_model(
-    ev: Evaluator, model: nn.Module, student: str, variant: str, seed: int, held: DistillSet | None = None,
+    ev: Evaluator, model: nn.Module, student: str, variant: str, held: DistillSet | None = None,
     **score_kwargs: Any,
 ) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
-    """``Evaluator.score`` with a fixed seed, plus ``student``/``variant`` columns and, given
-    held-out targets, the held-out energy MSE and gradient cosine per input kind."""
-    seed_everything(seed)
+    """``Evaluator.score`` (which seeds its own generation, so every model starts its chains from
+    the same noise) plus ``student``/``variant`` columns and, given held-out targets, per input
+    kind ``heldout_mse_<kind>``, ``heldout_rel_<kind>`` and ``grad_cosine_<kind>``."""
     row, ood, samples = ev.score(model, f"{student}/{variant}", **score_kwargs)
     row = {"student": student, "variant": variant, **row}
     if held is not None:
         for r in heldout_errors(model, held).itertuples():
             row[f"heldout_mse_{r.inputs}"] = r.energy_mse
+            row[f"heldout_rel_{r.inputs}"] = r.energy_rel
             row[f"grad_cosine_{r.inputs}"] = r.grad_cosine
     return row, ood, samples
 
 
-THROUGHPUT_STEPS = 5  # SGLD steps per timed run, as in Evaluator.score
-
-
-def measure_cost(model: nn.Module, ev: Evaluator) -> dict[str, Any]:
-    """Latency and SGLD throughput of ``model`` measured exactly as ``Evaluator.score`` does,
-    so a model scored elsewhere (the teacher, in notebook 02) can be timed again in the same
-    process and on the same device as the students before speed-ups are taken."""
-    p, device = ev.ctx.profile, ev.device
-    cfg = p.sgld(p.gen_steps)
-    short = SGLDConfig(min(cfg.steps, THROUGHPUT_STEPS), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
-    return {
-        f"latency_ms_{device.type}": latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup),
-        "sgld_img_steps_per_s": sgld_throughput(model, short, p.latency_batch, device),
-        "hardware": device_name(device),
-    }
-
-
 def teacher_reference(teacher: nn.Module, ev: Evaluator) -> pd.Series:
     """The baseline row notebook 02 saved (IS, FID, OOD of the teacher, same Evaluator) with its
-    latency and SGLD throughput replaced by :func:`measure_cost` timings taken now.
+    latency and SGLD throughput replaced by :func:`metrics.measure_cost` timings taken now, so
+    speed-ups compare models timed in the same process on the same device.
 
     Raises ``results.MissingResultsError`` naming notebook 02 when it has not run for this profile.
     """
     row = results.load_table(ev.ctx, "baseline").iloc[0].copy()
-    for key, value in measure_cost(teacher, ev).items():
+    for key, value in metrics.measure_cost(teacher, ev).items():
         row[key] = value
     return row
 
 
-def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: int, seed: int) -> tuple[dict, torch.Tensor]:
-    """SGLD from given chain starts (e.g. the teacher's buffer) and the IS/FID of the result."""
+def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: int) -> tuple[dict, torch.Tensor]:
+    """SGLD of ``steps`` steps from given chain starts (e.g. the teacher's buffer), once per seed
+    of ``ev.seeds`` (the SGLD noise, as in :meth:`Evaluator.generate`), and IS/FID as mean and std
+    over them (``IS``, ``IS_std``, ``FID``, ``FID_std``, ``n_seeds``); returns the first seed's samples."""
     p = ev.ctx.profile
-    seed_everything(seed)
-    samples = generate(model, len(starts), p.sgld(steps), p.gen_batch_size, device=ev.device, init=starts)
-    return ev.sample_quality(samples), samples
+    scores, first = [], None
+    for seed in ev.seeds:
+        seed_everything(seed)
+        samples = generate(model, len(starts), p.sgld(steps), p.gen_batch_size, device=ev.device, init=starts)
+        scores.append(ev.sample_quality(samples))
+        first = samples if first is None else first
+    out: dict[str, float] = {"n_seeds": len(scores)}
+    for key in ("IS", "FID"):
+        out[key], out[f"{key}_std"] = metrics.mean_std([q[key] for q in scores])
+    return out, first
 
 
 def buffer_starts(buffer: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -494,9 +597,19 @@ def buffer_starts(buffer: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 FIGURE3_METRICS = (
     ("FID", "FID (lower is better)"),
     ("IS", "Inception Score (higher is better)"),
-    ("ood_auroc", "mean OOD AUROC (transforms)"),
+    ("auroc_worst", "worst-case OOD AUROC over the paper's transforms (noise, upside-down, reduced)"),
     ("sgld_img_steps_per_s", "SGLD image-steps / s"),
 )
+AUROC_CHANCE = 0.5  # below it a detector is inverted (it scores the transformed digits as more typical)
+
+
+def _std(df: pd.DataFrame | pd.Series, col: str) -> Any:
+    """The ``<col>_std`` column (IS/FID over seeds) where present and finite, else None."""
+    std = df.get(f"{col}_std")
+    if std is None:
+        return None
+    values = np.asarray(std, dtype=float)
+    return None if not np.isfinite(values).any() else np.nan_to_num(values)
 
 
 def plot_vs_size(
@@ -504,7 +617,9 @@ def plot_vs_size(
     title: str | None = None, save: str | Path | None = None,
 ) -> plt.Figure:
     """Figure 3: each metric against the student's parameter count (log x), one line per
-    variant, the teacher as a dashed reference line."""
+    variant, the teacher as a dashed reference line (with its seed-to-seed std as a band).
+    IS and FID carry error bars of one std over the scoring seeds when the table has them;
+    AUROC panels mark chance (0.5), below which a detector is inverted."""
     ncols = min(2, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
@@ -512,16 +627,24 @@ def plot_vs_size(
         ax.axis("off")
     for ax, (col, label) in zip(axes.flat, metrics):
         for variant, part in df.sort_values("params").groupby("variant", sort=False):
-            ax.plot(part["params"], part[col], "o-", label=f"students ({variant})")
+            ax.errorbar(part["params"], part[col], yerr=_std(part, col), fmt="o-", capsize=3,
+                        label=f"students ({variant})")
             for r in part.itertuples():
                 ax.annotate(r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axhline(teacher[col], color="k", ls="--", lw=1, label="baseline (teacher)")
+        t_std = _std(teacher, col)
+        if t_std is not None:
+            ax.axhspan(teacher[col] - float(t_std), teacher[col] + float(t_std), color="k", alpha=0.08, lw=0)
+        if col.startswith("auroc"):
+            ax.axhline(AUROC_CHANCE, color="r", ls=":", lw=1, label="chance (below: inverted)")
         ax.axvline(PAPER_STUDENT_PARAMS, color="gray", ls=":", lw=1)
         ax.set_xscale("log")
         if col == "sgld_img_steps_per_s":
             ax.set_yscale("log")
         ax.set_xlabel("student parameters (dotted: the paper's 77,004)")
         ax.set_title(label, fontsize=9)
+        if col.startswith("auroc"):
+            ax.legend(fontsize=7)
     axes.flat[0].legend(fontsize=7)
     return finish(fig, title, save)
 
@@ -542,11 +665,14 @@ def sample_grids(
 def plot_heldout(
     df: pd.DataFrame, title: str | None = None, save: str | Path | None = None
 ) -> plt.Figure:
-    """Bars of held-out energy MSE (log) and gradient cosine per input kind and run."""
+    """Bars per input kind and run (a :func:`heldout_errors` table with a ``run`` column): the
+    held-out relative energy error (log; comparable across kinds) and the gradient cosine."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    sns.barplot(df, x="inputs", y="energy_mse", hue="run", ax=axes[0])
+    sns.barplot(df, x="inputs", y="energy_rel", hue="run", ax=axes[0])
     axes[0].set_yscale("log")
-    axes[0].set_title("held-out energy MSE vs teacher (lower is better)", fontsize=9)
+    axes[0].axhline(1, color="k", ls=":", lw=0.8)
+    axes[0].set_title("held-out energy MSE / variance of teacher energies\n(lower is better; 1 = the kind's mean)",
+                      fontsize=9)
     sns.barplot(df, x="inputs", y="grad_cosine", hue="run", ax=axes[1])
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_title("cosine(dE_student/dx, dE_teacher/dx) (1 = same direction)", fontsize=9)

@@ -101,6 +101,54 @@ def resnet18_energy() -> ResNetEnergy:
     return ResNetEnergy()
 
 
+class ConvEnergy(EnergyModel):
+    """Plain CNN energy in the layout of Lippe's tutorial-8 EBM (the paper's reference [14]):
+    a 5x5 stride-2 convolution (padding 4), 3x3 stride-2 convolutions, flatten, an optional
+    hidden linear layer, then 10 logits. Swish everywhere, no normalization, no residuals."""
+
+    def __init__(self, channels: Sequence[int], hidden: int | None = None, num_logits: int = 10) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("channels must be non-empty")
+        self.num_logits = num_logits
+        layers: list[nn.Module] = []
+        c_in, size = 1, 28
+        for i, c_out in enumerate(channels):
+            k, pad = (5, 4) if i == 0 else (3, 1)
+            layers += [nn.Conv2d(c_in, c_out, k, 2, pad), Swish()]
+            c_in, size = c_out, (size + 2 * pad - k) // 2 + 1
+        layers.append(nn.Flatten())
+        features = c_in * size * size
+        if hidden:
+            layers += [nn.Linear(features, hidden), Swish()]
+            features = hidden
+        layers.append(nn.Linear(features, num_logits))
+        self.net = nn.Sequential(*layers)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def tutorial8_cnn_energy() -> ConvEnergy:
+    """Tutorial 8's CNN energy (16/32/64/64 channels, linear 256-64, 77,578 parameters with
+    10 logits): the baseline of the ``cpu`` profile, about 350x cheaper per SGLD step than
+    ResNet18. Tutorial 8's network outputs one number; here it gives 10 logits whose mean is
+    the energy, as the paper's ResNet18 does."""
+    return ConvEnergy((16, 32, 64, 64), hidden=64)
+
+
+# Baseline architectures a profile can name (``Profile.baseline``).
+BASELINES = {"resnet18": resnet18_energy, "cnn_tutorial8": tutorial8_cnn_energy}
+BASELINE_LABELS = {"resnet18": "ResNet18 (the paper's)", "cnn_tutorial8": "tutorial 8's CNN (not the paper's ResNet18)"}
+
+
+def build_baseline(name: str) -> EnergyModel:
+    """A freshly initialized baseline energy network of the architecture ``name``."""
+    if name not in BASELINES:
+        raise KeyError(f"unknown baseline architecture {name!r}; choose one of {list(BASELINES)}")
+    return BASELINES[name]()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (pruning masks count the dense tensor, as the paper does)."""
     return sum(p.numel() for p in model.parameters())

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from .profiles import ENV_VAR, get_profile
-from .runtime import repo_root
+from .profiles import ENV_VAR, Profile, get_profile
+from .runtime import device_name, get_device, repo_root, results_dir
 
 # The first code cell of every notebook: on Colab (or any kernel without the package) it
 # clones the repository and installs it; locally it does nothing but import.
@@ -64,7 +64,7 @@ def run_notebooks(
         bar.set_postfix_str(path.name)
         nb = nbformat.read(path, as_version=4)
         t0 = time.monotonic()
-        client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(nb, timeout=timeout_s, startup_timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
         try:
             client.execute()
         finally:
@@ -72,4 +72,20 @@ def run_notebooks(
             nbformat.write(nb, target)
         timings.append((path.name, time.monotonic() - t0))
         tqdm.write(f"{path.name}: {timings[-1][1]:.0f} s -> {target}")
+        _record_time(prof, path.name, timings[-1][1])
     return timings
+
+
+def _record_time(profile: Profile, notebook: str, seconds: float) -> None:
+    """Append one notebook's wall time to ``results/<profile>/notebook_times.csv`` (the README's
+    per-notebook times), with the hardware and thread count it ran on."""
+    import pandas as pd
+    import torch
+
+    path = results_dir(profile) / "notebook_times.csv"
+    row = pd.DataFrame([{"notebook": notebook, "seconds": round(seconds, 1), "hardware": device_name(get_device()),
+                         "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M")}])
+    old = pd.read_csv(path) if path.exists() else None
+    if old is not None:
+        old = old[old.notebook != notebook]
+    pd.concat([old, row], ignore_index=True).sort_values("notebook").to_csv(path, index=False)

@@ -92,3 +92,39 @@ def energy_histograms(
         fig = ax.figure
     sns.histplot(df, x="-E(x)", hue="set", stat="density", common_norm=False, element="step", ax=ax)
     return finish(fig, title, save)
+
+
+def quality_vs_steps(
+    study: pd.DataFrame, references: dict[str, dict[str, float]] | None = None, title: str | None = None,
+    save: str | Path | None = None,
+) -> plt.Figure:
+    """FID and IS (error bars: std over seeds) against SGLD steps, one line per model in a
+    :func:`~ebmhelpers.metrics.steps_study` table; ``references`` (label -> {"IS", "FID"}) are
+    drawn as horizontal lines (e.g. real digits, uniform noise, the replay buffer)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, metric in zip(axes, ("FID", "IS")):
+        for name, part in study.groupby("model", sort=False):
+            err = part[f"{metric}_std"] if part[f"{metric}_std"].notna().any() else None
+            ax.errorbar(part.steps, part[metric], yerr=err, marker="o", capsize=3, label=name)
+        for i, (label, ref) in enumerate((references or {}).items()):
+            ax.axhline(ref[metric], ls=(0, (4, 2 + i)), lw=1, color=f"C{7 + i % 3}", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="SGLD steps from uniform noise", ylabel=metric)
+        if metric == "FID":
+            ax.set_yscale("log")
+    axes[1].legend(fontsize=7, loc="best")
+    axes[0].set_title("FID (lower is better)", fontsize=9)
+    axes[1].set_title("Inception Score (higher is better)", fontsize=9)
+    return finish(fig, title, save)
+
+
+def labelled_grids(
+    grids: dict[str, torch.Tensor], nrow: int = 10, n: int = 30, title: str | None = None,
+    save: str | Path | None = None,
+) -> plt.Figure:
+    """Side-by-side image grids, each with its label (e.g. its IS and FID) as a title."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(6.2 * len(grids), 2.4), squeeze=False)
+    for ax, (label, images) in zip(axes[0], grids.items()):
+        image_grid(images[:n], nrow=nrow, ax=ax)
+        ax.set_title(label, fontsize=9)
+    return finish(fig, title, save)

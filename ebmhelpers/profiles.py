@@ -52,6 +52,9 @@ class Profile:
     test_subset: int | None = None  # None = all 10,000 test digits
     data_noise_std: float = 0.005  # N(0, s) added to real images during training
 
+    # ---- baseline architecture -------------------------------------------------------
+    baseline: str = "resnet18"  # a key of models.BASELINES: "resnet18" (the paper's) or "cnn_tutorial8"
+
     # ---- sampler (Algorithm 1) --------------------------------------------------------
     sgld_steps: int = 60
     sgld_step_size: float = 10.0
@@ -72,8 +75,10 @@ class Profile:
     grad_clip: float = 0.1  # gradient-norm clip
     ckpt_every: int = 200  # iterations between checkpoints (and divergence checks)
     max_abs_energy: float = 1e3  # the divergence guard fires above this |E|
+    max_energy_gap: float | None = None  # ... and above this window-mean E(x-) - E(x+) (None: 0.5 / alpha)
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 5
+    snapshot_epochs: tuple[int, ...] = ()  # epochs after which the baseline's weights are also kept
     amp_dtype: str | None = None  # "bf16" / "fp16": autocast for SGLD forward passes
     compile: bool = False  # torch.compile the energy network (CUDA only)
 
@@ -81,7 +86,8 @@ class Profile:
     clf_epochs: int = 3
     clf_train_subset: int | None = None
     clf_batch_size: int = 128
-    n_gen: int = 10_000  # generated digits for IS and FID
+    n_gen: int = 10_000  # generated digits for IS and FID, per seed
+    score_seeds: int = 3  # IS/FID are the mean and std over this many seeds of generation
     gen_batch_size: int = 500
     n_fid_real: int = 10_000  # real test digits for FID reference statistics
     n_ood: int | None = None  # test digits per OOD table (None = whole test set)
@@ -89,6 +95,10 @@ class Profile:
     latency_batch: int = 64
     latency_repeats: int = 30
     latency_warmup: int = 5
+
+    # ---- digits from noise: training length x SGLD steps (notebook 02) --------------------
+    study_steps: tuple[int, ...] = (60, 256, 1024)  # generation chain lengths compared
+    study_n: int = 1_000  # digits per seed and setting
 
     # ---- quantization (notebook 03) ---------------------------------------------------
     n_calib: int = 1000  # held-out real digits to calibrate activation ranges
@@ -146,6 +156,30 @@ PROFILES: dict[str, Profile] = {
         distill_epochs=3,
         budget_steps=(16, 32, 64, 128),
     ),
+    "cpu": Profile(
+        name="cpu",
+        description="Readers without a GPU: the whole series in about 2 hours on 2 CPU cores. Its baseline is "
+        "tutorial 8's small CNN (77,578 parameters), NOT the paper's ResNet18; sampler, buffer and optimizer "
+        "settings are the paper profile's.",
+        baseline="cnn_tutorial8",
+        epochs=8,
+        snapshot_epochs=(1, 2, 4, 8),
+        ckpt_every=100,
+        study_n=250,
+        clf_epochs=2,
+        n_gen=500,  # x 3 seeds: 1,500 digits per model
+        n_fid_real=10_000,
+        n_ood=2_000,
+        latency_repeats=20,
+        n_calib=500,
+        precision_n_gen=500,
+        prune_ratios=(0.1, 0.3, 0.5, 0.7, 0.9),
+        finetune_epochs=1,
+        finetune_iters=50,
+        lottery_rounds=3,
+        distill_epochs=5,
+        budget_steps=(32, 64, 128, 256),
+    ),
     "smoke": Profile(
         name="smoke",
         description="CI on 2 CPU cores: tiny subsets and few steps; proves the code runs, "
@@ -159,10 +193,14 @@ PROFILES: dict[str, Profile] = {
         epochs=1,
         max_iters_per_epoch=24,
         ckpt_every=8,
+        snapshot_epochs=(1,),
+        study_steps=(10, 20),
+        study_n=16,
         clf_epochs=1,
         clf_train_subset=4096,
         clf_batch_size=64,
         n_gen=32,
+        score_seeds=1,
         gen_batch_size=32,
         n_fid_real=512,
         n_ood=128,

@@ -7,19 +7,24 @@
   (every Conv2d layer pruned by the same ratio on its own, as in PyTorch's pruning tutorial; the
   Linear head stays dense).
 * **Fine-tuning** with the same PCD trainer; the masks stay in place because the pre-hook
-  re-applies them on every forward pass, and the trainer's divergence guard counts rollbacks.
+  re-applies them on every forward pass, and the trainer's divergence guard counts rollbacks
+  (``rollbacks``/``diverged`` columns, marked in the figures).
 * **Physical removal** with Torch-Pruning: channels that are zero in every layer coupled to them
-  (across residual additions) are cut out, so the smaller model computes the same energies.
-* **Lottery tickets**: iterative magnitude pruning with rewinding to an early checkpoint.
+  (across residual additions, if the architecture has any) are cut out, so the smaller model
+  computes the same energies. Works for either baseline (``profile.baseline``).
+* **Lottery tickets**: iterative magnitude pruning with rewinding to the snapshot the baseline's
+  own run kept at :func:`training.rewind_step`; every round, the last included, trains with the
+  fine-tuning schedule of :func:`finetune_profile`, so the ticket and the one-shot pruned,
+  fine-tuned model it is compared with get the same training after pruning.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -29,20 +34,24 @@ from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
 from . import results
-from .metrics import Evaluator, latency_ms, serialized_size_bytes, sgld_throughput
-from .models import count_parameters, resnet18_energy
+from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes
+from .models import count_parameters
 from .plotting import finish
-from .profiles import Profile, SGLDConfig
+from .profiles import Profile
 from .runtime import Context, seed_everything
 from .sampling import ReplayBuffer
-from .training import DivergenceError, PCDTrainer
+from .training import DivergenceError, PCDTrainer, load_snapshot, rewind_step, training_iterations  # noqa: F401 (re-exported for notebook 04)
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 STRUCTURED_NORM = 2  # Ln norm of an output channel (the issue: n=2, dim=0)
-REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
-# (Frankle et al. 2020 find rewinding to the first few percent of training enough for deep nets)
+# Figure 2's panels: IS and FID, then the AUROC of each of the paper's OOD transforms (never averaged).
 QUALITY_METRICS = {"FID": "FID (lower is better)", "IS": "IS (higher is better)",
-                   "ood_auroc": "OOD AUROC (noise/rotation/reduction)"}  # fmt: skip
+                   **{f"auroc_{s}": f"OOD AUROC: {OOD_LABELS[s]}" for s in PAPER_OOD_SETS}}  # fmt: skip
+METRIC_LABELS = {**QUALITY_METRICS, "auroc_worst": "worst OOD AUROC of " + "/".join(PAPER_OOD_SETS)}
+ERROR_BARS = {"FID": "FID_std", "IS": "IS_std"}  # spread over the evaluator's seeds (NaN with one seed)
+CHANCE_AUROC = 0.5  # below it the detector is inverted: OOD images get lower energy than digits
+TABLE_COLUMNS = ["sparsity", "FID", "FID_std", "IS", "IS_std", *(f"auroc_{s}" for s in PAPER_OOD_SETS),
+                 "auroc_worst", "worst_set", "inverted", "rollbacks", "diverged"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -275,14 +284,17 @@ def physically_prune(model: nn.Module, example_inputs: torch.Tensor | None = Non
     Torch-Pruning's dependency graph groups channels that must go together (a residual sum
     couples the stem, every block's second conv and the shortcut convs of a stage). A group's
     channel is removed only where *every* layer producing it is zero (weights and bias); Swish,
-    pooling and addition map zero to zero, so the consumers lose only zero inputs. The Linear
-    head is never cut: its outputs are the logits whose mean is the energy.
+    pooling, flattening and addition map zero to zero, so the consumers lose only zero inputs.
+    A plain CNN (tutorial 8's) has no such coupling: each conv's and the hidden Linear layer's
+    zero channels go on their own, and a conv channel cut before ``Flatten`` takes its block of
+    the next Linear layer's inputs with it. The last Linear layer, the head, is never cut: its
+    outputs are the logits whose mean is the energy.
     """
     phys = remove_masks(copy_model(model)).eval()
     device = next(phys.parameters()).device
     example = example_inputs if example_inputs is not None else torch.zeros(1, 1, 28, 28, device=device)
     graph = tp.DependencyGraph().build_dependency(phys, example_inputs=example)
-    heads = [m for m in phys.modules() if isinstance(m, nn.Linear)]
+    heads = [m for m in phys.modules() if isinstance(m, nn.Linear)][-1:]
     plans = []
     for group in graph.get_all_groups(ignored_layers=heads, root_module_types=PRUNABLE):
         root, handler = group[0].dep.target.module, group[0].dep.handler
@@ -304,20 +316,11 @@ def physically_prune(model: nn.Module, example_inputs: torch.Tensor | None = Non
     return phys
 
 
-def cost_row(ctx: Context, model: nn.Module) -> dict:
-    """Parameters, serialized size, latency and SGLD throughput, measured as
-    :meth:`Evaluator.score` measures them (same batch, repeats and short SGLD run)."""
-    p = ctx.profile
-    cfg = p.sgld(p.gen_steps)
-    short = SGLDConfig(min(cfg.steps, 5), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
-    return {
-        "params": count_parameters(model),
-        "size_mb": serialized_size_bytes(model) / 1e6,
-        f"latency_ms_{ctx.device.type}": latency_ms(
-            model, p.latency_batch, ctx.device, p.latency_repeats, p.latency_warmup
-        ),
-        "sgld_img_steps_per_s": sgld_throughput(model, short, p.latency_batch, ctx.device),
-    }
+def cost_row(ev: Evaluator, model: nn.Module) -> dict:
+    """Parameters, serialized size, latency and SGLD throughput, measured by
+    :func:`metrics.measure_cost` as :meth:`Evaluator.score` measures every model."""
+    return {"params": count_parameters(model), "size_mb": serialized_size_bytes(model) / 1e6,
+            **measure_cost(model, ev)}  # fmt: skip
 
 
 def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -339,8 +342,10 @@ def score_variant(
     diverged: bool = False, method: str = "one-shot",
 ) -> dict:
     """``Evaluator.score`` of a pruned model (masks made permanent on a copy, so size and
-    latency are those of the dense model with zeros) plus the pruning columns; its first
+    latency are those of the dense model with zeros) plus the pruning columns, among them the
+    divergence guard's record of its fine-tuning (``rollbacks``, ``diverged``); its first
     samples are kept with :func:`results.save_samples` under the name in column ``samples``.
+    A thin wrapper: the seeds and settings are the evaluator's, as for every other model.
 
     Lottery tickets get the strategy key ``lottery_<strategy>``, so a table grouped by strategy
     and fine-tuning keeps them apart from one-shot pruning.
@@ -350,12 +355,13 @@ def score_variant(
     lottery = method == "lottery"
     key = f"lottery_{strategy.key}" if lottery else strategy.key
     name = f"{strategy.label} {ratio:.0%}" + (" lottery ticket" if lottery else " + fine-tuned" if finetuned else "")
-    dense = remove_masks(copy_model(model)).eval()
-    row, _, samples = ev.score(dense, name)
     sample_name = f"pruning_{key}_{round(100 * ratio)}" + ("_ft" if finetuned and not lottery else "")
-    results.save_samples(ev.ctx, sample_name, samples)
-    row.update(strategy=key, ratio=ratio, sparsity=sparsity(dense), finetuned=finetuned, rollbacks=rollbacks,
-               diverged=diverged, method=method, samples=sample_name)  # fmt: skip
+    dense = remove_masks(copy_model(model)).eval()
+    columns = {"strategy": key, "ratio": ratio, "sparsity": sparsity(dense), "finetuned": finetuned,
+               "rollbacks": rollbacks, "diverged": diverged, "method": method, "samples": sample_name}  # fmt: skip
+    row, _, samples = ev.score(dense, name, columns=columns)
+    if samples is not None:
+        results.save_samples(ev.ctx, sample_name, samples)
     return row
 
 
@@ -378,7 +384,7 @@ def prune_sweep(
         rows.append(score_variant(ev, masked, strategy, ratio, finetuned=False))
         phys = physically_prune(masked) if strategy.structured else None
         if phys is not None:
-            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ctx, phys),
+            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ev, phys),
                           "max_abs_energy_diff": max_energy_difference(masked, phys, check_x)})  # fmt: skip
         if strategy.finetuned:
             name = checkpoint_name(strategy, ratio)
@@ -408,47 +414,38 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFram
 
 def best_finetuned_strategy(pruning: pd.DataFrame, metric: str = "FID") -> str:
     """The fine-tuned strategy with the best ``metric`` at the largest ratio (lower FID wins,
-    higher IS / AUROC wins): the one the lottery-ticket experiment uses."""
+    higher IS / AUROC, e.g. ``auroc_worst``, wins): the one the lottery-ticket experiment uses."""
     tuned = pruning[pruning.finetuned & (pruning.method == "one-shot")]
     if tuned.empty:
         raise ValueError("no fine-tuned rows in the pruning table")
     at = tuned[tuned.ratio == tuned.ratio.max()]
+    if (~at.diverged.astype(bool)).any():  # a run that gave up is no candidate while another finished
+        at = at[~at.diverged.astype(bool)]
     best = at.loc[at[metric].idxmin() if metric == "FID" else at[metric].idxmax()]
     return str(best.strategy)
 
 
+def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "ratio", "finetuned")) -> pd.DataFrame:
+    """The pruning table as the notebook shows it: ``keys``, then :data:`TABLE_COLUMNS` - IS and
+    FID with their spread over seeds, the AUROC of each of the paper's OOD transforms and the
+    worst of them, ``inverted`` naming the transforms whose AUROC is below chance, and the
+    divergence guard's record (``rollbacks``, ``diverged``)."""
+    out = rows.copy()
+    aurocs = [f"auroc_{s}" for s in PAPER_OOD_SETS]
+    out["inverted"] = [", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if a < CHANCE_AUROC)
+                       for r in out[aurocs].itertuples(index=False)]  # fmt: skip
+    for col in ("rollbacks", "diverged"):
+        if col not in out:
+            out[col] = 0 if col == "rollbacks" else False
+    return out[[*keys, *TABLE_COLUMNS]].reset_index(drop=True)
+
+
 # ---- lottery tickets --------------------------------------------------------------------
-def training_iterations(profile: Profile, n_train: int) -> int:
-    """PCD iterations of a full run of ``profile`` on ``n_train`` digits."""
-    per_epoch = math.ceil(n_train / profile.batch_size)
-    if profile.max_iters_per_epoch:
-        per_epoch = min(per_epoch, profile.max_iters_per_epoch)
-    return profile.epochs * per_epoch
-
-
-def rewind_step(profile: Profile, n_train: int) -> int:
-    """The iteration the lottery tickets rewind to: ``REWIND_FRACTION`` of the baseline run."""
-    return max(1, round(REWIND_FRACTION * training_iterations(profile, n_train)))
-
-
-def early_weights(ctx: Context, data: torch.Tensor, progress: bool = True) -> tuple[dict[str, torch.Tensor], int]:
-    """Weights of the baseline run at :func:`rewind_step`, and that step.
-
-    The baseline keeps only its last checkpoint, so this replays the start of its run: same
-    seed, same initialization, same data order as :func:`training.load_or_train_baseline`
-    (identical on the CPU, where kernels are deterministic), stopped after ``k`` iterations
-    and checkpointed to ``ctx.checkpoints / 'baseline_rewind.pt'``.
-    """
-    p = ctx.profile
-    k = rewind_step(p, len(data))
-    seed_everything(p.seed)
-    path = ctx.checkpoints / "baseline_rewind.pt"
-    trainer = PCDTrainer(resnet18_energy(), p.replace(ckpt_every=k), data, ckpt_path=path, device=ctx.device)
-    if not (trainer.load() and trainer.step >= k):
-        trainer.fit(max_steps=k, progress=progress)
-    if trainer.step != k:
-        raise RuntimeError(f"early run stopped at step {trainer.step}, expected {k}")
-    return {name: t.detach().clone() for name, t in trainer.model.state_dict().items()}, k
+def early_weights(ctx: Context) -> tuple[dict[str, torch.Tensor], int]:
+    """Weights of the baseline run at its rewind point (:func:`training.rewind_step`) and that
+    step, from the snapshot the baseline's own training run saved there (not a replay)."""
+    model, step = load_snapshot(ctx, "rewind")
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}, step
 
 
 def rewind(model: nn.Module, early: dict[str, torch.Tensor]) -> nn.Module:
@@ -472,8 +469,12 @@ def lottery_ticket(
 
     ``profile.lottery_rounds`` rounds, each removing the same fraction of the weights still
     alive (cumulative ratio ``1 - (1 - target)^(r/R)``) by ranking the *trained* weights, then
-    rewinding the survivors to ``early`` and training them with the fine-tuning budget. The
-    baseline is the round-0 network. Returns the final (masked) model and one row per round.
+    rewinding the survivors to ``early`` (:func:`early_weights`: the baseline run's own snapshot)
+    and training them with :func:`finetune`, i.e. the schedule of :func:`finetune_profile`. The
+    last round thus trains the ticket exactly as long, with the same learning rate and starting
+    buffer, as one-shot pruning plus fine-tuning trains the model it is compared with; the earlier
+    rounds only choose the mask. The baseline is the round-0 network. Returns the final (masked)
+    model and one row per round (``iterations`` trained, the guard's ``rollbacks``/``diverged``).
     """
     s = get_strategy(strategy)
     rounds = ctx.profile.lottery_rounds
@@ -488,8 +489,9 @@ def lottery_ticket(
         name = checkpoint_name(s, target, f"lottery_r{r}")
         trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=False)
         model = trainer.model
-        log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "rollbacks": len(trainer.rollbacks),
-                    "diverged": diverged, "final_loss": float(trainer.history.loss.iloc[-1])})  # fmt: skip
+        log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "iterations": trainer.step,
+                    "rollbacks": len(trainer.rollbacks), "diverged": diverged,
+                    "final_loss": float(trainer.history.loss.iloc[-1])})  # fmt: skip
     return model, pd.DataFrame(log)
 
 
@@ -498,39 +500,106 @@ def _palette() -> dict[str, tuple]:
     return dict(zip(STRATEGIES, sns.color_palette("colorblind", len(STRATEGIES))))
 
 
+UNSTABLE_STYLE = {  # how fine-tuning runs the divergence guard had to act on are marked
+    "rolled back": {"marker": "D", "s": 110, "facecolors": "none", "edgecolors": "k", "linewidths": 1.2},
+    "diverged": {"marker": "o", "s": 190, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.8},
+}
+
+
+def guard_status(row: pd.Series | dict) -> str | None:
+    """``'diverged'`` (gave up; scored at its last good checkpoint), ``'rolled back'`` (the guard
+    fired and training recovered) or None for a run the guard never touched."""
+    if bool(row.get("diverged", False)):
+        return "diverged"
+    return "rolled back" if int(row.get("rollbacks", 0) or 0) > 0 else None
+
+
+def _mark_unstable(ax: plt.Axes, d: pd.DataFrame, x: str, y: str, seen: set[str]) -> None:
+    """Overlay the :data:`UNSTABLE_STYLE` marker on rows of ``d`` whose fine-tuning rolled back
+    or diverged; each kind gets one legend entry per axes."""
+    status = d.apply(guard_status, axis=1) if len(d) else pd.Series(dtype=object)
+    for kind, style in UNSTABLE_STYLE.items():
+        hit = d[status == kind]
+        if not hit.empty:
+            note = " (scored at its last good checkpoint)" if kind == "diverged" else " (guard fired, recovered)"
+            label = None if kind in seen else f"fine-tuning {kind}{note}"
+            ax.scatter(hit[x], hit[y], zorder=4, label=label, **style)
+            seen.add(kind)
+
+
+def _error(d: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """Error bars for ``metric`` (its std over seeds) where measured, else None."""
+    col = ERROR_BARS.get(metric)
+    if col is None or col not in d or d[col].isna().all():
+        return None
+    return d[col].fillna(0.0).to_numpy()
+
+
 def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
-    """The paper's Figure 2: one panel per metric against the pruning ratio, one line per
-    strategy (dashed with hollow markers after fine-tuning), the baseline as a horizontal line."""
+    """The paper's Figure 2: one panel per metric of :data:`QUALITY_METRICS` (FID, IS and the
+    AUROC of each OOD transform) against the pruning ratio, one line per strategy (dashed with
+    hollow markers after fine-tuning), lottery tickets as stars, the baseline as a dotted line.
+    IS and FID carry error bars (std over the evaluator's seeds) when more than one seed was
+    scored. Fine-tuning runs that rolled back or diverged are ringed (see :data:`UNSTABLE_STYLE`);
+    AUROC panels show chance (0.5): below it the detector is inverted."""
     colors = _palette()
-    fig, axes = plt.subplots(1, len(QUALITY_METRICS), figsize=(4.2 * len(QUALITY_METRICS), 3.6))
+    n = len(QUALITY_METRICS)
+    cols = 3
+    fig, axes = plt.subplots(-(-(n + 1) // cols), cols, figsize=(4.2 * cols, 3.5 * -(-(n + 1) // cols)))
+    axes = axes.flatten()
     one_shot = pruning[pruning.method == "one-shot"]
+    lottery = pruning[pruning.method == "lottery"]
     for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
+        seen: set[str] = set()
         for key, s in STRATEGIES.items():
             for tuned, style in ((False, "-"), (True, "--")):
                 d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
                 if not d.empty:
-                    ax.plot(d.ratio, d[metric], style, marker="o", ms=5, color=colors[key],
-                            mfc="none" if tuned else colors[key], label=s.label + (" + fine-tuned" if tuned else ""))
-        ax.axhline(baseline_row[metric], color="0.3", ls=":", label="baseline")
+                    ax.errorbar(d.ratio, d[metric], yerr=_error(d, metric), fmt=style, marker="o", ms=5, capsize=2,
+                                color=colors[key], mfc="none" if tuned else colors[key],
+                                label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
+            t = lottery[lottery.strategy == f"lottery_{key}"]
+            if not t.empty:
+                ax.errorbar(t.ratio, t[metric], yerr=_error(t, metric), fmt="none", color=colors[key], capsize=2)
+                ax.scatter(t.ratio, t[metric], marker="*", s=140, color=colors[key], edgecolors="k", linewidths=0.5,
+                           zorder=3, label=f"{s.label}: lottery ticket")  # fmt: skip
+        _mark_unstable(ax, pruning[pruning.finetuned.astype(bool)], "ratio", metric, seen)
+        base, spread = baseline_row[metric], baseline_row.get(ERROR_BARS.get(metric, ""), float("nan"))
+        ax.axhline(base, color="0.3", ls=":", label="baseline")
+        if pd.notna(spread):
+            ax.axhspan(base - spread, base + spread, color="0.3", alpha=0.12, lw=0)
+        if metric.startswith("auroc_"):
+            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
+            ax.set_ylim(0, 1.02)
         ax.set(xlabel="pruning ratio", title=label, xlim=(0, 1))
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles: dict[str, object] = {}
+    for ax in axes[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    for ax in axes[n:]:
+        ax.axis("off")
+    axes[n].legend(handles.values(), handles.keys(), fontsize=7, loc="center")
     return finish(fig, title, save)
 
 
 def plot_speedup(
     speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None
 ) -> plt.Figure:
-    """Quality against the real SGLD speed-up: masked models sit at 1x whatever their ratio;
-    physically pruned ones move right with the same quality (hollow markers: after fine-tuning)."""
+    """Quality (FID, worst OOD AUROC) against the real SGLD speed-up: masked models sit at 1x
+    whatever their ratio; physically pruned ones move right with the same quality (hollow
+    markers: after fine-tuning, ringed when that fine-tuning rolled back or diverged)."""
     colors = _palette()
     q = pruning[pruning.method == "one-shot"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, metric in zip(axes, ("FID", "ood_auroc")):
+    for ax, metric in zip(axes, ("FID", "auroc_worst")):
+        seen: set[str] = set()
         for variant, marker in (("masked", "s"), ("physical", "o")):
             v = speed[speed.variant == variant]
             for tuned in (False, True):
-                d = v.merge(q[q.finetuned == tuned][["strategy", "ratio", metric]], on=["strategy", "ratio"])
+                d = v.merge(q[q.finetuned == tuned][["strategy", "ratio", metric, "rollbacks", "diverged"]],
+                            on=["strategy", "ratio"])  # fmt: skip
                 for key, g in d.groupby("strategy"):
                     label = f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else "")
                     ax.scatter(g.speedup_sgld, g[metric], marker=marker, s=36, label=label,
@@ -538,10 +607,15 @@ def plot_speedup(
                     for _, r in g.iterrows():
                         ax.annotate(f"{r.ratio:.0%}", (r.speedup_sgld, r[metric]), fontsize=6, xytext=(3, 3),
                                     textcoords="offset points")  # fmt: skip
+                if tuned:
+                    _mark_unstable(ax, d, "speedup_sgld", metric, seen)
         ax.scatter([1.0], [baseline_row[metric]], marker="*", s=120, color="k", label="baseline", zorder=3)
-        ax.set(xlabel="SGLD speed-up over the baseline (x)", title=QUALITY_METRICS[metric])
+        if metric.startswith("auroc_"):
+            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
+        ax.set(xlabel="SGLD speed-up over the baseline (x)", title=METRIC_LABELS[metric])
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+        ax.legend(fontsize=6)
     return finish(fig, title, save)
 
 

@@ -1,7 +1,8 @@
 """Quantization of energy models: int8 for detection, and quantized models that can still sample.
 
 * **Post-training static int8** (the paper's Section 3.3.1): eager-mode ``torch.ao.quantization``
-  on the x86/fbgemm CPU backend. A quantizable copy of the ResNet puts ``QuantStub``/``DeQuantStub``
+  on the x86/fbgemm CPU backend. A quantizable copy of the ResNet (or of the ``cpu`` profile's
+  plain CNN, which has no residual additions) puts ``QuantStub``/``DeQuantStub``
   at its boundaries, makes the residual additions quantization-aware (``FloatFunctional``) and,
   because Swish has no quantized kernel (so nothing can be fused), runs every Swish in float
   between a dequantize and a quantize. Activation ranges are calibrated on held-out real digits.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,7 +32,7 @@ from torch.ao.nn.quantized import FloatFunctional
 
 from . import data as data_mod
 from .metrics import Evaluator, latency_ms, model_device, serialized_size_bytes, synchronize
-from .models import BasicBlock, EnergyModel, ResNetEnergy, Swish
+from .models import BasicBlock, ConvEnergy, EnergyModel, ResNetEnergy, Swish
 from .profiles import Profile, SGLDConfig
 from .runtime import seed_everything
 from .sampling import SamplingNotSupportedError, batched_energy_grad, generate, sgld, uniform_noise
@@ -88,6 +90,42 @@ class QuantizableResNetEnergy(EnergyModel):
         return self.dequant(self.fc(torch.flatten(h, 1)))
 
 
+class QuantizedSwish(nn.Module):
+    """Swish as a float island in an int8 network: dequantize, Swish, quantize (its own observer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dequant, self.act, self.quant = tq.DeQuantStub(), Swish(), tq.QuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant(self.act(self.dequant(x)))
+
+
+class QuantizableConvEnergy(EnergyModel):
+    """Quantizable copy of a plain :class:`~ebmhelpers.models.ConvEnergy` (tutorial 8's CNN):
+    int8 convolutions and linear layers, every Swish a float island; no residual additions."""
+
+    def __init__(self, model: ConvEnergy) -> None:
+        super().__init__()
+        if not isinstance(model, ConvEnergy):
+            raise TypeError(f"expected a ConvEnergy, got {type(model).__name__}")
+        self.num_logits = model.num_logits
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.net = nn.Sequential(*(QuantizedSwish() if isinstance(m, Swish) else copy.deepcopy(m) for m in model.net))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.net(self.quant(x)))
+
+
+def quantizable_copy(model: EnergyModel) -> EnergyModel:
+    """The quantizable copy of a baseline architecture (ResNet or plain CNN energy)."""
+    if isinstance(model, ResNetEnergy):
+        return QuantizableResNetEnergy(model)
+    if isinstance(model, ConvEnergy):
+        return QuantizableConvEnergy(model)
+    raise TypeError(f"static int8 is implemented for ResNetEnergy and ConvEnergy, not {type(model).__name__}")
+
+
 def check_backend(backend: str) -> None:
     """Raise a clear error when this PyTorch build has no quantized ``backend`` engine."""
     engines = torch.backends.quantized.supported_engines
@@ -97,8 +135,8 @@ def check_backend(backend: str) -> None:
 
 @torch.no_grad()
 def quantize_static(
-    model: ResNetEnergy, calib_images: torch.Tensor, backend: str = DEFAULT_BACKEND, batch_size: int = 256
-) -> QuantizableResNetEnergy:
+    model: EnergyModel, calib_images: torch.Tensor, backend: str = DEFAULT_BACKEND, batch_size: int = 256
+) -> EnergyModel:
     """Post-training static int8 quantization of ``model`` on the CPU (a new model is returned).
 
     Observers of the backend's default qconfig (histogram observers for activations,
@@ -110,7 +148,7 @@ def quantize_static(
     if calib_images.ndim != 4 or len(calib_images) == 0:
         raise ValueError(f"calibration images must be a non-empty (N, C, H, W) batch, got {tuple(calib_images.shape)}")
     torch.backends.quantized.engine = backend
-    qmodel = QuantizableResNetEnergy(model).cpu().eval()
+    qmodel = quantizable_copy(model).cpu().eval()
     qmodel.qconfig = tq.get_default_qconfig(backend)
     tq.prepare(qmodel, inplace=True)
     for i in range(0, len(calib_images), batch_size):
@@ -303,22 +341,10 @@ def try_sgld(model: nn.Module, cfg: SGLDConfig, n: int = 2) -> str | None:
     return None
 
 
-def score_variant(
-    ev: Evaluator, model: nn.Module, name: str, weights: str, compute: str, generative: bool = True,
-    samples: torch.Tensor | None = None, latency_device: torch.device | None = None,
-) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
-    """:meth:`Evaluator.score` plus this notebook's columns (``family``, ``weights``, ``compute``,
-    ``n_samples``) and the number of stored weights in ``params`` (int8 weights are not
-    ``Parameter``s). ``generative=False`` skips sampling for a model that cannot (see
-    :func:`try_sgld`); ``samples`` scores given samples instead of generating ``n_gen``."""
-    row, ood, samples = ev.score(
-        model, name, samples=samples, generate_samples=generative, latency_device=latency_device
-    )
-    row.update(params=weight_count(model), family=FAMILY, weights=weights, compute=compute,
-               n_samples=0 if samples is None else len(samples))
-    row["generative"] = bool(row["generative"] and samples is not None)
-    ood.insert(0, "family", FAMILY)
-    return row, ood, samples
+def variant_columns(model: nn.Module, weights: str, compute: str) -> dict[str, Any]:
+    """This notebook's columns for :meth:`Evaluator.score`: ``family``, ``weights``, ``compute``
+    and the number of stored weights as ``params`` (int8 weights are not ``Parameter``s)."""
+    return {"params": weight_count(model), "family": FAMILY, "weights": weights, "compute": compute}
 
 
 def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from .models import MNISTClassifier, resnet18_energy
+from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .sampling import ReplayBuffer, sgld
@@ -32,6 +32,22 @@ def pcd_loss(e_real: torch.Tensor, e_fake: torch.Tensor, alpha: float) -> dict[s
     return {"loss": cd + reg, "cd": cd, "reg": reg, "e_real": e_real.mean(), "e_fake": e_fake.mean()}
 
 
+# With the loss above, data and samples that the network tells apart perfectly drive E(x+) to the
+# regularizer's floor -1/(2 alpha) and E(x-) to +1/(2 alpha), so the gap E(x-) - E(x+) saturates
+# at 1/alpha; a model whose samples resemble the data keeps it near 0 (|gap| < 1 on healthy runs).
+# The guard fires at this fraction of the saturated gap: a gap of 1/(2 alpha) is reached when the
+# data already sit at the floor while the samples are not pulled down at all.
+COLLAPSE_GAP_FRACTION = 0.5
+
+
+def energy_gap_bound(profile: Profile) -> float:
+    """The window-mean ``E(x-) - E(x+)`` above which training counts as collapsed:
+    ``profile.max_energy_gap``, or :data:`COLLAPSE_GAP_FRACTION` / ``alpha`` when that is None."""
+    if profile.max_energy_gap is not None:
+        return profile.max_energy_gap
+    return COLLAPSE_GAP_FRACTION / profile.alpha
+
+
 class DivergenceError(RuntimeError):
     """Training kept diverging after the allowed number of rollbacks."""
 
@@ -43,7 +59,10 @@ class PCDTrainer:
     once (the only host sync of an iteration window) and then either
 
     * writes a checkpoint atomically (model, optimizer, scheduler, buffer, RNG states, history),
-      when the loss is finite and no |energy| exceeds ``profile.max_abs_energy``; or
+      when the window is healthy (see :meth:`_healthy`): the loss is finite, no |energy| exceeds
+      ``profile.max_abs_energy`` and the window-mean energy gap ``E(x-) - E(x+)`` stays below
+      :func:`energy_gap_bound` (else the samples have collapsed to noise: see
+      :data:`COLLAPSE_GAP_FRACTION`); or
     * rolls back to the last good checkpoint, multiplies the learning rate by
       ``profile.rollback_lr_factor``, reseeds the RNGs and records the rollback - what the paper
       did by hand when training diverged.
@@ -62,8 +81,10 @@ class PCDTrainer:
         device: torch.device | str | None = None,
         buffer: ReplayBuffer | None = None,
         sgld_cfg: SGLDConfig | None = None,
+        snapshots: dict[int, Path] | None = None,
     ) -> None:
         self.profile = p = profile
+        self.snapshots = dict(snapshots or {})  # step -> file that keeps the weights after that step
         self.device = torch.device(device) if device is not None else data.device
         self.model = model.to(self.device)
         if self.device.type == "cuda":
@@ -130,6 +151,11 @@ class PCDTrainer:
         if self.ckpt_path is not None:
             atomic_save(state, self.ckpt_path)
 
+    def save_snapshot(self, path: Path) -> None:
+        """Keep the model's weights at this step (e.g. a lottery-ticket rewind point)."""
+        atomic_save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch + self.it / self.iters_per_epoch,
+                     "profile": self.profile.name}, path)  # fmt: skip
+
     def load(self) -> bool:
         """Resume from the checkpoint file if there is one; returns whether it did."""
         if self.ckpt_path is None or not self.ckpt_path.exists():
@@ -158,13 +184,28 @@ class PCDTrainer:
         return torch.stack([terms[k].detach() for k in METRICS])
 
     def _healthy(self, window: torch.Tensor) -> str | None:
-        """Why a window of metrics is unhealthy, or None when it is fine."""
+        """Why a window of metrics (iterations x :data:`METRICS`, on the host) is unhealthy, or
+        None when it is fine: a non-finite value, an energy beyond ``max_abs_energy`` (blow-up),
+        or a window-mean gap ``E(x-) - E(x+)`` beyond :func:`energy_gap_bound` (collapse: the
+        fakes are told apart from the data perfectly while every energy stays bounded)."""
         if not torch.isfinite(window).all():
             return "non-finite loss or energy"
-        worst = window[:, [METRICS.index("e_real"), METRICS.index("e_fake")]].abs().max().item()
+        e_real, e_fake = window[:, METRICS.index("e_real")], window[:, METRICS.index("e_fake")]
+        worst = torch.maximum(e_real.abs(), e_fake.abs()).max().item()
         if worst > self.profile.max_abs_energy:
             return f"|energy| reached {worst:.3g} > {self.profile.max_abs_energy:g}"
+        gap, bound = (e_fake - e_real).mean().item(), energy_gap_bound(self.profile)
+        if gap > bound:
+            return (f"energy gap E(x-) - E(x+) = {gap:.3g} > {bound:.3g} (window mean): the samples are told "
+                    f"apart from the data, i.e. they collapsed to noise; {self._buffer_summary()}")
         return None
+
+    def _buffer_summary(self) -> str:
+        """Pixel mean and std of the replay buffer next to the data's and uniform noise's
+        (0 and 1/sqrt(3)): a diagnostic for the rollback record, computed only when the guard fires."""
+        b, d = self.buffer.samples, self.data
+        return (f"buffer pixel mean/std {b.mean().item():.2f}/{b.std().item():.2f}, data {d.mean().item():.2f}/"
+                f"{d.std().item():.2f}, uniform noise 0.00/{1 / math.sqrt(3):.2f}")
 
     def _rollback(self, reason: str) -> None:
         p = self.profile
@@ -210,6 +251,8 @@ class PCDTrainer:
                 self.it += 1
                 self.step += 1
                 bar.update(1)
+                if self.step in self.snapshots:
+                    self.save_snapshot(self.snapshots[self.step])
                 end_of_epoch = self.it == self.iters_per_epoch
                 if len(window) >= p.ckpt_every or end_of_epoch:
                     stacked = torch.stack(window).cpu()
@@ -253,13 +296,57 @@ def _clone(value: Any) -> Any:
     return value
 
 
+REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
+
+
+def training_iterations(profile: Profile, n_train: int) -> int:
+    """PCD iterations of a full run of ``profile`` on ``n_train`` digits."""
+    per_epoch = math.ceil(n_train / profile.batch_size)
+    if profile.max_iters_per_epoch:
+        per_epoch = min(per_epoch, profile.max_iters_per_epoch)
+    return profile.epochs * per_epoch
+
+
+def rewind_step(profile: Profile, n_train: int) -> int:
+    """The iteration lottery tickets rewind to: ``REWIND_FRACTION`` of the baseline run."""
+    return max(1, round(REWIND_FRACTION * training_iterations(profile, n_train)))
+
+
+def snapshot_path(ctx: Context, tag: str) -> Path:
+    """File of a kept baseline snapshot: ``rewind`` or ``epoch<N>``."""
+    return ctx.checkpoints / f"baseline_{tag}.pt"
+
+
+def baseline_snapshots(ctx: Context, n_train: int) -> dict[int, Path]:
+    """Steps at which the baseline run keeps its weights: the lottery-ticket rewind point and
+    the end of every epoch in ``profile.snapshot_epochs`` (for the training-length study)."""
+    p = ctx.profile
+    per_epoch = training_iterations(p.replace(epochs=1), n_train)
+    steps = {rewind_step(p, n_train): snapshot_path(ctx, "rewind")}
+    steps |= {e * per_epoch: snapshot_path(ctx, f"epoch{e}") for e in p.snapshot_epochs if e <= p.epochs}
+    return steps
+
+
+def load_snapshot(ctx: Context, tag: str) -> tuple[EnergyModel, int]:
+    """A kept baseline snapshot (see :func:`baseline_snapshots`) and the step it was taken at."""
+    path = snapshot_path(ctx, tag)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: it is written while the baseline trains; delete "
+                                f"{ctx.checkpoints / 'baseline.pt'} and run notebook 01 to train it again")
+    state = load_checkpoint(path, ctx.device)
+    model = build_baseline(ctx.profile.baseline).to(ctx.device)
+    model.load_state_dict(state["model"])
+    return model.eval(), int(state["step"])
+
+
 def load_or_train_baseline(ctx: Context, progress: bool = True) -> PCDTrainer:
-    """The baseline ResNet18 EBM of ``ctx.profile``: loaded if fully trained, else trained
-    (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``."""
+    """The baseline EBM of ``ctx.profile`` (architecture ``profile.baseline``): loaded if fully
+    trained, else trained (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``."""
     p = ctx.profile
     images, _ = data_mod.load_dataset("mnist", train=True, subset=p.train_subset, seed=p.seed, device=ctx.device)
     seed_everything(p.seed)
-    trainer = PCDTrainer(resnet18_energy(), p, images, ckpt_path=ctx.checkpoints / "baseline.pt", device=ctx.device)
+    trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=ctx.checkpoints / "baseline.pt",
+                         device=ctx.device, snapshots=baseline_snapshots(ctx, len(images)))
     if trainer.load() and trainer.done:
         print(f"loaded trained baseline from {trainer.ckpt_path} ({trainer.step} iterations)")
     else:

@@ -2,7 +2,9 @@ import torch
 
 from ebmhelpers import bench
 from ebmhelpers.distillation import build_student
-from ebmhelpers.models import ResNetEnergy
+from ebmhelpers.models import ResNetEnergy, count_parameters
+from ebmhelpers.profiles import get_profile
+from ebmhelpers.quantization import weight_count
 
 
 def test_flop_count_scales_with_batch_and_model():
@@ -20,3 +22,15 @@ def test_bench_table_for_a_student():
     assert len(student) >= 1 and (student.img_steps_per_s > 0).all()
     assert student.params.iloc[0] == sum(p.numel() for p in build_student("cnn_2k").parameters())
     assert "train_iters_per_s" in table and table.train_iters_per_s.dropna().gt(0).all()
+
+
+def test_bench_models_follow_the_profile_baseline():
+    models = bench.bench_models(get_profile("cpu"))  # tutorial 8's CNN, not ResNet18
+    names = list(models)
+    assert names[:3] == ["baseline cnn_tutorial8", "int8 weight-only cnn_tutorial8",
+                         f"structured Conv2d {bench.PRUNE_RATIO:.0%} cnn_tutorial8, channels removed"]
+    base = count_parameters(models["baseline cnn_tutorial8"]())
+    assert weight_count(models["int8 weight-only cnn_tutorial8"]()) == base
+    assert count_parameters(models[names[2]]()) < base
+    assert "student resnet_slim" not in models  # a student larger than the teacher compresses nothing
+    assert all(count_parameters(models[n]()) < base for n in names if n.startswith("student"))

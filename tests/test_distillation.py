@@ -1,13 +1,18 @@
 import copy
+import inspect
 
+import matplotlib
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from ebmhelpers import data
 from ebmhelpers import distillation as d
-from ebmhelpers.models import EnergyModel, ResNetEnergy, Swish, count_parameters
+from ebmhelpers.models import EnergyModel, ResNetEnergy, Swish, build_baseline, count_parameters
 from ebmhelpers.profiles import get_profile
+
+matplotlib.use("Agg")
 
 
 def _teacher() -> ResNetEnergy:
@@ -45,11 +50,117 @@ def test_students_span_the_range_and_include_the_papers_size():
     counts = sorted(s.params for s in d.STUDENTS.values())
     assert len(counts) == 6 and len(set(counts)) == 6
     assert d.STUDENTS[d.PAPER_SIZED_STUDENT].params == d.PAPER_STUDENT_PARAMS == 77_004
-    assert counts[-1] < d.BASELINE_PARAMS == count_parameters(ResNetEnergy())
-    table = d.student_table()
-    assert list(table.student) == list(d.STUDENTS) and table.params.tolist() == [s.params for s in d.STUDENTS.values()]
     with pytest.raises(KeyError, match="unknown student"):
         d.build_student("resnet_huge")
+
+
+def test_students_are_smaller_than_their_teacher():
+    resnet18 = count_parameters(build_baseline("resnet18"))
+    assert d.students_for(resnet18) == list(d.STUDENTS)  # all six are smaller than ResNet18
+    cnn = count_parameters(build_baseline("cnn_tutorial8"))
+    assert cnn == 77_578
+    assert d.students_for(cnn) == ["resnet_77k", "cnn_20k", "cnn_7k", "cnn_2k"]
+    assert d.students_for(d.STUDENTS["cnn_7k"].params) == ["cnn_2k"]  # strictly smaller
+    assert set(d.GRAD_MATCH_STUDENTS) <= set(d.students_for(cnn))
+    table = d.student_table(cnn)
+    assert list(table.student) == list(d.STUDENTS) and table.params.tolist() == [s.params for s in d.STUDENTS.values()]
+    assert table.set_index("student").distilled.to_dict() == {n: n in d.students_for(cnn) for n in d.STUDENTS}
+    assert (table["x fewer than teacher"] == cnn / table.params).all()
+
+
+# ---- the kind-balanced loss -------------------------------------------------------------
+class Lookup(nn.Module):
+    """A "student" whose energy for input i (its index, stored in the image) is ``table[i]``."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x.flatten(1)[:, 0].long()]
+
+
+def _standardized(n: int, g: torch.Generator) -> torch.Tensor:
+    z = torch.randn(n, generator=g, dtype=torch.float64)
+    return ((z - z.mean()) / z.std(correction=0)).float()
+
+
+def _kinds_set(noise_scale: float = 1.0, frac: float = 0.3) -> tuple[d.DistillSet, torch.Tensor]:
+    """Three kinds of different sizes and energy scales (real near 0, buffer wide, noise high),
+    and a student energy whose error on each kind is ``frac`` of that kind's RMS energy. The
+    noise energies (and so the student's noise error) are multiplied by ``noise_scale``."""
+    g = torch.Generator().manual_seed(0)
+    sizes, means, stds = (40, 30, 20), (-1.0, 2.0, 8.0), (0.05, 2.0, 0.5)
+    kind = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    energy = torch.cat([m + s * _standardized(n, g) for n, m, s in zip(sizes, means, stds)])
+    rms = torch.tensor([(m**2 + s**2) ** 0.5 for m, s in zip(means, stds)])
+    error = torch.cat([frac * r * _standardized(n, g) for n, r in zip(sizes, rms)])
+    scale = torch.where(kind == 2, noise_scale, 1.0)
+    energy, error = energy * scale, error * scale
+    x = torch.arange(len(kind), dtype=torch.float32).view(-1, 1, 1, 1)
+    grad = torch.zeros(len(kind), 1, 1, 1)
+    return d.DistillSet(x, kind, energy, grad), energy + error
+
+
+def _shares(targets: d.DistillSet, student_energy: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Each kind's contribution to the balanced energy loss and to the plain MSE."""
+    w_e, _ = targets.loss_weights()
+    err = (student_energy - targets.energy).pow(2)
+    balanced = [float((w_e * err)[targets.kind == i].sum() / len(targets)) for i in range(3)]
+    plain = [float(err[targets.kind == i].sum() / len(targets)) for i in range(3)]
+    return balanced, plain
+
+
+def test_balanced_loss_gives_each_kind_the_same_share():
+    frac = 0.3
+    targets, student_e = _kinds_set(frac=frac)
+    balanced, plain = _shares(targets, student_e)
+    # the same fraction of each kind's energy scale -> the same contribution, frac^2 / K each
+    assert balanced == pytest.approx([frac**2 / 3] * 3, rel=1e-4)
+    assert plain[2] / sum(plain) > 0.8 and plain[0] / sum(plain) < 0.05  # the plain MSE is mostly noise
+    # the loss the trainer minimizes is exactly the sum of those contributions
+    w_e, _ = targets.loss_weights()
+    terms = d.distill_loss(Lookup(student_e), targets.x, targets.energy, energy_w=w_e)
+    assert float(terms["energy"].detach()) == pytest.approx(frac**2, rel=1e-4)
+    assert float(terms["energy_mse"]) == pytest.approx(float((student_e - targets.energy).pow(2).mean()), rel=1e-5)
+    # and it trains the student: the gradient reaches every kind's entries
+    student = Lookup(student_e)
+    d.distill_loss(student, targets.x, targets.energy, energy_w=w_e)["loss"].backward()
+    assert (student.table.grad != 0).all()
+
+
+def test_scaling_one_kind_does_not_let_it_dominate():
+    targets, student_e = _kinds_set(noise_scale=10.0)
+    balanced, plain = _shares(targets, student_e)
+    assert balanced == pytest.approx(_shares(*_kinds_set())[0], rel=1e-4)  # unchanged by the scale
+    assert plain[2] / sum(plain) > 0.99  # while noise rules the plain MSE even more
+    # the kinds' scales are their own mean squared energies, whatever the counts
+    e_scale, _ = targets.kind_scales()
+    assert e_scale.tolist() == pytest.approx([1.0**2 + 0.05**2, 2.0**2 + 2.0**2, 100 * (8.0**2 + 0.5**2)], rel=1e-4)
+
+
+def test_loss_scales_are_floored_and_absent_kinds_ignored():
+    g = torch.Generator().manual_seed(1)
+    kind = torch.tensor([0] * 10 + [2] * 10)
+    energy = torch.cat([1e-5 * torch.randn(10, generator=g), torch.full((10,), 7.0)])  # real ~ 0; noise: a plateau
+    grad = torch.cat([torch.randn(10, 1, 4, 4, generator=g), torch.zeros(10, 1, 4, 4)])
+    targets = d.DistillSet(torch.zeros(20, 1, 4, 4), kind, energy, grad)
+    e_scale, g_scale = targets.kind_scales()
+    assert torch.isnan(e_scale[1]) and torch.isnan(g_scale[1])  # no buffer inputs
+    assert float(e_scale[0]) == pytest.approx(d.SCALE_FLOOR * float(energy.double().pow(2).mean()), rel=1e-5)
+    assert float(e_scale[2]) == pytest.approx(49.0, rel=1e-5)
+    assert float(g_scale[2]) == pytest.approx(d.SCALE_FLOOR * float(grad.double().pow(2).mean()), rel=1e-5)
+    variances = targets.energy_variances()  # the held-out normalizer: the plateau's variance is floored
+    assert float(variances[2]) == pytest.approx(d.SCALE_FLOOR * float(energy.double().var(correction=0)), rel=1e-5)
+    w_e, w_g = targets.loss_weights()
+    assert torch.isfinite(w_e).all() and torch.isfinite(w_g).all()
+    # two kinds present: each kind's weights sum to N / K over the kind's scale
+    assert float(w_e[:10].sum()) == pytest.approx(20 / 2 / float(e_scale[0]), rel=1e-5)
+    assert float(w_e[10:].sum()) == pytest.approx(20 / 2 / 49.0, rel=1e-5)
+    # one kind: the loss is the MSE relative to that kind's mean squared energy
+    noise = targets.select(["noise"])
+    w_e, _ = noise.loss_weights()
+    assert torch.allclose(w_e, torch.full((10,), 1 / 49.0))
 
 
 def test_distillation_reduces_heldout_energy_mse(one_thread):
@@ -72,18 +183,24 @@ def test_distillation_reduces_heldout_energy_mse(one_thread):
     assert after < 0.25 * float(held.energy.var()), (after, float(held.energy.var()))
     errors = d.heldout_errors(student, held).set_index("inputs")
     assert set(errors.index) == {"real", "noise"} and errors.energy_mse.max() < before
+    for i, kind in enumerate(d.INPUT_KINDS):
+        if kind in errors.index:
+            e = held.energy[held.kind == i].double()
+            assert errors.energy_rel[kind] == pytest.approx(errors.energy_mse[kind] / float(e.var(correction=0)), rel=1e-4)
+    assert (errors.energy_rel < 1).all(), errors  # better than each kind's mean energy
 
 
 def test_gradient_matching_loss_is_zero_when_student_is_teacher():
     teacher = _teacher()
     x = torch.rand(16, 1, 28, 28) * 2 - 1
     _, g_t = d.input_gradient(teacher, x)
-    assert float(d.gradient_matching_loss(copy.deepcopy(teacher), x, g_t).detach()) < 1e-12
+    _, g_s = d.input_gradient(copy.deepcopy(teacher), x, create_graph=True)
+    assert float(d.gradient_matching_loss(g_s, g_t).detach()) < 1e-12
     terms = d.distill_loss(copy.deepcopy(teacher), x, teacher(x).detach(), g_t, grad_weight=1.0)
     assert float(terms["loss"].detach()) < 1e-12
     torch.manual_seed(3)
-    other = ResNetEnergy((1, 1), (8, 16))
-    assert float(d.gradient_matching_loss(other, x, g_t).detach()) > 1e-3 * float(g_t.pow(2).mean())
+    _, g_o = d.input_gradient(ResNetEnergy((1, 1), (8, 16)), x, create_graph=True)
+    assert float(d.gradient_matching_loss(g_o, g_t).detach()) > 1e-3 * float(g_t.pow(2).mean())
 
 
 def test_gradient_matching_term_trains_the_student_parameters():
@@ -91,11 +208,34 @@ def test_gradient_matching_term_trains_the_student_parameters():
     teacher, student = _teacher(), d.build_student("cnn_2k")
     x = torch.rand(8, 1, 28, 28) * 2 - 1
     _, g_t = d.input_gradient(teacher, x)
-    d.gradient_matching_loss(student, x, g_t, scale=float(g_t.pow(2).mean())).backward()
+    terms = d.distill_loss(student, x, teacher(x).detach(), g_t, grad_weight=1.0)
+    assert float(terms["grad"].detach()) > 0
+    student.zero_grad()
+    terms["grad"].backward()
     grads = [p.grad for p in student.parameters() if p.dim() > 1]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     with pytest.raises(ValueError, match="input gradients"):
         d.distill_loss(student, x, torch.zeros(8), None, grad_weight=1.0)
+
+
+def test_gradient_matching_reduces_the_gradient_error(one_thread):
+    """Same student, inputs, steps and initialization, with and without the term: the held-out
+    input gradients end closer to the teacher's on every kind with it."""
+    teacher = _teacher()
+    real, _ = data.load_dataset("mnist", train=True, subset=128, seed=0)
+    test, _ = data.load_dataset("mnist", train=False, subset=64, seed=0)
+    train, held = _targets(teacher, real, 128, seed=1), _targets(teacher, test, 64, seed=2)
+    errors, first_grad_terms = {}, {}
+    for w in (0.0, 10.0):
+        torch.manual_seed(1)
+        student = d.build_student("cnn_2k")
+        history = d.Distiller(student, train, steps=120, batch_size=32, grad_weight=w).fit(progress=False)
+        errors[w] = d.heldout_errors(student, held).set_index("inputs")
+        first_grad_terms[w] = history.grad
+    assert (first_grad_terms[0.0] == 0).all()
+    assert first_grad_terms[10.0].iloc[-20:].mean() < first_grad_terms[10.0].iloc[:5].mean()
+    assert (errors[10.0].grad_rel < errors[0.0].grad_rel).all(), errors
+    assert (errors[10.0].grad_cosine > errors[0.0].grad_cosine + 0.03).all(), errors
 
 
 def test_distiller_resumes_to_the_same_state(tmp_path, one_thread):
@@ -135,3 +275,43 @@ def test_distillation_inputs_split_buffer_and_mix_kinds():
     assert not train_ids & held_ids and len(train_ids | held_ids) == 64
     assert x[kind == 2].abs().max() <= 1 and x[kind == 0].min() >= -1
     assert torch.equal(d.distillation_inputs(profile, buffer)[0][0], x)  # fixed by the seed
+
+
+class FakeEvaluator:
+    """Stands in for ``metrics.Evaluator``: ``score`` returns a row and draws from the global RNG
+    (as generation does), so a reseed between two calls would show as equal draws."""
+
+    def score(self, model, name, **kwargs):
+        return {"model": name, "params": count_parameters(model), "draw": float(torch.rand(()))}, pd.DataFrame(), None
+
+
+def test_score_rows_carry_heldout_columns_per_kind_and_do_not_reseed():
+    assert "seed" not in inspect.signature(d.score_model).parameters
+    teacher = _teacher()
+    x = torch.rand(12, 1, 28, 28) * 2 - 1
+    held = d.teacher_targets(teacher, x, torch.tensor([0, 1, 2] * 4), batch_size=8, progress=False)
+    torch.manual_seed(0)
+    student = d.build_student("cnn_2k")
+    rows = [d.score_model(FakeEvaluator(), student, "cnn_2k", "mixed", held)[0] for _ in range(2)]
+    assert rows[0]["draw"] != rows[1]["draw"]  # the Evaluator seeds itself; score_model does not
+    errors = d.heldout_errors(student, held).set_index("inputs")
+    for kind in d.INPUT_KINDS:
+        assert rows[0][f"heldout_mse_{kind}"] == pytest.approx(errors.energy_mse[kind])
+        assert rows[0][f"heldout_rel_{kind}"] == pytest.approx(errors.energy_rel[kind])
+        assert f"grad_cosine_{kind}" in rows[0]
+    assert rows[0]["student"] == "cnn_2k" and rows[0]["variant"] == "mixed" and rows[0]["model"] == "cnn_2k/mixed"
+
+
+def test_figure3_uses_worst_case_auroc_and_seed_error_bars():
+    assert "ood_auroc" not in dict(d.FIGURE3_METRICS) and "auroc_worst" in dict(d.FIGURE3_METRICS)
+    df = pd.DataFrame({"student": ["a", "b", "a"], "variant": ["mixed", "mixed", "real"], "params": [100, 1000, 100],
+                       "FID": [50.0, 40.0, 60.0], "FID_std": [2.0, 3.0, 4.0], "IS": [2.0, 3.0, 1.5],
+                       "IS_std": [float("nan")] * 3, "auroc_worst": [0.4, 0.7, 0.6],
+                       "sgld_img_steps_per_s": [1e4, 1e3, 1e4]})  # fmt: skip
+    teacher = pd.Series({"FID": 30.0, "FID_std": 1.0, "IS": 4.0, "auroc_worst": 0.9, "sgld_img_steps_per_s": 100.0})
+    fig = d.plot_vs_size(df, teacher)
+    fid_ax, is_ax, auroc_ax = fig.axes[:3]
+    assert any(c.has_yerr for c in fid_ax.containers)  # FID_std -> error bars
+    assert not any(c.has_yerr for c in is_ax.containers)  # IS_std all NaN (one seed) -> none
+    assert any(tuple(line.get_ydata()) == (d.AUROC_CHANCE, d.AUROC_CHANCE) for line in auroc_ax.lines)
+    matplotlib.pyplot.close(fig)

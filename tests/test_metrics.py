@@ -52,9 +52,34 @@ def test_ood_transforms_keep_shape_and_range(mnist_test):
         y = t(x)
         assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1, name
         assert (y - x).abs().mean() > 0.05, name
-    small = metrics.reduce_size(x)
-    assert (small[..., :7, :] == -1).all() and (small[..., :, -7:] == -1).all()  # border is background
-    assert torch.allclose(metrics.rotate(metrics.rotate(x, 90), -90), x, atol=1e-5)
+    assert list(metrics.PAPER_OOD_SETS) == list(metrics.OOD_SETS[:3])
+
+
+def test_flip_is_two_quarter_turns(mnist_test):
+    x = mnist_test[0][:16]
+    twice = torch.rot90(torch.rot90(x, 1, dims=(-2, -1)), 1, dims=(-2, -1))
+    assert torch.equal(metrics.flip_upside_down(x), twice)
+    assert not torch.equal(metrics.flip_upside_down(x), x.flip(-2))  # not a mirror image
+    # the antialiased rotate agrees with the exact flip up to interpolation
+    assert (metrics.rotate(x, 180.0) - twice).abs().max() < 1e-4
+
+
+def test_reduced_digit_sits_in_the_bottom_right_corner(mnist_test):
+    x = mnist_test[0][:16]
+    y = metrics.reduce_to_corner(x)
+    assert torch.equal(y[..., 14:, 14:], x[..., ::2, ::2])  # every second pixel, bottom-right quarter
+    outside = torch.ones(28, 28, dtype=torch.bool)
+    outside[14:, 14:] = False
+    assert (y[..., outside] == -1).all()  # the rest is background
+    centred = metrics.shrink_centred(x)  # the extra row: centred, border blank
+    assert (centred[..., :7, :] == -1).all() and (centred[..., :, -7:] == -1).all()
+
+
+def test_noise_is_tutorial8_strength_and_seeded(mnist_test):
+    x = torch.zeros(64, 1, 28, 28)
+    y = metrics.add_noise(x)
+    assert y.std().item() == pytest.approx(metrics.NOISE_STD, rel=0.05)
+    assert torch.equal(metrics.add_noise(mnist_test[0][:4]), metrics.add_noise(mnist_test[0][:4]))
 
 
 def test_size_and_latency(tiny_energy):
@@ -64,16 +89,40 @@ def test_size_and_latency(tiny_energy):
     assert 0 < ms < 1000
 
 
-def test_evaluator_scores_a_model(tiny_energy):
-    ctx = runtime.Context(runtime.get_profile("smoke").replace(n_gen=8, gen_steps=2, n_ood=64), torch.device("cpu"))
+def _evaluator(**changes) -> metrics.Evaluator:
+    prof = runtime.get_profile("smoke").replace(**{"n_gen": 8, "gen_steps": 2, "n_ood": 64, **changes})
+    ctx = runtime.Context(prof, torch.device("cpu"))
     torch.manual_seed(0)
-    ev = metrics.Evaluator(ctx, MNISTClassifier())
+    return metrics.Evaluator(ctx, MNISTClassifier())
+
+
+def test_evaluator_scores_a_model(tiny_energy):
+    ev = _evaluator()
     row, ood, samples = ev.score(tiny_energy, "tiny")
     assert samples.shape == (8, 1, 28, 28)
     assert row["params"] == count_parameters(tiny_energy) and 1.0 <= row["IS"] <= 10.0 and row["FID"] > 0
-    assert set(ood.ood_set) == {"noise", "rotation", "reduction", "fashion", "uniform"}
+    assert list(ood.drop_duplicates("ood_set").ood_set) == list(metrics.OOD_SETS)
     assert ood.auroc.between(0, 1).all() and (ood.n > 0).all()
+    assert (ood.inverted == (ood.auroc < 0.5)).all()
     # the paper's gap is mean(-E(T(x))) - mean(-E(x)) on the same images
     e_in, e_out = ev.energies(tiny_energy, ev.ood_x), ev.energies(tiny_energy, ev.ood_sets["noise"])
     gap = ood[(ood.ood_set == "noise") & (ood.digits == "all")].gap.item()
     assert gap == pytest.approx(float((-e_out).mean() - (-e_in).mean()), rel=1e-5)
+    # one column per set, never an average; the worst case names its set
+    assert "ood_auroc" not in row
+    paper = {s: row[f"auroc_{s}"] for s in metrics.PAPER_OOD_SETS}
+    assert row["auroc_worst"] == min(paper.values()) and paper[row["worst_set"]] == row["auroc_worst"]
+    assert np.isnan(row["IS_std"]) and row["n_seeds"] == 1  # smoke: one seed, no spread claimed
+
+
+def test_same_seed_same_scores_and_seeds_give_spread(tiny_energy, one_thread):
+    ev = _evaluator(score_seeds=3)
+    first, s1 = ev.quality(tiny_energy)
+    torch.manual_seed(123)  # whatever ran before, the seeds decide
+    second, s2 = ev.quality(tiny_energy)
+    assert torch.equal(s1, s2)
+    assert first == second
+    assert first["n_seeds"] == 3 and first["FID_std"] > 0  # different seeds, different samples
+    assert not torch.equal(ev.generate(tiny_energy, ev.seeds[0]), ev.generate(tiny_energy, ev.seeds[1]))
+    # a second evaluator of the same profile scores the same (seeds come from the profile)
+    assert _evaluator(score_seeds=3).quality(tiny_energy)[0] == first

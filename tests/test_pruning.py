@@ -1,14 +1,18 @@
 """Pruning: achieved sparsity, which layers each strategy touches, whole-channel zeros, and
 physical removal that keeps the energies while dropping parameters."""
 
+import matplotlib
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from ebmhelpers import pruning
-from ebmhelpers.models import ResNetEnergy, count_parameters
+from ebmhelpers import pruning, training
+from ebmhelpers.models import ResNetEnergy, count_parameters, tutorial8_cnn_energy
 from ebmhelpers.profiles import get_profile
 from ebmhelpers.runtime import Context
+
+matplotlib.use("Agg")
 
 
 def small_resnet() -> ResNetEnergy:
@@ -149,7 +153,121 @@ def test_finetune_profile_and_rewind_step():
     paper = get_profile("paper")
     ft = pruning.finetune_profile(paper)
     assert ft.epochs == paper.finetune_epochs and ft.max_iters_per_epoch is None
-    assert pruning.rewind_step(paper, 60_000) == round(pruning.REWIND_FRACTION * 60 * 469)
+    assert pruning.rewind_step(paper, 60_000) == round(training.REWIND_FRACTION * 60 * 469)
     smoke = get_profile("smoke")
     assert pruning.finetune_profile(smoke).max_iters_per_epoch == smoke.finetune_iters
     assert pruning.rewind_step(smoke, 512) >= 1
+
+
+@pytest.mark.parametrize("key", ["structured_global", "structured_conv"])
+def test_physical_removal_of_the_plain_cnn_baseline(key, mnist_test):
+    """Tutorial 8's CNN (no residual adds; Flatten into a hidden Linear layer): the channels go
+    layer by layer, a conv channel cut before Flatten takes its inputs of the next Linear with it."""
+    torch.manual_seed(0)
+    masked = pruning.apply_pruning(tutorial8_cnn_energy(), key, 0.5)
+    phys = pruning.physically_prune(masked)
+    convs = [m for m in phys.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in phys.modules() if isinstance(m, nn.Linear)]
+    assert all(a.out_channels == b.in_channels for a, b in zip(convs, convs[1:]))
+    assert linears[0].in_features == convs[-1].out_channels * 2 * 2  # 2x2 feature maps are flattened
+    assert linears[-1].out_features == 10  # the logits head is never cut
+    assert count_parameters(phys) < 0.5 * count_parameters(masked)
+    x = mnist_test[0][:64]
+    with torch.no_grad():
+        torch.testing.assert_close(phys(x), masked(x), atol=1e-5, rtol=1e-5)
+
+
+def _lottery_ctx(tmp_path, monkeypatch):
+    monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path))
+    profile = get_profile("smoke").replace(
+        baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32, sgld_steps=2, epochs=1,
+        max_iters_per_epoch=None, ckpt_every=4, finetune_iters=3, lottery_rounds=2,
+    )
+    return Context(profile, torch.device("cpu"))
+
+
+def test_lottery_ticket_rewinds_to_the_runs_snapshot_and_trains_like_one_shot(tmp_path, monkeypatch, one_thread):
+    ctx = _lottery_ctx(tmp_path, monkeypatch)
+    baseline = training.load_or_train_baseline(ctx, progress=False)  # keeps the rewind snapshot
+    data = baseline.data
+    early, k = pruning.early_weights(ctx)
+    assert k == pruning.rewind_step(ctx.profile, len(data)) and 0 < k < baseline.step
+    assert any(not torch.equal(early[n], t) for n, t in baseline.model.state_dict().items())  # not the final weights
+    ticket, rounds = pruning.lottery_ticket(ctx, baseline, early, "unstructured_conv", 0.5, data, progress=False)
+    pruned = pruning.apply_pruning(pruning.copy_model(baseline.model), "unstructured_conv", 0.5)
+    one_shot, _ = pruning.finetune(ctx, pruned, data, baseline.buffer, "one_shot", progress=False)
+    assert rounds.iterations.tolist() == [one_shot.step] * ctx.profile.lottery_rounds
+    assert one_shot.step == pruning.training_iterations(pruning.finetune_profile(ctx.profile), len(data))
+    assert rounds.sparsity.is_monotonic_increasing and not rounds.diverged.any()
+    for conv in (m for m in ticket.modules() if isinstance(m, nn.Conv2d)):
+        w = pruning.effective_weight(conv)
+        assert abs(float((w == 0).float().mean()) - 0.5) < 0.02  # the target, reached in two rounds
+    assert (ticket.net[-1].weight != 0).all()  # the Conv2d-only strategy leaves the head dense
+
+
+class RecordingEvaluator:
+    """Stands in for metrics.Evaluator: records what score() received."""
+
+    def __init__(self, ctx):
+        self.ctx, self.calls = ctx, []
+
+    def score(self, model, name, **kwargs):
+        self.calls.append((model, name, kwargs))
+        row = {"model": name, "IS": 1.0, **kwargs.get("columns", {})}
+        return row, pd.DataFrame(), torch.zeros(4, 1, 28, 28)
+
+
+def test_score_variant_is_a_thin_wrapper_over_evaluator_score(tmp_path, monkeypatch):
+    monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path))
+    ev = RecordingEvaluator(Context(get_profile("smoke"), torch.device("cpu")))
+    masked = pruning.apply_pruning(small_resnet(), "structured_conv", 0.5)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    row = pruning.score_variant(ev, masked, pruning.STRATEGIES["structured_conv"], 0.5, True, rollbacks=2,
+                                diverged=False)  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), before)  # no reseeding of its own
+    (model, name, kwargs), = ev.calls
+    assert not pruning.is_masked(model) and pruning.sparsity(model) == pruning.sparsity(masked)
+    assert row["rollbacks"] == 2 and row["diverged"] is False and row["finetuned"] and row["method"] == "one-shot"
+    assert (tmp_path / "smoke" / f"samples_{row['samples']}.pt").exists()
+
+
+def _rows():
+    base = {"IS": 2.0, "IS_std": 0.1, "FID": 50.0, "FID_std": 2.0, "auroc_noise": 0.9, "auroc_flip": 0.7,
+            "auroc_reduced": 0.8, "auroc_worst": 0.7, "worst_set": "flip", "method": "one-shot"}  # fmt: skip
+    rows = []
+    for key in pruning.STRATEGIES:
+        for tuned in (False, True) if pruning.STRATEGIES[key].finetuned else (False,):
+            rows.append({**base, "strategy": key, "ratio": 0.6, "finetuned": tuned, "sparsity": 0.6,
+                         "rollbacks": 0, "diverged": False})  # fmt: skip
+    rows[2].update(rollbacks=2, auroc_reduced=0.4, auroc_worst=0.4, worst_set="reduced")  # unstructured_conv + ft
+    rows[-1].update(rollbacks=5, diverged=True)  # structured_conv + ft
+    return base, pd.DataFrame(rows)
+
+
+def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
+    base, df = _rows()
+    fig = pruning.plot_figure2(df, base)
+    labels = fig.axes[len(pruning.QUALITY_METRICS)].get_legend_handles_labels()[1] + [
+        t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
+    assert any(lab.startswith("fine-tuning rolled back") for lab in labels)
+    assert any(lab.startswith("fine-tuning diverged") for lab in labels)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(any(m in t for t in titles) for m in ("noise", "upside-down", "corner"))
+    fid_ax = fig.axes[list(pruning.QUALITY_METRICS).index("FID")]
+    assert fid_ax.containers and any(c.has_yerr for c in fid_ax.containers)
+    plain = df.assign(IS_std=float("nan"), FID_std=float("nan"), rollbacks=0, diverged=False)
+    fig2 = pruning.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")})
+    texts = [t.get_text() for t in fig2.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
+    assert not any(t.startswith("fine-tuning rolled back") for t in texts)
+    assert not any(c.has_yerr for c in fig2.axes[0].containers)
+
+
+def test_quality_table_names_inverted_transforms_and_keeps_the_guard_record():
+    _, df = _rows()
+    table = pruning.quality_table(df)
+    assert table.columns[-2:].tolist() == ["rollbacks", "diverged"]
+    assert "ood_auroc" not in table and {"auroc_noise", "auroc_flip", "auroc_reduced", "auroc_worst"} <= set(table)
+    assert table.inverted.tolist() == ["", "", "reduced", "", "", ""]
+    assert pruning.best_finetuned_strategy(df) == "unstructured_conv"  # the diverged run is no candidate
+    assert pruning.best_finetuned_strategy(df, "auroc_worst") == "unstructured_conv"

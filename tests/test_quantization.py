@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ebmhelpers import data, quantization
 from ebmhelpers.metrics import serialized_size_bytes
-from ebmhelpers.models import ResNetEnergy, Swish, count_parameters, resnet18_energy
+from ebmhelpers.models import ResNetEnergy, Swish, count_parameters, resnet18_energy, tutorial8_cnn_energy
 from ebmhelpers.profiles import SGLDConfig, get_profile
 from ebmhelpers.sampling import SamplingNotSupportedError, energy_grad, frozen
 
@@ -25,15 +25,9 @@ def resnet18_and_int8(mnist_test):
     return model, quantization.quantize_static(model, mnist_test[0][:8])
 
 
-@pytest.fixture(scope="module")
-def trained_tiny(mnist_test):
-    """A tiny ResNet EBM trained for about a second so that its energies vary across real digits
-    (it regresses the energy onto each digit's standardized amount of ink). Random-init energies
-    differ between digits by less than one int8 step of the output, which would make a
-    correlation test meaningless."""
-    torch.manual_seed(0)
-    model = ResNetEnergy(blocks=(1, 1), widths=(8, 16))
-    x = mnist_test[0][:256]
+def _fit_to_ink(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Regress the energy onto each digit's standardized amount of ink for about a second, so
+    that energies vary across real digits."""
     ink = x.mean((1, 2, 3))
     target = (ink - ink.mean()) / ink.std()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -44,6 +38,16 @@ def trained_tiny(mnist_test):
         loss.backward()
         opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(mnist_test):
+    """A tiny ResNet EBM trained for about a second so that its energies vary across real digits
+    (it regresses the energy onto each digit's standardized amount of ink). Random-init energies
+    differ between digits by less than one int8 step of the output, which would make a
+    correlation test meaningless."""
+    torch.manual_seed(0)
+    return _fit_to_ink(ResNetEnergy(blocks=(1, 1), widths=(8, 16)), mnist_test[0][:256])
 
 
 def test_int8_is_at_least_3_5x_smaller(resnet18_and_int8):
@@ -74,6 +78,24 @@ def test_int8_energies_correlate_with_float(trained_tiny, mnist_test):
     assert e_float.std() > 0.5  # the energies really vary across digits
     r = torch.corrcoef(torch.stack([e_float, e_int8]))[0, 1]
     assert r >= MIN_ENERGY_PEARSON, float(r)
+
+
+def test_int8_of_the_cpu_profiles_cnn_baseline(mnist_test):
+    """The ``cpu`` profile's baseline (tutorial 8's CNN, no residual adds) quantizes too: int8
+    convolutions and linears, float Swish islands, energies that track the float model."""
+    torch.manual_seed(0)
+    model = _fit_to_ink(tutorial8_cnn_energy(), mnist_test[0][:256])
+    x = mnist_test[0]
+    int8 = quantization.quantize_static(model, x[256:320])
+    kinds = {type(m) for m in int8.modules()}
+    assert {nnq.Conv2d, nnq.Linear, Swish} <= kinds and torch.nn.Conv2d not in kinds
+    with torch.no_grad():
+        e_float, e_int8 = model(x[320:]), int8(x[320:])
+    assert e_float.std() > 0.5
+    assert torch.corrcoef(torch.stack([e_float, e_int8]))[0, 1] >= MIN_ENERGY_PEARSON
+    assert serialized_size_bytes(model) / serialized_size_bytes(int8) > 2.5  # small model: headers weigh more
+    with pytest.raises(TypeError, match="ResNetEnergy and ConvEnergy"):
+        quantization.quantize_static(torch.nn.Linear(2, 2), x[:4])
 
 
 def test_sgld_through_int8_raises_clear_error(resnet18_and_int8):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ebmhelpers.models import EnergyModel, ResNetEnergy
+from ebmhelpers.models import EnergyModel, ResNetEnergy, tutorial8_cnn_energy
 from ebmhelpers.profiles import get_profile
 from ebmhelpers.runtime import atomic_save, load_checkpoint
-from ebmhelpers.training import DivergenceError, PCDTrainer, pcd_loss
+from ebmhelpers.training import METRICS, DivergenceError, PCDTrainer, energy_gap_bound, pcd_loss
 
 TINY = get_profile("smoke").replace(
     buffer_size=32, batch_size=8, max_iters_per_epoch=None, epochs=2, ckpt_every=2, sgld_steps=3
@@ -110,3 +110,59 @@ def test_checkpoint_of_another_profile_is_refused(tmp_path):
     other = _trainer(_tiny(), tmp_path / "p.pt", TINY.replace(name="colab"))
     with pytest.raises(ValueError, match="profile"):
         other.load()
+
+
+def test_gap_bound_follows_alpha_unless_set():
+    assert energy_gap_bound(TINY) == pytest.approx(0.5 / TINY.alpha)
+    assert energy_gap_bound(TINY.replace(alpha=0.5)) == pytest.approx(1.0)
+    assert energy_gap_bound(TINY.replace(max_energy_gap=2.0)) == 2.0
+
+
+def _window(e_real, e_fake, n=4):
+    row = {"loss": 0.0, "cd": e_real - e_fake, "reg": 0.0, "e_real": e_real, "e_fake": e_fake}
+    return torch.tensor([[row[k] for k in METRICS]] * n)
+
+
+def test_gap_criterion_uses_the_window_mean():
+    t = _trainer(_tiny())
+    bound = energy_gap_bound(TINY)
+    assert t._healthy(_window(-0.6, -0.4)) is None  # a healthy run's gap (~0.2)
+    assert t._healthy(_window(-bound / 2 + 0.1, bound / 2 - 0.1)) is None  # bounded energies, gap just below
+    assert "energy gap" in t._healthy(_window(-bound / 2 - 0.1, bound / 2))
+    spike = torch.cat([_window(-bound, bound, n=1), _window(-0.5, -0.4, n=9)])  # one bad iteration of ten
+    assert t._healthy(spike) is None
+
+
+# Collapse test: tutorial 8's CNN on real digits, 10x the profile's learning rate so it is quick.
+COLLAPSE = get_profile("smoke").replace(buffer_size=64, batch_size=16, max_iters_per_epoch=None, epochs=6,
+                                        ckpt_every=10, lr=1e-3, max_rollbacks=2)  # fmt: skip
+
+
+def _window_gaps(history, every):
+    gap = history.e_fake - history.e_real
+    return gap.groupby(history.step // every).mean()
+
+
+def test_guard_fires_when_samples_stay_noise(mnist_test, one_thread):
+    """K=0 SGLD steps: the negatives are the buffer's uniform noise, which the network separates
+    from digits while every energy stays bounded; only the gap criterion can see it."""
+    torch.manual_seed(0)
+    t = PCDTrainer(tutorial8_cnn_energy(), COLLAPSE.replace(sgld_steps=0), mnist_test[0][:256])
+    with pytest.raises(DivergenceError, match="energy gap"):
+        t.fit(progress=False)
+    assert len(t.rollbacks) == COLLAPSE.max_rollbacks
+    assert all("energy gap" in r["reason"] and "buffer pixel mean" in r["reason"] for r in t.rollbacks)
+    assert t.rollbacks[0]["failed_at_step"] <= 30  # caught within the first windows
+    assert (t.buffer.samples.mean(dim=(1, 2, 3)).abs() < 0.1).all()  # the buffer is still noise ...
+    kept = t.history
+    assert kept[["e_real", "e_fake"]].abs().max().max() < 1 / COLLAPSE.alpha  # ... energies bounded
+    assert _window_gaps(kept, COLLAPSE.ckpt_every).max() <= energy_gap_bound(COLLAPSE)  # kept windows are fine
+
+
+def test_guard_stays_quiet_on_a_normal_run(mnist_test, one_thread):
+    torch.manual_seed(0)
+    # K = smoke's sgld_steps, for twice as long as the collapse above takes to be caught
+    t = PCDTrainer(tutorial8_cnn_energy(), COLLAPSE.replace(epochs=4), mnist_test[0][:256])
+    t.fit(progress=False)
+    assert t.done and t.rollbacks == []
+    assert _window_gaps(t.history, COLLAPSE.ckpt_every).max() < energy_gap_bound(COLLAPSE) / 4
