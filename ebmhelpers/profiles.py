@@ -4,7 +4,10 @@ Three profiles share the same code paths and differ only in scale:
 
 * ``smoke``  - CI on 2 CPU cores; every notebook executes in a few minutes. Results are
   *not* meaningful digits; they only prove the pipeline runs end to end.
-* ``colab``  - the whole series in about an hour on a Colab T4 (an estimate from FLOP counts).
+* ``cpu``    - readers without a GPU: tutorial 8's small CNN as the baseline (not the paper's
+  ResNet18), the paper profile's sampler, buffer and optimizer settings; about 2 hours on 2 cores.
+* ``colab``  - a Colab T4 session; ``python -m ebmhelpers estimate --profile colab`` counts its FLOPs
+  (an estimate until timed on a T4).
 * ``paper``  - the paper's settings, completed with P. Lippe's tutorial-8 recipe where the
   paper is silent (the paper's reference [14]).
 
@@ -138,7 +141,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "colab": Profile(
         name="colab",
-        description="Whole series in about an hour on a Colab T4: 20k digits, K=30, 4 epochs.",
+        description="A Colab T4 session: 20k digits, K=30, 4 epochs (run time: `python -m ebmhelpers estimate --profile colab`, "
+        "an estimate from counted FLOPs until timed on a T4).",
         train_subset=20_000,
         sgld_steps=30,
         gen_steps=128,

@@ -13,6 +13,8 @@ PRODUCERS = {
     "toy_density_fits": "00_ebm_theory",
     "baseline": "02_evaluation",
     "baseline_ood": "02_evaluation",
+    "baseline_steps_study": "02_evaluation",
+    "baseline_references": "02_evaluation",
     "quantization": "03_quantization",
     "quantization_ood": "03_quantization",
     "quantization_sampling": "03_quantization",
