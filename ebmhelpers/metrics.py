@@ -255,14 +255,6 @@ class Evaluator:
         self.ood_sets["fashion"] = fashion[: len(self.ood_x)]
         self.ood_sets["uniform"] = torch.rand(len(self.ood_x), 1, 28, 28, generator=g) * 2 - 1
 
-    @property
-    def fashion(self) -> torch.Tensor:
-        return self.ood_sets["fashion"]
-
-    @property
-    def uniform(self) -> torch.Tensor:
-        return self.ood_sets["uniform"]
-
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return batched(self.classifier.features, x, self.ctx.profile.eval_batch_size, self.device)
 
