@@ -22,7 +22,7 @@ from .models import build_baseline, count_parameters
 from .profiles import Profile, SGLDConfig, get_profile
 from .pruning import apply_pruning, physically_prune
 from .quantization import weight_count, weight_only_quantize
-from .runtime import device_name, get_device
+from .runtime import device_name, get_device, resolve_amp_dtype
 from .sampling import frozen, sgld
 from .training import PCDTrainer
 
@@ -117,7 +117,7 @@ def measure_training(profile: Profile, batch: int, device: torch.device, repeats
     return {
         "model": f"baseline {p.baseline} (PCD training step)",
         "params": count_parameters(trainer.model),
-        "dtype": p.amp_dtype or "fp32",
+        "dtype": resolve_amp_dtype(p.amp_dtype, device) or "fp32",
         "batch": batch,
         "sgld_steps": p.sgld_steps,
         "train_iters_per_s": 1 / t,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ebmhelpers {run,bench,estimate,prepare-data}``."""
+"""Command line: ``python -m ebmhelpers {run,bench,estimate,prepare-data,sync-source}``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("source", help="folder with mnist/ and fashion-mnist/ *.gz files (e.g. ../shared/data)")
     prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
 
+    sub.add_parser("sync-source", help="rewrite the notebook cells that show package code from the package's source")
+
     args = parser.parse_args(argv)
     if args.command == "run":
         from .notebooks import run_notebooks
@@ -56,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         from .data import install_offline_copy
 
         print(f"data root: {install_offline_copy(args.source, args.root)}")
+    elif args.command == "sync-source":
+        from .notebooks import sync_source
+
+        changed = sync_source()
+        print("\n".join(f"rewrote {c}" for c in changed) or "every package-code cell already equals the package")
     return 0
 
 

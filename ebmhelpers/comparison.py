@@ -4,12 +4,13 @@ as the cheapest compression of all)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import results
 from .distillation import PAPER_SIZED_STUDENT, PAPER_STUDENT_PARAMS
@@ -220,12 +221,6 @@ TIMING_REPEATS = 3  # timed runs per (model, K); the median is reported
 ABOVE_REF_FACTOR = 2  # when the profile's budget_steps stop at gen_steps, also study this many times more steps
 
 
-def temperature(cfg: SGLDConfig) -> float:
-    """The temperature SGLD samples at: ``x <- x - s dE/dx + N(0, sigma^2)`` is a Langevin
-    discretization of ``exp(-E/T)`` with ``T = sigma^2 / (2 s)`` (notebook 00)."""
-    return cfg.noise_std**2 / (2 * cfg.step_size)
-
-
 def rescaled_step_size(base: SGLDConfig, steps: int, ref_steps: int) -> SGLDConfig:
     """SGLD settings for ``steps`` steps at the temperature and total "time" of ``base`` run for
     ``ref_steps`` steps: step size ``s * ref_steps / steps`` (so ``K * step`` stays constant) and
@@ -236,13 +231,12 @@ def rescaled_step_size(base: SGLDConfig, steps: int, ref_steps: int) -> SGLDConf
     """
     if steps < 1 or ref_steps < 1:
         raise ValueError(f"steps and ref_steps must be positive, got {steps}, {ref_steps}")
-    scale = ref_steps / steps
-    return SGLDConfig(steps, base.step_size * scale, base.noise_std * math.sqrt(scale), base.grad_clamp, base.clamp_range)
+    return dataclasses.replace(base, steps=steps).scaled(ref_steps / steps)
 
 
 def budget_steps(profile: Profile) -> tuple[int, ...]:
     """The K of the budget study: ``profile.budget_steps`` and ``gen_steps`` (the reference,
-    where both rules use the training step size), plus ``ABOVE_REF_FACTOR * gen_steps`` when
+    where both rules use the generation sampler's step size), plus ``ABOVE_REF_FACTOR * gen_steps`` when
     no K of the profile lies above the reference, so both directions are studied."""
     ks = set(profile.budget_steps) | {profile.gen_steps}
     if max(ks) <= profile.gen_steps:
@@ -252,11 +246,11 @@ def budget_steps(profile: Profile) -> tuple[int, ...]:
 
 def budget_configs(profile: Profile, steps: tuple[int, ...], ref_steps: int) -> list[tuple[int, str, SGLDConfig]]:
     """(K, rule, SGLD settings) of every point of the study. Both rules keep the temperature of
-    the profile's sampler: ``fixed step`` runs K steps of the training step size and noise (its
+    the profile's sampler: ``fixed step`` runs K steps of the generation step size and noise (its
     total time ``K * step`` grows with K); the other rescales step and noise with
     :func:`rescaled_step_size` (same total time at every K). At ``K = ref_steps`` they coincide."""
-    base = profile.sgld(ref_steps)
-    return [(k, rule, profile.sgld(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
+    base = profile.gen_sgld(ref_steps)
+    return [(k, rule, profile.gen_sgld(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
             for k in steps for rule in BUDGET_RULES]  # fmt: skip
 
 
@@ -282,7 +276,7 @@ def sampling_budget(
             if cfg not in quality:  # the two rules coincide at K = ref_steps: score once
                 quality[cfg], _ = evaluator.quality(model, cfg, progress=False)
             rows.append({"model": name, "K": k, "ref_K": ref_steps, "rule": rule, "step_size": cfg.step_size,
-                         "noise_std": cfg.noise_std, "temperature": temperature(cfg), "total_time": k * cfg.step_size,
+                         "noise_std": cfg.noise_std, "temperature": cfg.temperature, "total_time": k * cfg.step_size,
                          "seconds": seconds[k], "timing_batch": p.latency_batch, **quality[cfg]})  # fmt: skip
     return pd.DataFrame(rows)
 

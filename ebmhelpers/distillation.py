@@ -67,10 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import metrics, results
+from .loop import Limits, ResumableLoop, Window
 from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
 from .plotting import finish, image_grid
@@ -348,9 +348,10 @@ class Distiller:
     """Trains one student on precomputed teacher targets for ``steps`` Adam steps, minimizing
     the kind-balanced loss (module docstring) with the weights of ``targets``.
 
-    Batches follow a per-epoch permutation seeded by ``seed`` and the epoch, so the run is a
-    pure function of the step count: it checkpoints every ``ckpt_every`` steps (atomically) and
-    a restarted run loads the checkpoint and continues exactly where it stopped. ``meta``
+    The run is :class:`~ebmhelpers.loop.ResumableLoop`'s (``self.loop``): batches follow a
+    per-epoch permutation seeded by ``seed`` and the epoch, so the run is a pure function of the
+    step count; it checkpoints (atomically) every ``ckpt_every`` steps, at epoch ends and at the
+    end, and a restarted run loads the checkpoint and continues exactly where it stopped. ``meta``
     describes the run; a checkpoint written with different ``meta`` is refused, not reused.
     """
 
@@ -365,6 +366,7 @@ class Distiller:
         self.student = student.to(self.device)
         self.targets, self.steps, self.batch_size = targets, steps, batch_size
         self.grad_weight, self.seed, self.ckpt_every = grad_weight, seed, ckpt_every
+        self.loop = ResumableLoop(len(targets), batch_size, steps, seed, ckpt_every, self.device)
         self.energy_w, self.grad_w = targets.loss_weights()
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
         self.meta = {"steps": steps, "batch_size": batch_size, "grad_weight": grad_weight, "lr": lr, "seed": seed,
@@ -372,16 +374,20 @@ class Distiller:
                      **(meta or {})}  # fmt: skip
         self.opt = torch.optim.Adam(self.student.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
-        self.step = 0
         self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
 
     @property
     def iters_per_epoch(self) -> int:
-        return math.ceil(len(self.targets) / self.batch_size)
+        return self.loop.iters_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.loop.step
 
     @property
     def done(self) -> bool:
-        return self.step >= self.steps
+        return self.loop.done
 
     @property
     def history(self) -> pd.DataFrame:
@@ -412,47 +418,48 @@ class Distiller:
         self.student.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        self.step = state["step"]
+        self.loop.resume_at(state["step"])
         self._history = [list(r) for r in state["history"]]
         return True
 
-    def _batch_indices(self, step: int) -> torch.Tensor:
-        epoch, it = divmod(step, self.iters_per_epoch)
-        order = torch.randperm(len(self.targets), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return order[it * self.batch_size : (it + 1) * self.batch_size].to(self.device)
-
-    def fit(self, progress: bool = True, desc: str = "distilling", max_steps: int | None = None) -> pd.DataFrame:
-        """Train until ``steps`` are done (or, with ``max_steps``, stop at the first checkpoint
-        at or after that many steps, so a later call resumes there); returns the history."""
-        t = self.targets
+    def fit(
+        self, progress: bool = True, desc: str = "distilling", max_steps: int | None = None,
+        time_budget_s: float | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Train until ``steps`` are done, or stop at the first checkpoint at or after
+        ``max_steps`` steps or once ``time_budget_s`` seconds are spent, so that a later call
+        resumes there; returns the history."""
         self.student.train()
-        window: list[torch.Tensor] = []
-        bar = tqdm(total=self.steps, initial=self.step, desc=desc, disable=not progress)
-        while not self.done:
-            idx = self._batch_indices(self.step)
-            terms = distill_loss(self.student, t.x[idx], t.energy[idx], t.grad[idx], self.grad_weight,
-                                 self.energy_w[idx], self.grad_w[idx])
-            self.opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.opt.step()
-            self.sched.step()
-            self.step += 1
-            window.append(torch.stack([terms[k].detach() for k in LOSS_TERMS]))
-            bar.update(1)
-            if len(window) >= self.ckpt_every or self.done:
-                values = torch.stack(window).cpu()
-                first = self.step - len(window) + 1
-                self._history += [[first + i, *v.tolist()] for i, v in enumerate(values)]
-                window = []
-                if not math.isfinite(self._history[-1][1]):
-                    raise FloatingPointError(f"distillation loss is not finite at step {self.step}")
-                self.save()
-                bar.set_postfix(loss=f"{self._history[-1][1]:.4g}")
-                if max_steps is not None and self.step >= max_steps:
-                    break
-        bar.close()
+        self.loop.run(self._train_step, self._end_window, postfix=_postfix, limits=Limits(max_steps, time_budget_s),
+                      progress=progress, desc=desc)  # fmt: skip
         self.student.eval()
         return self.history
+
+    def _train_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One Adam and scheduler step on the targets ``batch``; returns :data:`LOSS_TERMS` as a
+        device tensor (no host sync)."""
+        t = self.targets
+        terms = distill_loss(self.student, t.x[batch], t.energy[batch], t.grad[batch], self.grad_weight,
+                             self.energy_w[batch], self.grad_w[batch])  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.opt.step()
+        self.sched.step()
+        return torch.stack([terms[k].detach() for k in LOSS_TERMS])
+
+    def _end_window(self, window: Window) -> bool:
+        """Record the window's losses (numbered by the step count after each update) and save a
+        checkpoint; a non-finite loss raises ``FloatingPointError``. Always keeps the window."""
+        self._history += [[s + 1, *v] for s, v in zip(window.steps, window.values.tolist())]
+        if not math.isfinite(self._history[-1][1]):
+            raise FloatingPointError(f"distillation loss is not finite at step {self.step}")
+        self.save()
+        return True
+
+
+def _postfix(window: Window) -> dict[str, str]:
+    """The progress bar's postfix: the loss of the window's last step."""
+    return {"loss": f"{window.values[-1, 0].item():.4g}"}
 
 
 def teacher_fingerprint(teacher: nn.Module) -> float:
@@ -577,7 +584,7 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
     scores, first = [], None
     for seed in ev.seeds:
         seed_everything(seed)
-        samples = generate(model, len(starts), p.sgld(steps), p.gen_batch_size, device=ev.device, init=starts)
+        samples = generate(model, len(starts), p.gen_sgld(steps), p.gen_batch_size, device=ev.device, init=starts)
         scores.append(ev.sample_quality(samples))
         first = samples if first is None else first
     out: dict[str, float] = {"n_seeds": len(scores)}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import data as data_mod
 from .models import MNISTClassifier, count_parameters
@@ -219,7 +219,7 @@ def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None 
     return {
         f"latency_ms_{device.type}": latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup),
         "latency_batch": p.latency_batch,
-        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.sgld(p.gen_steps)), p.latency_batch, device),
+        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld()), p.latency_batch, device),
         "hardware": device_name(device),
     }
 
@@ -273,7 +273,7 @@ class Evaluator:
         """``n`` (default ``n_gen``) digits by SGLD from uniform noise on the model's device; the
         starts and the SGLD noise depend only on ``seed``, so every model gets the same ones."""
         p = self.ctx.profile
-        cfg, n = cfg or p.sgld(p.gen_steps), n or p.n_gen
+        cfg, n = cfg or p.gen_sgld(), n or p.n_gen
         device = model_device(model)
         starts = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).mul_(2).sub_(1)
         seed_everything(seed)
@@ -400,17 +400,22 @@ def reference_quality(ev: Evaluator, n: int) -> pd.DataFrame:
 
 
 def steps_study(
-    ev: Evaluator, models: dict[str, nn.Module], steps: tuple[int, ...], n: int, progress: bool = True,
+    ev: Evaluator, models: dict[str, nn.Module], steps: tuple[int, ...], n: int,
+    step_scales: tuple[float, ...] | None = None, progress: bool = True,
 ) -> pd.DataFrame:
     """IS and FID (mean and std over the evaluator's seeds) of ``n`` digits generated from noise
-    by each model with each number of SGLD steps (the profile's step size and noise), and the
+    by each model with each number of SGLD steps and each step-size factor (at the training
+    temperature, :meth:`SGLDConfig.scaled`; default: training's and generation's), and the
     seconds one such generation took."""
     p = ev.ctx.profile
+    scales = step_scales or tuple(sorted({1.0, p.gen_step_scale}))
     rows = []
-    jobs = [(name, k) for name in models for k in steps]
-    for name, k in tqdm(jobs, desc="models x SGLD steps", disable=not progress):
+    jobs = [(name, k, scale) for name in models for scale in scales for k in steps]
+    for name, k, scale in tqdm(jobs, desc="models x SGLD settings", disable=not progress):
+        cfg = p.sgld(k).scaled(scale)
         t0 = time.perf_counter()
-        quality, _ = ev.quality(models[name], p.sgld(k), n, progress=False)
+        quality, _ = ev.quality(models[name], cfg, n, progress=False)
         seconds = (time.perf_counter() - t0) / max(1, quality["n_seeds"])
-        rows.append({"model": name, "steps": k, **quality, "seconds_per_seed": seconds, "n": n})
+        rows.append({"model": name, "steps": k, "step_size": cfg.step_size, "noise_std": cfg.noise_std, **quality,
+                     "seconds_per_seed": seconds, "n": n})  # fmt: skip
     return pd.DataFrame(rows)

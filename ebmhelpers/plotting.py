@@ -98,14 +98,18 @@ def quality_vs_steps(
     study: pd.DataFrame, references: dict[str, dict[str, float]] | None = None, title: str | None = None,
     save: str | Path | None = None,
 ) -> plt.Figure:
-    """FID and IS (error bars: std over seeds) against SGLD steps, one line per model in a
-    :func:`~ebmhelpers.metrics.steps_study` table; ``references`` (label -> {"IS", "FID"}) are
+    """FID and IS (error bars: std over seeds) against SGLD steps, one line per model (colour) and
+    step size (line style) in a :func:`~ebmhelpers.metrics.steps_study` table; ``references`` (label -> {"IS", "FID"}) are
     drawn as horizontal lines (e.g. real digits, uniform noise, the replay buffer)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    sizes = sorted(study.step_size.unique())
+    colours = {name: f"C{i}" for i, name in enumerate(study.model.unique())}
     for ax, metric in zip(axes, ("FID", "IS")):
-        for name, part in study.groupby("model", sort=False):
+        for (name, size), part in study.groupby(["model", "step_size"], sort=False):
             err = part[f"{metric}_std"] if part[f"{metric}_std"].notna().any() else None
-            ax.errorbar(part.steps, part[metric], yerr=err, marker="o", capsize=3, label=name)
+            label = name if len(sizes) == 1 else f"{name}, step size {size:g}"
+            ax.errorbar(part.steps, part[metric], yerr=err, marker="o", capsize=3, label=label, color=colours[name],
+                        ls=("-", "--", ":", "-.")[sizes.index(size) % 4])  # fmt: skip
         for i, (label, ref) in enumerate((references or {}).items()):
             ax.axhline(ref[metric], ls=(0, (4, 2 + i)), lw=1, color=f"C{7 + i % 3}", label=label)
         ax.set_xscale("log", base=2)

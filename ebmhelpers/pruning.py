@@ -31,7 +31,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import results
 from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes

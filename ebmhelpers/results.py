@@ -55,7 +55,7 @@ def save_samples(ctx: Context, name: str, samples: torch.Tensor, n: int = 40) ->
     """Keep the first ``n`` generated digits of a model (``results/<profile>/samples_<name>.pt``,
     as 8-bit pixels, about 31 kB) so the final comparison can show them without sampling again."""
     pixels = samples[:n].detach().cpu().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    atomic_save({"samples": pixels}, ctx.results / f"samples_{name}.pt")
+    atomic_save({"samples": pixels}, ctx.results / f"samples_{name}.pt", keep_previous=False)  # no .prev in results/
 
 
 def load_samples(ctx: Context, name: str) -> torch.Tensor:

@@ -11,7 +11,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,29 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {cpu} ({torch.get_num_threads()} threads)"
 
 
+AUTO_AMP = "auto"  # a profile's amp_dtype that autocast_dtype resolves on the device in use
+BF16_MIN_CAPABILITY = 8  # CUDA compute capability (major) with bf16 tensor cores: Ampere and later
+
+
+def autocast_dtype(device: torch.device | str) -> str | None:
+    """The autocast dtype SGLD uses on ``device`` when a profile says ``"auto"``.
+
+    None (fp32) on the CPU; ``"bf16"`` on CUDA GPUs of compute capability 8 or more (A100, L4,
+    H100); ``"fp16"`` on older ones (a Colab T4 is 7.5). The capability decides, not
+    ``torch.cuda.is_bf16_supported()``, which reports True on a T4 where bf16 is emulated and slow.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bf16" if major >= BF16_MIN_CAPABILITY else "fp16"
+
+
+def resolve_amp_dtype(amp_dtype: str | None, device: torch.device | str) -> str | None:
+    """``amp_dtype`` itself, unless it is ``"auto"``: then :func:`autocast_dtype` of ``device``."""
+    return autocast_dtype(device) if amp_dtype == AUTO_AMP else amp_dtype
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (all devices)."""
     random.seed(seed)
@@ -108,30 +130,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
-
-    A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Any:
-    """Load a checkpoint written by :func:`atomic_save`, tensors only (``weights_only=True``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+# Checkpoints (atomic writes, verified loads, the kept previous file) live in .checkpoints;
+# re-exported here so that ``from ebmhelpers.runtime import atomic_save, load_checkpoint`` keeps working.
+from .checkpoints import atomic_save, load_checkpoint  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

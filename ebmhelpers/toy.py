@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .models import EnergyModel, Swish
 from .profiles import Profile, SGLDConfig
@@ -428,11 +428,6 @@ def langevin_config(
     return SGLDConfig(steps, step_size, math.sqrt(2 * step_size * temperature), NO_GRAD_CLAMP, clamp_range)
 
 
-def temperature(cfg: SGLDConfig) -> float:
-    """The temperature T = noise_std^2 / (2 step_size) that an SGLD config samples at."""
-    return cfg.noise_std**2 / (2 * cfg.step_size) if cfg.step_size > 0 else math.inf
-
-
 def langevin(
     energy: nn.Module, x0: torch.Tensor, steps: int, step_size: float, record_every: int = RECORD_EVERY,
     clamp_range: tuple[float, float] | None = None,
@@ -679,7 +674,7 @@ def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Gri
     x = sgld(energy, uniform_box(n, grid.lim), cfg)
     tv = total_variation(x, density, grid)
     plot_samples(ax, x, grid, density=density, n_max=n)
-    ax.set_title(f"eps={step_size:g}, noise={noise_std:g}\nT={temperature(cfg):.3g}, TV={tv:.2f}", fontsize=8)
+    ax.set_title(f"eps={step_size:g}, noise={noise_std:g}\nT={cfg.temperature:.3g}, TV={tv:.2f}", fontsize=8)
     return tv
 
 
@@ -695,7 +690,7 @@ def sgld_grid_figure(
     for i, eps in enumerate(step_sizes):
         for j, sigma in enumerate(noise_stds):
             tv = sgld_panel(axes[i, j], energy, density, grid, eps, sigma)
-            rows.append({"step_size": eps, "noise_std": sigma, "temperature": sigma**2 / (2 * eps), "tv": tv})
+            rows.append({"step_size": eps, "noise_std": sigma, "temperature": SGLDConfig(1, eps, sigma, NO_GRAD_CLAMP).temperature, "tv": tv})
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -5,7 +5,6 @@ MNIST classifier behind the metrics, each with a "load if trained, else train" e
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import data as data_mod
+from .loop import Limits, ResumableLoop, Window, iters_per_epoch
 from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
@@ -67,8 +67,10 @@ class PCDTrainer:
       ``profile.rollback_lr_factor``, reseeds the RNGs and records the rollback - what the paper
       did by hand when training diverged.
 
-    A run killed at any point and started again with the same checkpoint path continues from
-    the last checkpoint and reaches the same state as an uninterrupted run, bit for bit where the kernels are
+    The position, the per-epoch batch order, the windows, the stop conditions and the progress
+    bar are :class:`~ebmhelpers.loop.ResumableLoop`'s (``self.loop``). A run killed at any point
+    and started again with the same checkpoint path continues from the last checkpoint and
+    reaches the same state as an uninterrupted run, bit for bit where the kernels are
     deterministic (on the CPU with one thread; multi-threaded reductions differ in the last bits).
     """
 
@@ -96,9 +98,8 @@ class PCDTrainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=p.lr_gamma)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
-        self.epoch = 0  # epochs completed
-        self.it = 0  # iterations done inside the current epoch
-        self.step = 0  # iterations done in total (rolled-back ones excluded)
+        self.loop = ResumableLoop(len(self.data), p.batch_size, training_iterations(p, len(self.data)), p.seed,
+                                  p.ckpt_every, self.device, p.max_iters_per_epoch)  # fmt: skip
         self.rollbacks: list[dict[str, Any]] = []
         self._history: list[list[float]] = []  # rows: step, epoch, lr, *METRICS
         self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
@@ -106,13 +107,27 @@ class PCDTrainer:
     # ---- bookkeeping ------------------------------------------------------------------
     @property
     def iters_per_epoch(self) -> int:
-        n = math.ceil(len(self.data) / self.profile.batch_size)
-        cap = self.profile.max_iters_per_epoch
-        return min(n, cap) if cap else n
+        return self.loop.iters_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Iterations done in total (rolled-back ones excluded)."""
+        return self.loop.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.loop.epoch
+
+    @property
+    def it(self) -> int:
+        """Iterations done inside the current epoch."""
+        return self.loop.it
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.profile.epochs
+        """Whether all ``profile.epochs`` epochs are done."""
+        return self.loop.done
 
     @property
     def history(self) -> pd.DataFrame:
@@ -140,7 +155,7 @@ class PCDTrainer:
         self.sched.load_state_dict(state["scheduler"])
         self.buffer.load_state_dict(state["buffer"])
         set_rng_state(state["rng"])
-        self.epoch, self.it, self.step = state["epoch"], state["it"], state["step"]
+        self.loop.resume_at(state["step"], state["epoch"], state["it"])
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
 
@@ -231,58 +246,53 @@ class PCDTrainer:
         progress: bool = True,
         on_window: Callable[["PCDTrainer"], None] | None = None,
     ) -> pd.DataFrame:
-        """Train until ``profile.epochs`` are done (or ``max_steps`` total iterations, or the
-        time budget runs out, stopping at a checkpoint so a later call resumes there)."""
-        p = self.profile
-        start = time.monotonic()
+        """Train until ``profile.epochs`` are done, or stop at the first checkpoint at or after
+        ``max_steps`` total iterations or once ``time_budget_s`` seconds are spent, so that a later
+        call resumes there. ``on_window(self)`` runs after every kept checkpoint. Returns the history."""
+        limits = Limits(max_steps, time_budget_s)
         if self._good is None:
             self.save()
-        total = p.epochs * self.iters_per_epoch
-        bar = tqdm(total=total, initial=self.step, desc=f"PCD training ({p.name})", disable=not progress)
-        window: list[torch.Tensor] = []
-        rows: list[list[float]] = []
-        while not self.done:
-            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(p.seed * 100_003 + self.epoch))
-            while self.it < self.iters_per_epoch:
-                idx = order[self.it * p.batch_size : (self.it + 1) * p.batch_size].to(self.device)
-                lr = self.opt.param_groups[0]["lr"]
-                window.append(self.train_step(self.data[idx]))
-                rows.append([self.step, self.epoch, lr])
-                self.it += 1
-                self.step += 1
-                bar.update(1)
-                if self.step in self.snapshots:
-                    self.save_snapshot(self.snapshots[self.step])
-                end_of_epoch = self.it == self.iters_per_epoch
-                if len(window) >= p.ckpt_every or end_of_epoch:
-                    stacked = torch.stack(window).cpu()
-                    reason = self._healthy(stacked)
-                    window = []
-                    if reason is not None:
-                        rows = []
-                        self._rollback(reason)
-                        bar.n = self.step
-                        bar.refresh()
-                        break  # restart the epoch loop from the restored position
-                    self._history += [r + v.tolist() for r, v in zip(rows, stacked)]
-                    rows = []
-                    if end_of_epoch:
-                        self.sched.step()
-                        self.epoch += 1
-                        self.it = 0
-                    self.save()
-                    last = self._history[-1]
-                    bar.set_postfix(loss=f"{last[3]:.3f}", e_real=f"{last[6]:.3f}", e_fake=f"{last[7]:.3f}")
-                    if on_window is not None:
-                        on_window(self)
-                    out_of_time = time_budget_s is not None and time.monotonic() - start > time_budget_s
-                    if (max_steps is not None and self.step >= max_steps) or out_of_time:
-                        bar.close()
-                        return self.history
-                    if end_of_epoch:
-                        break
-        bar.close()
+        self.loop.run(
+            lambda batch: self.train_step(self.data[batch]),
+            lambda window: self._end_window(window, on_window),
+            after_step=self._keep_snapshot,
+            postfix=_postfix,
+            limits=limits,
+            progress=progress,
+            desc=f"PCD training ({self.profile.name})",
+        )
         return self.history
+
+    def _keep_snapshot(self) -> None:
+        """Save the weights when this step is one of ``snapshots`` (even if later rolled back:
+        the step is then trained again and its snapshot rewritten)."""
+        if self.step in self.snapshots:
+            self.save_snapshot(self.snapshots[self.step])
+
+    def _end_window(self, window: Window, on_window: Callable[["PCDTrainer"], None] | None) -> bool:
+        """Keep a healthy window (history, the scheduler's step at an epoch end, checkpoint,
+        ``on_window``) or roll back to the last good checkpoint; returns whether it was kept."""
+        reason = self._healthy(window.values)
+        if reason is not None:
+            self._rollback(reason)
+            return False
+        # One learning rate for the whole window: it changes only at epoch ends and rollbacks,
+        # both of which come after the window's iterations.
+        lr = self.opt.param_groups[0]["lr"]
+        per_epoch = self.iters_per_epoch
+        self._history += [[s, s // per_epoch, lr, *v] for s, v in zip(window.steps, window.values.tolist())]
+        if window.end_of_epoch:
+            self.sched.step()
+        self.save()
+        if on_window is not None:
+            on_window(self)
+        return True
+
+
+def _postfix(window: Window) -> dict[str, str]:
+    """The progress bar's postfix: the loss and mean energies of the window's last iteration."""
+    last = dict(zip(METRICS, window.values[-1].tolist()))
+    return {k: f"{last[k]:.3f}" for k in ("loss", "e_real", "e_fake")}
 
 
 def _clone(value: Any) -> Any:
@@ -301,10 +311,7 @@ REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baselin
 
 def training_iterations(profile: Profile, n_train: int) -> int:
     """PCD iterations of a full run of ``profile`` on ``n_train`` digits."""
-    per_epoch = math.ceil(n_train / profile.batch_size)
-    if profile.max_iters_per_epoch:
-        per_epoch = min(per_epoch, profile.max_iters_per_epoch)
-    return profile.epochs * per_epoch
+    return profile.epochs * iters_per_epoch(n_train, profile.batch_size, profile.max_iters_per_epoch)
 
 
 def rewind_step(profile: Profile, n_train: int) -> int:

@@ -26,12 +26,12 @@ def test_pareto_front_drops_dominated_rows():
 
 def test_rescaled_step_keeps_temperature_and_total_time_in_both_directions():
     base = SGLDConfig(steps=256, step_size=10.0, noise_std=0.005, grad_clamp=0.03)
-    t_ref = comparison.temperature(base)
+    t_ref = base.temperature
     assert t_ref == pytest.approx(0.005**2 / 20)  # notebook 00: 1.25e-6 at the paper's settings
     for k in (16, 64, 256, 512, 1024):
         cfg = comparison.rescaled_step_size(base, k, ref_steps=256)
         assert cfg.steps == k and cfg.grad_clamp == 0.03 and cfg.clamp_range == base.clamp_range
-        assert comparison.temperature(cfg) == pytest.approx(t_ref, rel=1e-12)
+        assert cfg.temperature == pytest.approx(t_ref, rel=1e-12)
         assert k * cfg.step_size == pytest.approx(256 * 10.0)  # same total "time" K * step
     fewer, more = comparison.rescaled_step_size(base, 64, 256), comparison.rescaled_step_size(base, 512, 256)
     assert fewer.step_size == pytest.approx(40.0) and fewer.noise_std == pytest.approx(0.01)
@@ -45,8 +45,8 @@ def test_budget_study_holds_temperature_fixed_on_both_sides_of_the_reference():
     assert min(ks) < p.gen_steps < max(ks) and p.gen_steps in ks
     configs = comparison.budget_configs(p, ks, p.gen_steps)
     assert len(configs) == len(ks) * len(comparison.BUDGET_RULES)
-    t = comparison.temperature(p.sgld())
-    assert all(comparison.temperature(cfg) == pytest.approx(t, rel=1e-12) for _, _, cfg in configs)
+    t = p.sgld().temperature
+    assert all(cfg.temperature == pytest.approx(t, rel=1e-12) for _, _, cfg in configs)
     fixed = [(k, c) for k, r, c in configs if r == comparison.FIXED_STEP]
     rescaled = [(k, c) for k, r, c in configs if r == comparison.FIXED_TIME]
     assert all(c.step_size == p.sgld_step_size and c.steps == k for k, c in fixed)

@@ -264,6 +264,28 @@ def test_distiller_resumes_to_the_same_state(tmp_path, one_thread):
         other.load()
 
 
+def test_distiller_killed_in_its_second_epoch_resumes_to_the_same_weights(tmp_path, one_thread):
+    """A run over 2.5 epochs (each reshuffled), stopped mid-epoch and resumed in a fresh object,
+    ends with the weights and history of an uninterrupted run."""
+    targets = _targets(_teacher(), torch.rand(24, 1, 28, 28) * 2 - 1, 24, seed=0)  # 48 inputs: 6 batches/epoch
+
+    def make(path):
+        torch.manual_seed(5)
+        return d.Distiller(d.build_student("cnn_2k"), targets, steps=15, batch_size=8, ckpt_path=path, ckpt_every=4)
+
+    full = make(tmp_path / "full.pt")
+    full.fit(progress=False)
+    killed = make(tmp_path / "cut.pt")
+    killed.fit(progress=False, max_steps=7)  # checkpoints at 4, 6 (epoch end), 10, 12 (epoch end), 15
+    assert killed.step == 10 and torch.load(tmp_path / "cut.pt", weights_only=True)["step"] == 10
+    resumed = make(tmp_path / "cut.pt")
+    assert resumed.load() and resumed.step == 10
+    resumed.fit(progress=False)
+    for k, v in full.student.state_dict().items():
+        assert torch.equal(v, resumed.student.state_dict()[k]), k
+    assert full.history.equals(resumed.history) and full.history.step.tolist() == list(range(1, 16))
+
+
 def test_distillation_inputs_split_buffer_and_mix_kinds():
     profile = get_profile("smoke").replace(train_subset=40)
     buffer = torch.arange(64.0).view(64, 1, 1, 1).expand(64, 1, 28, 28).contiguous()

@@ -14,6 +14,20 @@ def test_profiles_and_paper_recipe():
         p.epochs = 1  # frozen
 
 
+def test_generation_sampler_keeps_the_training_temperature():
+    """gen_step_scale multiplies the step size and the noise by its square root, so T is training's."""
+    p = profiles.get_profile("paper").replace(gen_step_scale=4.0)
+    train, gen = p.sgld(), p.gen_sgld()
+    assert gen.steps == p.gen_steps and p.gen_sgld(7).steps == 7
+    assert gen.step_size == pytest.approx(4 * train.step_size)
+    assert gen.noise_std == pytest.approx(2 * train.noise_std)
+    assert gen.temperature == pytest.approx(train.temperature)
+    assert gen.grad_clamp == train.grad_clamp
+    assert profiles.get_profile("paper").gen_sgld() == p.sgld(p.gen_steps)  # default scale 1: training's sampler
+    with pytest.raises(ValueError):
+        train.scaled(0.0)
+
+
 def test_bad_profile_name_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="unknown profile 'nope'.*colab.*paper.*smoke"):
         profiles.get_profile("nope")

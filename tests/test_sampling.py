@@ -11,6 +11,7 @@ from ebmhelpers.sampling import (
     frozen,
     generate,
     sgld,
+    sgld_step,
 )
 
 
@@ -31,6 +32,7 @@ def test_sgld_reproduces_gaussian_mean_and_variance():
     model = GaussianEnergy([0.5, -1.0], s=0.7)
     eta = 0.005  # Langevin: noise variance = 2 * step size
     cfg = SGLDConfig(steps=800, step_size=eta, noise_std=(2 * eta) ** 0.5, grad_clamp=1e9, clamp_range=None)
+    assert cfg.temperature == pytest.approx(1.0)  # T = 1: samples exp(-E) itself
     x = sgld(model, torch.randn(4000, 2) * 3, cfg)
     assert torch.allclose(x.mean(0), torch.tensor([0.5, -1.0]), atol=0.05)
     assert torch.allclose(x.var(0), torch.full((2,), 0.49), rtol=0.08)
@@ -100,3 +102,58 @@ def test_batched_energy_grad_matches_one_batch(tiny_energy):
     e, g = batched_energy_grad(tiny_energy, x, batch_size=3)
     assert torch.allclose(e, e_ref, atol=1e-6) and torch.allclose(g, g_ref, atol=1e-6)
     assert tiny_energy.stem.weight.requires_grad  # parameters trainable again afterwards
+
+
+def _old_sgld_loop(model, x, cfg):
+    """The loop of ``sgld`` as it was before ``sgld_step`` was extracted (reference copy)."""
+    x = x.detach().clone()
+    lo, hi = cfg.clamp_range if cfg.clamp_range is not None else (None, None)
+    noise = torch.empty_like(x)
+    with frozen(model):
+        for _ in range(cfg.steps):
+            x.add_(noise.normal_(0.0, cfg.noise_std))
+            if lo is not None:
+                x.clamp_(lo, hi)
+            _, grad = energy_grad(model, x)
+            x.sub_(cfg.step_size * grad.clamp_(-cfg.grad_clamp, cfg.grad_clamp))
+            if lo is not None:
+                x.clamp_(lo, hi)
+    return x
+
+
+@pytest.mark.parametrize("clamp_range", [(-1.0, 1.0), None])
+def test_sgld_is_a_loop_of_sgld_step_bit_for_bit(tiny_energy, one_thread, clamp_range):
+    # the profile's settings: the gradient clamp binds and the range clamp is active
+    cfg = SGLDConfig(steps=5, step_size=10.0, noise_std=0.005, grad_clamp=0.03, clamp_range=clamp_range)
+    x0 = torch.rand(6, 1, 28, 28) * 2 - 1
+
+    def run(fn):
+        torch.manual_seed(1)
+        return fn()
+
+    def hand_loop():
+        x, noise = x0.clone(), torch.empty_like(x0)
+        with frozen(tiny_energy):
+            for _ in range(cfg.steps):
+                assert sgld_step(tiny_energy, x, cfg, noise) is x  # in place
+        return x
+
+    start = x0.clone()
+    out = run(lambda: sgld(tiny_energy, x0, cfg))
+    assert not torch.equal(out, start) and torch.equal(x0, start)  # moved, and sgld left its input alone
+    assert torch.equal(out, run(hand_loop))
+    assert torch.equal(out, run(lambda: _old_sgld_loop(tiny_energy, x0, cfg)))
+    assert not torch.equal(out, run(lambda: sgld(tiny_energy, x0, SGLDConfig(5, 10.0, 0.006, 0.03, clamp_range))))
+
+
+def test_sgld_step_moves_each_pixel_by_at_most_step_times_clamp():
+    model = GaussianEnergy([5.0, -5.0], s=0.1)  # gradients far beyond the clamp
+    cfg = SGLDConfig(steps=1, step_size=10.0, noise_std=0.0, grad_clamp=0.03, clamp_range=(-1.0, 1.0))
+    x = torch.zeros(4, 2)
+    sgld_step(model, x, cfg, torch.empty_like(x))
+    assert torch.allclose(x, torch.tensor([0.3, -0.3]).expand(4, 2))  # downhill, clamped to step * grad_clamp
+
+
+def test_temperature_of_the_paper_settings():
+    assert SGLDConfig(60, step_size=10.0, noise_std=0.005, grad_clamp=0.03).temperature == pytest.approx(1.25e-6)
+    assert SGLDConfig(1, step_size=0.0, noise_std=0.1, grad_clamp=1.0).temperature == float("inf")  # noise only

@@ -74,7 +74,7 @@ def test_samplers_reproduce_gaussian_mean_and_variance(sampler):
 def test_langevin_temperature_scales_the_variance():
     torch.manual_seed(0)
     cfg = toy.langevin_config(1000, 2e-4, temperature=0.25)
-    assert toy.temperature(cfg) == pytest.approx(0.25)
+    assert cfg.temperature == pytest.approx(0.25)
     x = toy.sgld(gaussian(), toy.uniform_box(3000), cfg)
     assert torch.allclose(x.var(0), 0.25 * torch.tensor(STD) ** 2, rtol=0.1)
 

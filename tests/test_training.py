@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from ebmhelpers.checkpoints import atomic_save, load_checkpoint
 from ebmhelpers.models import EnergyModel, ResNetEnergy, tutorial8_cnn_energy
 from ebmhelpers.profiles import get_profile
-from ebmhelpers.runtime import atomic_save, load_checkpoint
 from ebmhelpers.training import METRICS, DivergenceError, PCDTrainer, energy_gap_bound, pcd_loss
 
 TINY = get_profile("smoke").replace(
