@@ -1,6 +1,6 @@
 """Named run profiles: every size, step count and learning rate of the series lives here.
 
-Three profiles share the same code paths and differ only in scale:
+The profiles share the same code paths and differ only in scale:
 
 * ``smoke``  - CI on 2 CPU cores; every notebook executes in a few minutes. Results are
   *not* meaningful digits; they only prove the pipeline runs end to end.
@@ -8,6 +8,8 @@ Three profiles share the same code paths and differ only in scale:
   ResNet18), the paper profile's sampler, buffer and optimizer settings; about 2 hours on 2 cores.
 * ``colab``  - a Colab T4 session; ``python -m ebmhelpers estimate --profile colab`` counts its FLOPs
   (an estimate until timed on a T4).
+* ``gpu``    - one lent H100: the whole series in two device commands of at most 10 minutes
+  (``python -m ebmhelpers device-chain plan``), sized from counted FLOPs (an estimate until timed).
 * ``paper``  - the paper's settings, completed with P. Lippe's tutorial-8 recipe where the
   paper is silent (the paper's reference [14]).
 
@@ -182,6 +184,39 @@ PROFILES: dict[str, Profile] = {
         distill_epochs=3,
         budget_steps=(16, 32, 64, 128),
         amp_dtype="auto",  # fp16 SGLD on a T4, bf16 on Ampere and later
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="One lent H100, the whole series sized for 20 device-minutes (two commands of at most 10 minutes, "
+        "`python -m ebmhelpers device-chain plan`): ResNet18 trained with the paper's sampler, buffer, loss and optimizer "
+        "on 20,000 digits for 3 epochs; 3 seeds x 1,000 digits of 64 SGLD steps of 4x the training step at the training "
+        "temperature. Sized from counted FLOPs at an ASSUMED 60 TFLOP/s sustained (`python -m ebmhelpers estimate "
+        "--profile gpu --tflops 60`): an estimate until timed on the H100.",
+        train_subset=20_000,
+        epochs=3,  # 471 PCD iterations of batch 128, K=60: what fits beside notebooks 02 and 04 in one command
+        snapshot_epochs=(1,),  # the training-length study compares epoch 1 with the final model
+        # 64 steps of 4x the step at the training temperature: the same K x step (2,560) as the paper profile's 256
+        # steps of size 10 at a quarter of the cost (notebook 02's study compares both step sizes)
+        gen_steps=64,
+        gen_step_scale=4.0,
+        ckpt_every=100,
+        clf_epochs=2,
+        n_gen=1_000,  # x 3 seeds; notebook 02 keeps the first seed's 1,000 digits (results/gpu/samples_baseline.pt)
+        gen_batch_size=1_000,
+        n_fid_real=10_000,
+        n_ood=2_000,
+        study_steps=(16, 64, 256),
+        study_n=200,
+        n_calib=1_000,
+        precision_n_gen=1_000,
+        prune_ratios=(0.3, 0.5, 0.7, 0.9),
+        finetune_epochs=1,
+        finetune_iters=20,
+        lottery_rounds=2,
+        distill_epochs=3,
+        budget_steps=(16, 32, 64, 128),
+        amp_dtype="auto",  # bf16 SGLD on the H100 (runtime.autocast_dtype)
+        compile=False,  # torch.compile of the SGLD step is not yet checked against eager on the GPU (issue 12)
     ),
     "cpu": Profile(
         name="cpu",
