@@ -1,5 +1,9 @@
 """``python -m ebmhelpers bench``: how fast the hot paths run on this device.
 
+``python -m ebmhelpers bench --speedups`` measures the SGLD speed-ups instead (:func:`run_speedup_bench`):
+the baseline under each rung of :func:`ladder` with its agreement with eager fp32 chains, and
+issue 12's targets.
+
 For each model: SGLD image-steps per second (the cost of sampling and of PCD training), the
 FLOPs of one SGLD step counted by ``torch.utils.flop_counter``, the FLOP/s achieved and, where the
 device's peak is known, the fraction of it; plus PCD training iterations per second for the
@@ -8,6 +12,7 @@ baseline and the peak memory. Every time is the median of repeated runs after a 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -17,15 +22,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .distillation import build_student, forward_flops, students_for
-from .metrics import median_time_s, throughput_config
+from .metrics import median_time_s, synchronize, throughput_config
 from .models import build_baseline, count_parameters
 from .profiles import Profile, SGLDConfig, get_profile
 from .pruning import apply_pruning, physically_prune
 from .quantization import weight_count, weight_only_quantize
 from .runtime import device_name, get_device, resolve_amp_dtype
-from .sampling import frozen, sgld
-from .training import PCDTrainer
+from .progress import tqdm
+from .sampling import frozen, generate, sgld
+from .speedups import SGLDRunner, Speedups, chain_agreement
+from .training import PCDTrainer, training_iterations
 
+MNIST_TRAIN = 60_000  # digits the paper trains on
 CPU_BATCH = 16  # images per SGLD batch when benchmarking on a CPU
 # Dense peak FLOP/s by GPU name fragment and compute dtype (vendor data sheets, SXM parts).
 PEAK_FLOPS = {
@@ -154,3 +162,133 @@ def run_bench(
     table.insert(0, "device", device_name(device))
     print(f"[bench] {time.monotonic() - t0:.0f} s on {device_name(device)}, median of {repeats} runs after 1 warm-up")
     return table
+
+
+# ---- the speed-up ladder (``python -m ebmhelpers bench --speedups``, issue 12) ---------------------
+LADDER_STEPS = 16  # SGLD steps per timed chain: long enough to amortise a launch, short enough to repeat
+AGREEMENT_BATCH = 16  # chains compared with eager fp32 (noise off) per rung
+BIG_BATCH = 4096  # a batch that fills an H100 with 28x28 digits
+TARGET_GEN = (10_000, 256)  # issue 12: 10,000 digits of 256 SGLD steps ...
+TARGET_GEN_S = 30.0  # ... in under 30 seconds
+TARGET_TRAIN_MIN = 30.0  # the paper profile's training projected at most this many minutes
+LADDER_BUDGET_S = 420.0  # stop adding rows after this long (a device command has 600 s)
+
+
+def ladder(device: torch.device) -> list[tuple[str | None, Speedups]]:
+    """The rungs, each adding one change: fp32, bf16 autocast, channels_last, compile, CUDA graphs
+    (with and without compile), and all of them in fp32 (what scoring uses). On a CPU only what
+    runs there: bf16 only with native bf16 units, no CUDA graphs."""
+    cuda = device.type == "cuda"
+    bf16 = "bf16" if cuda or torch.cpu._is_avx512_bf16_supported() else None
+    rungs = [(None, Speedups()), (bf16, Speedups()), (bf16, Speedups(channels_last=True)),
+             (bf16, Speedups(channels_last=True, compile=True))]
+    if cuda:
+        rungs += [(bf16, Speedups(channels_last=True, cuda_graph=True)), (bf16, Speedups(True, True, True)),
+                  (None, Speedups(True, True, True))]
+    return list(dict.fromkeys(rungs))  # without bf16 units the bf16 rungs collapse onto the fp32 ones
+
+
+def measure_rung(
+    make: Callable[[], nn.Module], amp: str | None, speedups: Speedups, cfg: SGLDConfig, batch: int,
+    device: torch.device, repeats: int,
+) -> dict:
+    """Speed of one rung: the first call (compile or capture included) and the median of later calls."""
+    model = make().to(device).eval()
+    runner = SGLDRunner(model, speedups, amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    x = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
+    t0 = time.perf_counter()
+    runner(x, cfg)
+    synchronize(device)
+    first = time.perf_counter() - t0
+    t = median_time_s(lambda: runner(x, cfg), device, repeats, warmup=0)
+    flops = sgld_step_flops(model, batch, device) * cfg.steps
+    peak = peak_flops(device, amp or "fp32")
+    return {
+        "dtype": amp or "fp32", "speedups": speedups.label, "batch": batch, "sgld_steps": cfg.steps,
+        "img_steps_per_s": batch * cfg.steps / t, "tflops_per_s": flops / t / 1e12,
+        "frac_of_peak": flops / t / peak if peak else float("nan"), "first_call_s": first,
+        "peak_mem_mb": _peak_memory_mb(device),
+    }
+
+
+def run_speedup_bench(
+    profile: str | None = None, repeats: int = 3, budget_s: float = LADDER_BUDGET_S,
+    target: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """The profile baseline's SGLD under each rung of :func:`ladder` at the training batch, with its
+    agreement with eager fp32 chains; on a GPU the fastest rung again at the generation batch and at
+    :data:`BIG_BATCH`; then issue 12's two targets with the fastest rung: ``target`` = (digits,
+    steps) generated and timed (default :data:`TARGET_GEN` on a GPU, skipped on a CPU, where it
+    would take hours), and the paper profile's training time projected from a measured iteration."""
+    p = get_profile(profile)
+    device = get_device()
+    cfg = p.sgld(LADDER_STEPS)
+    make = lambda: build_baseline(p.baseline)  # noqa: E731 (speed does not depend on the weights)
+    torch.manual_seed(p.seed)
+    t0, rows = time.monotonic(), []
+    x_agree = torch.rand(AGREEMENT_BATCH, 1, 28, 28, device=device) * 2 - 1
+
+    def over_budget(what: str) -> bool:
+        if time.monotonic() - t0 > budget_s:
+            print(f"[bench] {budget_s:.0f} s budget spent: {what} not measured")
+            return True
+        return False
+
+    for amp, sp in tqdm(ladder(device), desc="speed-up ladder"):
+        if over_budget(f"{amp or 'fp32'} {sp.label}"):
+            break
+        row = measure_rung(make, amp, sp, cfg, p.batch_size, device, repeats)
+        row |= chain_agreement(make().to(device).eval(), x_agree, cfg, sp, amp)
+        rows.append(row)
+    best = max(rows, key=lambda r: r["img_steps_per_s"])
+    amp, sp = best["dtype"] if best["dtype"] != "fp32" else None, _speedups_of(best["speedups"])
+    for batch in dict.fromkeys((p.gen_batch_size, BIG_BATCH)):
+        if device.type == "cuda" and batch != p.batch_size and not over_budget(f"batch {batch}"):
+            rows.append(measure_rung(make, amp, sp, cfg, batch, device, repeats))
+    table = pd.DataFrame(rows)
+    table.insert(0, "model", f"baseline {p.baseline}")
+    table.insert(0, "device", device_name(device))
+    best_batch = int(table.loc[table.img_steps_per_s.idxmax(), "batch"])
+    print(f"[bench] fastest: {amp or 'fp32'} {sp.label} at batch {best_batch}")
+    target = target or (TARGET_GEN if device.type == "cuda" else None)
+    if target and not over_budget("the targets"):
+        print(target_lines(p, make, amp, sp, best_batch, device, target))
+    print(f"[bench] {time.monotonic() - t0:.0f} s on {device_name(device)}, median of {repeats} runs after the first")
+    return table
+
+
+def _speedups_of(label: str) -> Speedups:
+    on = set(label.split(" + ")) - {"eager"}
+    return Speedups(**{name: True for name in on})
+
+
+def target_lines(
+    p: Profile, make: Callable[[], nn.Module], amp: str | None, sp: Speedups, batch: int, device: torch.device,
+    target: tuple[int, int] = TARGET_GEN,
+) -> str:
+    """Issue 12's targets, measured with one rung: generation of ``target`` = (digits, steps) from
+    noise with the paper's sampler (timed whole) and the paper profile's training time (PCD
+    iteration time x its iterations)."""
+    n, steps = target
+    model = make().to(device).eval()
+    runner = SGLDRunner(model, sp, amp)
+    gen_cfg = get_profile("paper").sgld(steps)
+    runner(torch.rand(min(batch, n), 1, 28, 28, device=device) * 2 - 1, dataclasses.replace(gen_cfg, steps=1))  # warm
+    synchronize(device)
+    t0 = time.perf_counter()
+    generate(model, n, gen_cfg, batch_size=min(batch, n), device=device, progress=False, sampler=runner)
+    synchronize(device)
+    gen_s = time.perf_counter() - t0
+    paper = get_profile("paper").replace(baseline=p.baseline, amp_dtype=amp, channels_last=sp.channels_last,
+                                         compile=sp.compile, cuda_graph=sp.cuda_graph)
+    train = measure_training(paper, paper.batch_size, device, repeats=5)
+    iters = training_iterations(paper, MNIST_TRAIN)
+    train_min = iters / train["train_iters_per_s"] / 60
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    return (f"[bench] target: {n:,} digits x {steps} SGLD steps (batch {min(batch, n)}): {gen_s:.1f} s "
+            f"(target < {TARGET_GEN_S:.0f} s: {verdict(gen_s < TARGET_GEN_S)})\n"
+            f"[bench] target: paper profile training, {iters:,} PCD iterations x "
+            f"{1e3 / train['train_iters_per_s']:.1f} ms = {train_min:.1f} min projected "
+            f"(target <= {TARGET_TRAIN_MIN:.0f} min: {verdict(train_min <= TARGET_TRAIN_MIN)})")

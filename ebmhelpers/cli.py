@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--models", nargs="*", help="subset of models to measure")
     bench.add_argument("--out", help="write the table as CSV here")
+    bench.add_argument("--speedups", action="store_true",
+                       help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs) and issue 12's targets")
 
     est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
     est.add_argument("--profile", help="smoke | cpu | colab | paper (default: EBM_PROFILE, else by device)")
@@ -48,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         timings = run_notebooks(args.profile, out_dir=args.out, inplace=args.inplace, only=args.only)
         print("\n".join(f"{name:32s} {sec:8.0f} s" for name, sec in timings))
     elif args.command == "bench":
-        from .bench import run_bench
+        from .bench import run_bench, run_speedup_bench
 
-        table = run_bench(args.profile, batch=args.batch, repeats=args.repeats, models=args.models)
+        if args.speedups:
+            table = run_speedup_bench(args.profile, repeats=args.repeats)
+        else:
+            table = run_bench(args.profile, batch=args.batch, repeats=args.repeats, models=args.models)
         print(table.to_string(index=False))
         if args.out:
             table.to_csv(args.out, index=False)

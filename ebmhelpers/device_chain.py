@@ -202,11 +202,20 @@ def run_args(stage: Stage, profile: str = DEFAULT_PROFILE, stages: Sequence[Stag
     return {"command": command, "carry": carry, "timeout_s": COMMAND_S}
 
 
-def preflight_args() -> dict:
-    """``run`` arguments of a short check of the device image (wheels, data, a kernel, CUDA)."""
+SPEEDUP_TESTS = "tests/test_speedups.py"  # its CUDA-graph tests run only where CUDA is
+BENCH_CSV = "bench_speedups.csv"
+
+
+def preflight_args(profile: str = DEFAULT_PROFILE) -> dict:
+    """``run`` arguments of the first device call: check the image (wheels, data, a kernel, CUDA),
+    run the speed-up tests on the GPU, then ``bench --speedups`` (its table to ``$OUT``). Its
+    numbers decide which speed-ups the profile turns on before stage 1."""
     command = (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
-               f"{WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site || exit; python3 -m ebmhelpers device-chain preflight")  # fmt: skip
-    return {"command": command, "carry": [WHEEL_DIR, DATA_DIR], "timeout_s": 180}
+               f"{WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site EBM_PLAIN_PROGRESS=1 PYTHONUNBUFFERED=1 || exit; "
+               f"python3 -m ebmhelpers device-chain preflight; "
+               f"python3 -m pytest {SPEEDUP_TESTS} -q -o addopts='' -p no:cacheprovider 2>&1 | tail -n 25; "
+               f"python3 -m ebmhelpers bench --speedups --profile {profile} --out $OUT/{BENCH_CSV} 2>&1 | tee $OUT/bench.log")  # fmt: skip
+    return {"command": command, "carry": [WHEEL_DIR, DATA_DIR], "timeout_s": COMMAND_S}
 
 
 def pip_download_command(dest: str = WHEEL_DIR) -> list[str]:
@@ -545,6 +554,39 @@ def _write_times(root: Path, p: Profile, report: StageReport) -> None:
         writer.writerows(rows)
 
 
+TIMED_PROFILE = "colab"  # whose notebooks `time` runs on the device, for the T4 estimate
+TIMES_CSV = "notebook_times.csv"
+
+
+def time_notebooks(profile: Profile, out: Path, root: Path, deadline_s: float = DEFAULT_DEADLINE_S,
+                   notebooks: Sequence[str] = ("00", "01", "02", "03", "04", "05", "06")) -> list[str]:  # fmt: skip
+    """Execute ``profile``'s notebooks in order, as a reader would (notebook 01 trains), copying
+    ``results/<profile>/notebook_times.csv`` to ``out`` after each, until ``deadline_s`` has passed:
+    the per-notebook times of a profile on this machine (the command's 10-minute limit may cut the
+    last one; the rows before it still come back). Returns the notebooks that finished."""
+    install_data(root)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, done = time.monotonic(), []
+    for nb in notebooks:
+        if deadline_s and time.monotonic() - t0 > deadline_s:
+            print(f"[time] {deadline_s:.0f} s passed: notebooks from {nb} on not timed")
+            break
+        if _run_notebook(root, profile, nb) != 0:
+            print(f"[time] notebook {nb} failed; stopping")
+            break
+        done.append(nb)
+        shutil.copy(root / "results" / profile.name / TIMES_CSV, out / f"{profile.name}_{TIMES_CSV}")
+    return done
+
+
+def time_args(profile: str = TIMED_PROFILE) -> dict:
+    """``run`` arguments of :func:`time_notebooks` on the device (after the gpu chain, if minutes remain)."""
+    command = (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
+               f"{WHEEL_DIR}/*.whl && export PYTHONPATH=/tmp/site || exit; set -o pipefail; PYTHONUNBUFFERED=1 "
+               f"python3 -m ebmhelpers device-chain time --profile {profile} --out $OUT 2>&1 | tail -n 200 > $OUT/time.log")  # fmt: skip
+    return {"command": command, "carry": [WHEEL_DIR, DATA_DIR], "timeout_s": COMMAND_S}
+
+
 # ---- between commands (on the lead's machine) ----------------------------------------------
 def _artifact_dir(src: Path, name: str) -> Path | None:
     for folder in (src / name, src):
@@ -722,7 +764,10 @@ def _print_plan(profile: str, flops_per_s: float) -> None:
     for stage in STAGES:
         args = run_args(stage, profile)
         print(f"  stage {stage.number} ({stage.why}):\n    {json.dumps(args)}\n    {carry_report(root, args['carry'])}")
-    print(f"  optional check of the image (with the first call, e.g. before bench):\n    {json.dumps(preflight_args())}")
+    print(f"  last, if device minutes remain: the {TIMED_PROFILE} profile's notebooks timed as a reader runs them "
+          f"(for the T4 estimate):\n    {json.dumps(time_args())}")
+    print(f"  first call, before stage 1: check the image, run {SPEEDUP_TESTS} on the GPU and `bench --speedups` "
+          f"(set the profile's speed-ups from its table, then commit):\n    {json.dumps(preflight_args(profile))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     rh.add_argument("--stages", type=int, nargs="*", help="resume at these stages (default: all)")
     rh.add_argument("--data-source", help="as for prepare")
     sub.add_parser("preflight", help="check the device image: wheels, data, a kernel, CUDA")
+    tm = sub.add_parser("time", help="time a profile's notebooks on this machine, as a reader runs them (on the device)")
+    tm.add_argument("--profile", default=TIMED_PROFILE)
+    tm.add_argument("--out", help="stands in for $OUT (default: $OUT)")
+    tm.add_argument("--deadline-s", type=float, default=DEFAULT_DEADLINE_S, help="start no notebook after this")
     args = parser.parse_args(argv)
 
     from .runtime import repo_root
@@ -795,6 +844,13 @@ def main(argv: list[str] | None = None) -> int:
         rehearse(args.workdir, args.profile, args.stages, args.data_source)
     elif args.command == "preflight":
         preflight()
+    elif args.command == "time":
+        root = repo_root()
+        profile = get_profile(args.profile)
+        os.environ.update(stage_env(root, profile))
+        done = time_notebooks(profile, Path(args.out or os.environ["OUT"]), root, args.deadline_s)
+        print(f"[time] timed notebooks {' '.join(done) or 'none'} of profile {profile.name}")
+        return 0 if done else 1
     return 0
 
 

@@ -226,3 +226,25 @@ def total_flops(profile: Profile | str | None = None, device: str = "cuda") -> f
     """All FLOPs of :func:`series_flops`."""
     return float(series_flops(profile, device).flops.sum())
 
+
+
+def t4_ratio(measured_on: str, dtype: str = "bf16") -> float:
+    """How many times longer a Colab T4 is taken to need than the GPU ``measured_on`` (a name
+    fragment of :data:`bench.PEAK_FLOPS`, e.g. "H100") for the same notebook: the ratio of their
+    dense 16-bit tensor-core peaks (``dtype`` bf16/fp16; fp32 for fp32 work). An ASSUMPTION stated
+    with every estimate it gives: small kernels leave both GPUs below peak, so it is a rough guide."""
+    peaks = next((v for k, v in PEAK_FLOPS.items() if k in measured_on), None)
+    if peaks is None:
+        raise ValueError(f"no peak FLOP/s known for {measured_on!r}; known: {sorted(PEAK_FLOPS)}")
+    key = "fp32" if dtype == "fp32" else "bf16"
+    return peaks[key] / PEAK_FLOPS["T4"][key]
+
+
+def t4_estimate(times: pd.DataFrame, measured_on: str, dtype: str = "bf16") -> pd.DataFrame:
+    """Per-notebook T4 seconds from a ``notebook_times.csv`` measured on ``measured_on``: the
+    seconds times :func:`t4_ratio` (the ratio is a column, so every estimate shows it)."""
+    ratio = t4_ratio(measured_on, dtype)
+    out = times[["notebook", "seconds"]].copy()
+    out["t4_ratio"] = ratio
+    out["t4_seconds_estimate"] = out.seconds * ratio
+    return out

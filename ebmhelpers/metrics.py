@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -35,8 +34,9 @@ from .progress import tqdm
 from . import data as data_mod
 from .models import MNISTClassifier, count_parameters
 from .profiles import SGLDConfig
-from .runtime import Context, device_name, seed_everything
+from .runtime import Context, device_name, model_device, seed_everything
 from .sampling import SamplingNotSupportedError, generate, sgld
+from .speedups import SGLDRunner
 
 # The OOD sets, in the [-1, 1] pixel scale. The paper's Table 2 rows are noise, upside-down digits
 # ("an upside-down 5 resembles a 2") and size reduction; tutorial 8 defines the noise (std 0.3) and
@@ -150,13 +150,6 @@ OOD_LABELS = {
     "rot90": "rotated 90 degrees (extra)", "shrink_centre": "shrunk to half size, centred (extra)",
     "fashion": "Fashion-MNIST", "uniform": "uniform noise",
 }  # fmt: skip
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of a model's first parameter or buffer; CPU for one without any (int8)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 # ---- cost -------------------------------------------------------------------------------
@@ -277,7 +270,9 @@ class Evaluator:
         device = model_device(model)
         starts = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).mul_(2).sub_(1)
         seed_everything(seed)
-        return generate(model, n, cfg, p.gen_batch_size, device=device, init=starts, progress=progress).cpu()
+        sampler = SGLDRunner(model, p.speedups(device))  # fp32 chains; the profile's speed-ups on a GPU
+        return generate(model, n, cfg, p.gen_batch_size, device=device, init=starts, progress=progress,
+                        sampler=sampler).cpu()
 
     def quality(
         self, model: nn.Module, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = True,

@@ -24,8 +24,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .speedups import Speedups
 
 ENV_VAR = "EBM_PROFILE"
 
@@ -101,7 +105,11 @@ class Profile:
     max_rollbacks: int = 5
     snapshot_epochs: tuple[int, ...] = ()  # epochs after which the baseline's weights are also kept
     amp_dtype: str | None = None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
-    compile: bool = False  # torch.compile the energy network (CUDA only)
+    # SGLD speed-ups on CUDA devices (speedups.py; ignored on a CPU, where compile measured slower), each
+    # turned on only after `python -m ebmhelpers bench` measured it on a GPU:
+    channels_last: bool = False  # NHWC weights and activations
+    compile: bool = False  # torch.compile of the whole SGLD step
+    cuda_graph: bool = False  # one step captured as a CUDA graph, replayed K times
 
     # ---- evaluation -------------------------------------------------------------------
     clf_epochs: int = 3
@@ -151,6 +159,14 @@ class Profile:
         """The SGLD settings for generating digits from noise: ``gen_steps`` (or ``steps``) steps of
         ``gen_step_scale`` times the training step size at the training temperature."""
         return self.sgld(self.gen_steps if steps is None else steps).scaled(self.gen_step_scale)
+
+    def speedups(self, device: torch.device | str) -> "Speedups":
+        """The SGLD speed-ups this profile turns on for ``device``: none on a CPU (see the fields)."""
+        from .speedups import Speedups
+
+        if torch.device(device).type != "cuda":
+            return Speedups()
+        return Speedups(channels_last=self.channels_last, compile=self.compile, cuda_graph=self.cuda_graph)
 
     def replace(self, **changes) -> "Profile":
         """A copy with some fields changed (e.g. a shorter fine-tuning run)."""
@@ -216,7 +232,7 @@ PROFILES: dict[str, Profile] = {
         distill_epochs=3,
         budget_steps=(16, 32, 64, 128),
         amp_dtype="auto",  # bf16 SGLD on the H100 (runtime.autocast_dtype)
-        compile=False,  # torch.compile of the SGLD step is not yet checked against eager on the GPU (issue 12)
+        # channels_last, compile, cuda_graph: off until measured on the H100 (`python -m ebmhelpers bench --speedups`)
     ),
     "cpu": Profile(
         name="cpu",

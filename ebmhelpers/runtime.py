@@ -7,6 +7,7 @@ disconnect.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import random
@@ -66,6 +67,13 @@ def get_device(name: str | None = None) -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of a model's first parameter or buffer; CPU for one without any (int8)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def device_name(device: torch.device) -> str:

@@ -8,7 +8,7 @@ in the loop reads a value back to the host (no ``.item()``, no Python branch on 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -201,12 +201,17 @@ def generate(
     amp_dtype: str | None = None,
     init: torch.Tensor | None = None,
     progress: bool = True,
+    sampler: Callable[[torch.Tensor, SGLDConfig], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Generate ``n`` samples by SGLD from uniform noise (or from ``init``), in batches."""
+    """Generate ``n`` samples by SGLD from uniform noise (or from ``init``), in batches.
+
+    ``sampler(x, cfg)`` runs the chains when given (e.g. a :class:`~ebmhelpers.speedups.SGLDRunner`
+    with the profile's speed-ups); by default :func:`sgld` with ``amp_dtype``."""
+    sampler = sampler or (lambda x, c: sgld(model, x, c, amp_dtype=amp_dtype))
     device = device or next(model.parameters()).device
     starts = init.split(batch_size) if init is not None else _noise_batches(n, batch_size, shape, device)
     out = []
     total = -(-n // batch_size)
     for x0 in tqdm(starts, total=total, desc=f"generate {n} x {cfg.steps} SGLD steps", disable=not progress):
-        out.append(sgld(model, x0.to(device), cfg, amp_dtype=amp_dtype))
+        out.append(sampler(x0.to(device), cfg))
     return torch.cat(out)[:n]

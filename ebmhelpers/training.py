@@ -20,7 +20,8 @@ from .loop import Limits, ResumableLoop, Window, iters_per_epoch
 from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
 from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
-from .sampling import ReplayBuffer, sgld
+from .sampling import ReplayBuffer
+from .speedups import SGLDRunner
 
 METRICS = ("loss", "cd", "reg", "e_real", "e_fake")
 
@@ -89,9 +90,7 @@ class PCDTrainer:
         self.snapshots = dict(snapshots or {})  # step -> file that keeps the weights after that step
         self.device = torch.device(device) if device is not None else data.device
         self.model = model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        self.energy = torch.compile(self.model) if (p.compile and self.device.type == "cuda") else self.model
+        self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)  # K SGLD steps per call
         self.data = data.to(self.device)
         self.sgld_cfg = sgld_cfg or p.sgld()
         self.buffer = buffer if buffer is not None else ReplayBuffer(p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device)
@@ -188,9 +187,9 @@ class PCDTrainer:
         p = self.profile
         x_real = (x_real + p.data_noise_std * torch.randn_like(x_real)).clamp_(-1.0, 1.0)
         x0, _ = self.buffer.sample(len(x_real))
-        x_fake = sgld(self.energy, x0, self.sgld_cfg, amp_dtype=p.amp_dtype)
+        x_fake = self.sampler(x0, self.sgld_cfg)
         self.buffer.update(x_fake)
-        energies = self.energy(torch.cat([x_real, x_fake]))
+        energies = self.model(torch.cat([x_real, x_fake]))
         terms = pcd_loss(*energies.float().chunk(2), alpha=p.alpha)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()

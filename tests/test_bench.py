@@ -34,3 +34,26 @@ def test_bench_models_follow_the_profile_baseline():
     assert count_parameters(models[names[2]]()) < base
     assert "student resnet_slim" not in models  # a student larger than the teacher compresses nothing
     assert all(count_parameters(models[n]()) < base for n in names if n.startswith("student"))
+
+
+def test_speedup_ladder_on_the_cpu_measures_each_rung_and_the_targets(capsys):
+    """Tutorial 8's CNN (the cpu profile's baseline): every rung that runs on a CPU gets a row with a
+    positive speed and an agreement with eager fp32; the targets line comes out with a small target."""
+    table = bench.run_speedup_bench("cpu", repeats=1, target=(64, 4))
+    assert list(table.speedups) == [s.label for _, s in bench.ladder(torch.device("cpu"))]
+    assert (table.img_steps_per_s > 0).all() and (table.first_call_s > 0).all()
+    eager = table[table.speedups == "eager"].iloc[0]
+    assert eager.max_abs_diff == 0.0 and eager.rel_diff == 0.0  # eager fp32 is the reference itself
+    fp32 = table[table.dtype == "fp32"]
+    assert (fp32.rel_diff < 1e-3).all()  # channels_last and compile change only the rounding
+    assert (table.rel_diff < 0.1).all()  # bf16, where the CPU has it: close, not equal
+    out = capsys.readouterr().out
+    assert "64 digits x 4 SGLD steps" in out and "paper profile training, 28,140 PCD iterations" in out
+
+
+def test_ladder_adds_one_change_per_rung():
+    rungs = bench.ladder(torch.device("cuda"))
+    assert rungs[0] == (None, bench.Speedups()) and rungs[1] == ("bf16", bench.Speedups())
+    assert bench.Speedups(True, True, True) in [s for _, s in rungs]
+    assert all(not s.cuda_graph for _, s in bench.ladder(torch.device("cpu")))
+    assert bench._speedups_of("channels_last + compile") == bench.Speedups(channels_last=True, compile=True)

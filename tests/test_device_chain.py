@@ -15,6 +15,7 @@ from ebmhelpers.checkpoints import atomic_save
 from ebmhelpers.device_chain import INBOX, Stage, check_return, copy_tree, receive, run_stage
 from ebmhelpers.models import ResNetEnergy
 from ebmhelpers.profiles import get_profile
+from ebmhelpers.runtime import repo_root
 from ebmhelpers.training import PCDTrainer
 
 TINY = get_profile("smoke").replace(buffer_size=32, batch_size=8, max_iters_per_epoch=None, epochs=1, ckpt_every=2,
@@ -165,6 +166,16 @@ def test_run_arguments_carry_the_state_only_after_stage_one():
         assert set(args["carry"]) >= {device_chain.WHEEL_DIR, device_chain.DATA_DIR}
 
 
+def test_first_call_runs_the_gpu_speedup_tests_and_the_speedup_bench():
+    args = device_chain.preflight_args("gpu")
+    assert len(args["command"]) <= 2000 and args["timeout_s"] <= device_chain.COMMAND_S
+    assert (repo_root() / device_chain.SPEEDUP_TESTS).is_file()
+    assert f"pytest {device_chain.SPEEDUP_TESTS}" in args["command"]
+    assert "-o addopts=''" in args["command"]  # the device image has no nbval: the project's addopts would fail
+    assert f"bench --speedups --profile gpu --out $OUT/{device_chain.BENCH_CSV}" in args["command"]
+    assert INBOX not in args["carry"]
+
+
 def test_every_notebook_runs_in_exactly_one_stage_after_what_it_reads():
     order = [nb for s in device_chain.STAGES for nb in s.notebooks]
     assert sorted(order) == ["00", "01", "02", "03", "04", "05", "06"]
@@ -217,3 +228,23 @@ def test_the_real_train_step_exports_and_restores_inside_the_stage_tree(tmp_path
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "elsewhere"))
     with pytest.raises(RuntimeError, match="not into the stage's tree"):
         device_chain._train(tmp_path, TINY)
+
+
+def test_time_notebooks_returns_the_times_after_each_and_stops_at_a_failure(tmp_path, monkeypatch):
+    """The command's limit may cut any notebook: the times of those before it must already be in $OUT."""
+    root, out = tmp_path / "tree", tmp_path / "out"
+    times = root / "results" / "colab" / device_chain.TIMES_CSV
+
+    def fake_run(root_, profile, nb):
+        times.parent.mkdir(parents=True, exist_ok=True)
+        with open(times, "a") as f:
+            f.write(f"{nb},1.0\n")
+        return 1 if nb == "02" else 0
+
+    monkeypatch.setattr(device_chain, "_run_notebook", fake_run)
+    monkeypatch.setattr(device_chain, "install_data", lambda root_: None)
+    done = device_chain.time_notebooks(get_profile("colab"), out, root)
+    assert done == ["00", "01"]
+    assert (out / f"colab_{device_chain.TIMES_CSV}").read_text() == "00,1.0\n01,1.0\n"  # 02 failed: not copied
+    args = device_chain.time_args()
+    assert "device-chain time --profile colab --out $OUT" in args["command"] and len(args["command"]) <= 2000

@@ -53,3 +53,16 @@ def test_estimate_hours_and_label():
     # the cpu profile's small CNN teacher is not distilled into larger students
     cpu = estimate.series_flops("cpu", device="cpu")
     assert not cpu.item.str.contains("resnet_slim").any()
+
+
+def test_t4_estimate_scales_measured_times_by_the_peak_ratio():
+    import pandas as pd
+
+    from ebmhelpers.estimate import t4_estimate, t4_ratio
+
+    assert t4_ratio("NVIDIA H100 80GB HBM3") == pytest.approx(989 / 65)
+    assert t4_ratio("NVIDIA H100 80GB HBM3", "fp32") == pytest.approx(67 / 8.1)
+    est = t4_estimate(pd.DataFrame({"notebook": ["01", "02"], "seconds": [10.0, 20.0]}), "H100")
+    assert list(est.t4_seconds_estimate) == pytest.approx([10 * 989 / 65, 20 * 989 / 65])
+    with pytest.raises(ValueError, match="no peak"):
+        t4_ratio("Some GPU")
