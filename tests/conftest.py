@@ -26,3 +26,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+LEAK_WATCHED = ("EBM_HOME", "EBM_PROFILE", "EBM_CHECKPOINT_DIR", "EBM_RESULTS_DIR", "EBM_FIGURES_DIR")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_folders():
+    """A test that changes where outputs go must undo it (monkeypatch), or every later test writes
+    there: the Colab setup-cell test once left EBM_HOME pointing at /content/drive/... ."""
+    import os
+
+    before = {k: os.environ.get(k) for k in LEAK_WATCHED}
+    yield
+    after = {k: os.environ.get(k) for k in LEAK_WATCHED}
+    assert after == before, f"the test left the environment changed: {before} -> {after}"

@@ -85,8 +85,9 @@ def _run_setup(monkeypatch, tmp_path, *, installed: bool, colab: bool, use_drive
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delenv("EBM_HOME", raising=False)
-    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    for var in ("EBM_HOME", "COLAB_RELEASE_TAG"):  # set first, so monkeypatch restores them even if absent
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ebmhelpers" and not installed else real_find_spec(name, *a)
