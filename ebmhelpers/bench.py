@@ -239,10 +239,15 @@ def run_speedup_bench(
     for amp, sp in tqdm(ladder(device), desc="speed-up ladder"):
         if over_budget(f"{amp or 'fp32'} {sp.label}"):
             break
-        row = measure_rung(make, amp, sp, cfg, p.batch_size, device, repeats)
-        row |= chain_agreement(make().to(device).eval(), x_agree, cfg, sp, amp)
+        try:
+            row = measure_rung(make, amp, sp, cfg, p.batch_size, device, repeats)
+            row |= chain_agreement(make().to(device).eval(), x_agree, cfg, sp, amp)
+        except Exception as exc:  # a rung that cannot run here is a finding for the table, not the end of the bench
+            error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            print(f"[bench] {amp or 'fp32'} {sp.label} FAILED: {error}")
+            row = {"dtype": amp or "fp32", "speedups": sp.label, "batch": p.batch_size, "error": error}
         rows.append(row)
-    best = max(rows, key=lambda r: r["img_steps_per_s"])
+    best = max((r for r in rows if "error" not in r), key=lambda r: r["img_steps_per_s"])
     amp, sp = best["dtype"] if best["dtype"] != "fp32" else None, _speedups_of(best["speedups"])
     for batch in dict.fromkeys((p.gen_batch_size, BIG_BATCH)):
         if device.type == "cuda" and batch != p.batch_size and not over_budget(f"batch {batch}"):

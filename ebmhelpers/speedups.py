@@ -8,10 +8,13 @@ by ``python -m ebmhelpers bench`` before a profile turns it on:
 
 * ``channels_last``: the network's weights (and so its activations) in NHWC, the layout the
   tensor-core convolutions of cuDNN prefer under bf16;
-* ``compile``: ``torch.compile`` of the whole step, noise, energy, input gradient and update in
-  one graph (``fullgraph=True``: a graph break is an error, never a silent partial compile). The
-  gradient is taken with ``torch.autograd.grad``, which Dynamo traces only with
-  ``torch._dynamo.config.trace_autograd_ops = True`` (torch 2.11 and later);
+* ``compile``: ``torch.compile`` of the energy network (``fullgraph=True``: a graph break is an
+  error, never a silent partial compile); AOTAutograd compiles its forward and the backward that
+  ``autograd.grad`` runs for dE/dx. Compiling the whole step instead (``autograd.grad`` traced
+  with ``torch._dynamo.config.trace_autograd_ops = True``) works on torch 2.14 but not on the
+  device image's torch 2.11 ("Unsupported Tensor.requires_grad_() call", checked on the CPU with
+  torch 2.11.0 from PyPI); what it would add, fusing the step's five elementwise operations, is
+  small beside the network's kernels, and ``cuda_graph`` removes their launches anyway;
 * ``cuda_graph``: one step captured as a CUDA graph per (batch shape, sampler settings) and
   replayed ``steps`` times: one launch per step instead of a few hundred. The graph reads the
   parameters where they live, so it stays valid while an optimizer updates them in place.
@@ -24,7 +27,6 @@ agreement columns). Nothing falls back: a change that cannot run raises.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +37,7 @@ from .runtime import model_device
 from .sampling import frozen, sgld_step
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick their kernels)
-RECOMPILE_LIMIT = 64  # compiled variants of the step (models x batch shapes x settings) before an error
+RECOMPILE_LIMIT = 64  # compiled variants of a network (batch shapes, layouts, frozen or not) before an error
 
 
 class SpeedupError(RuntimeError):
@@ -56,29 +58,21 @@ class Speedups:
         return " + ".join(on) if on else "eager"
 
 
-def enable_step_compile() -> None:
-    """Let Dynamo trace ``autograd.grad`` inside the step and turn a hit recompile limit into an
-    error (by default Dynamo would quietly run the step eagerly from then on)."""
+def enable_compile() -> None:
+    """Allow :data:`RECOMPILE_LIMIT` compiled variants (networks x batch shapes x layouts) and turn
+    a hit limit into an error: by default Dynamo would quietly run the network eagerly from then on."""
     cfg = torch._dynamo.config
-    if not hasattr(cfg, "trace_autograd_ops"):
-        raise SpeedupError(f"torch {torch.__version__} cannot trace autograd.grad inside torch.compile "
-                           f"(no torch._dynamo.config.trace_autograd_ops; torch 2.11 or later has it)")
-    cfg.trace_autograd_ops = True
     cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
-    if hasattr(cfg, "fail_on_recompile_limit_hit"):
-        cfg.fail_on_recompile_limit_hit = True
+    if not hasattr(cfg, "fail_on_recompile_limit_hit"):
+        raise SpeedupError(f"torch {torch.__version__} cannot make a hit recompile limit an error "
+                           f"(no torch._dynamo.config.fail_on_recompile_limit_hit)")
+    cfg.fail_on_recompile_limit_hit = True
 
 
-_COMPILED: dict[str, Callable] = {}
-
-
-def compiled_step(backend: str = "inductor") -> Callable:
-    """:func:`sampling.sgld_step` under ``torch.compile`` (one wrapper per backend, shared: Dynamo
-    keeps its compiled variants per code object and guards them by model, shapes and settings)."""
-    if backend not in _COMPILED:
-        enable_step_compile()
-        _COMPILED[backend] = torch.compile(sgld_step, backend=backend, fullgraph=True, dynamic=False)
-    return _COMPILED[backend]
+def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``model`` under ``torch.compile`` (whole graph, static shapes); it shares the parameters."""
+    enable_compile()
+    return torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
 
 
 class SGLDRunner:
@@ -99,7 +93,7 @@ class SGLDRunner:
             raise SpeedupError(f"CUDA graphs need the model on a CUDA device, not {device}")
         if speedups.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.step = compiled_step(compile_backend) if speedups.compile else sgld_step
+        self.energy = compiled(model, compile_backend) if speedups.compile else model  # what the steps call
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if speedups.cuda_graph else None
 
@@ -110,7 +104,7 @@ class SGLDRunner:
         noise = torch.empty_like(x)
         with frozen(self.model):
             for _ in range(cfg.steps):
-                self.step(self.model, x, cfg, noise, self.amp_dtype)
+                sgld_step(self.energy, x, cfg, noise, self.amp_dtype)
         return x
 
     def _replay(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
@@ -133,10 +127,10 @@ class SGLDRunner:
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
                 for _ in range(GRAPH_WARMUP_STEPS):
-                    self.step(self.model, static_x, cfg, noise, self.amp_dtype)
+                    sgld_step(self.energy, static_x, cfg, noise, self.amp_dtype)
             torch.cuda.current_stream(x.device).wait_stream(side)
             with torch.cuda.graph(graph, pool=self._pool):
-                self.step(self.model, static_x, cfg, noise, self.amp_dtype)
+                sgld_step(self.energy, static_x, cfg, noise, self.amp_dtype)
         return graph, static_x
 
     def clear(self) -> None:

@@ -57,3 +57,19 @@ def test_ladder_adds_one_change_per_rung():
     assert bench.Speedups(True, True, True) in [s for _, s in rungs]
     assert all(not s.cuda_graph for _, s in bench.ladder(torch.device("cpu")))
     assert bench._speedups_of("channels_last + compile") == bench.Speedups(channels_last=True, compile=True)
+
+
+def test_a_rung_that_fails_is_reported_and_the_ladder_goes_on(monkeypatch, capsys):
+    real = bench.measure_rung
+
+    def flaky(make, amp, sp, *args):
+        if sp.channels_last:
+            raise RuntimeError("no kernel for this layout\nsecond line")
+        return real(make, amp, sp, *args)
+
+    monkeypatch.setattr(bench, "measure_rung", flaky)
+    table = bench.run_speedup_bench("cpu", repeats=1)
+    failed = table[table.speedups.str.contains("channels_last")]
+    assert len(failed) >= 1 and (failed.error == "RuntimeError: no kernel for this layout").all()
+    assert table[table.speedups == "eager"].img_steps_per_s.gt(0).all()
+    assert "FAILED: RuntimeError: no kernel for this layout" in capsys.readouterr().out
