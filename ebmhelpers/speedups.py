@@ -34,7 +34,7 @@ from torch import nn
 
 from .profiles import SGLDConfig
 from .runtime import model_device
-from .sampling import frozen, sgld_step
+from .sampling import frozen, sgld, sgld_step
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick their kernels)
 RECOMPILE_LIMIT = 64  # compiled variants of a network (batch shapes, layouts, frozen or not) before an error
@@ -100,12 +100,7 @@ class SGLDRunner:
     def __call__(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
         if self.speedups.cuda_graph:
             return self._replay(x, cfg)
-        x = x.detach().clone()
-        noise = torch.empty_like(x)
-        with frozen(self.model):
-            for _ in range(cfg.steps):
-                sgld_step(self.energy, x, cfg, noise, self.amp_dtype)
-        return x
+        return sgld(self.energy, x, cfg, amp_dtype=self.amp_dtype)  # a compiled network shares the parameters it freezes
 
     def _replay(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, dataclasses.replace(cfg, steps=0))  # what the graph bakes in
@@ -132,10 +127,6 @@ class SGLDRunner:
             with torch.cuda.graph(graph, pool=self._pool):
                 sgld_step(self.energy, static_x, cfg, noise, self.amp_dtype)
         return graph, static_x
-
-    def clear(self) -> None:
-        """Drop the captured graphs and their memory."""
-        self._graphs.clear()
 
 
 def chain_agreement(
