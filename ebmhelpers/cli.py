@@ -21,6 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="folder for executed copies (default runs/<profile>/)")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 01")
 
+    train = sub.add_parser("train", help="train (or resume) the profile's baseline EBM and its metric classifier")
+    train.add_argument("--profile", help="profile to train (default: EBM_PROFILE, else the committed one)")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
+
+    study = sub.add_parser("recipe-study", help="train the cpu baseline under several PCD recipes at equal budget, "
+                           "scored on validation digits (resumable)")
+    study.add_argument("--profile", default="cpu", help="profile whose baseline and validation split are used")
+    study.add_argument("--recipes", nargs="*", help="subset of recipe names (default: all)")
+    study.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
+
     bench = sub.add_parser("bench", help="SGLD and training throughput on this device")
     bench.add_argument("--profile", help="profile whose SGLD settings are measured")
     bench.add_argument("--batch", type=int, default=None, help="images per SGLD batch")
@@ -49,6 +59,26 @@ def main(argv: list[str] | None = None) -> int:
 
         timings = run_notebooks(args.profile, out_dir=args.out, inplace=args.inplace, only=args.only)
         print("\n".join(f"{name:32s} {sec:8.0f} s" for name, sec in timings))
+    elif args.command == "train":
+        import torch
+
+        from .runtime import start
+        from .training import load_or_train_baseline, load_or_train_classifier
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ctx = start(args.profile)
+        trainer = load_or_train_baseline(ctx)
+        _, acc = load_or_train_classifier(ctx)
+        print(f"baseline: {trainer.step} iterations, {len(trainer.rollbacks)} rollbacks; classifier test accuracy {acc:.4f}")
+    elif args.command == "recipe-study":
+        import torch
+
+        from .recipe_study import run_study
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(run_study(args.profile, args.recipes).to_string(index=False))
     elif args.command == "bench":
         from .bench import run_bench, run_speedup_bench
 

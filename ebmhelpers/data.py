@@ -75,6 +75,27 @@ def load_dataset(
     return to_unit_range(images).to(device), labels.to(device)
 
 
+VAL_SEED = 12345  # the permutation that holds out validation digits (fixed for every profile)
+
+
+def load_training_split(
+    part: str, val_size: int, subset: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
+    with_labels: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """MNIST training digits split into ``"fit"`` (what models train on) and ``"val"`` (the
+    ``val_size`` digits held out to choose settings on; a fixed random subset, the same for
+    every profile). ``subset`` then keeps a fixed random subset of the fit part."""
+    if part not in ("fit", "val"):
+        raise ValueError(f"part must be 'fit' or 'val', got {part!r}")
+    images, labels = load_dataset("mnist", train=True)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(VAL_SEED))
+    idx = order[:val_size] if part == "val" else order[val_size:].sort().values
+    if part == "fit" and subset is not None and subset < len(idx):
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:subset]]
+    images, labels = images[idx].to(device), labels[idx].to(device)
+    return (images, labels) if with_labels else images
+
+
 def install_offline_copy(source: str | Path, root: str | Path | None = None) -> Path:
     """Gunzip a folder of ``*-ubyte.gz`` files (``mnist/`` and ``fashion-mnist/``) into ``root``.
 

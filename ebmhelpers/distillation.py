@@ -262,7 +262,7 @@ def distillation_inputs(
     g = torch.Generator().manual_seed(profile.seed + 505)
     perm = torch.randperm(len(buffer), generator=g).to(buffer.device)
     buf_hold, buf_train = buffer[perm[:n_hold]], buffer[perm[n_hold:]]
-    real, _ = data_mod.load_dataset("mnist", train=True, subset=profile.train_subset, seed=profile.seed)
+    real = data_mod.load_training_split("fit", profile.val_size, profile.train_subset, profile.seed)
     test, _ = data_mod.load_dataset("mnist", train=False, subset=n_hold, seed=profile.seed + 1)
 
     def noise(n: int) -> torch.Tensor:

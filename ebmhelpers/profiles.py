@@ -72,6 +72,9 @@ class Profile:
     # ---- data -------------------------------------------------------------------------
     train_subset: int | None = None  # None = all 60,000 training digits
     test_subset: int | None = None  # None = all 10,000 test digits
+    # Training digits held out (a fixed random subset) to choose settings on: training length,
+    # generation chain, recipe. Never the test digits, which only report results.
+    val_size: int = 0
     data_noise_std: float = 0.005  # N(0, s) added to real images during training
 
     # ---- baseline architecture -------------------------------------------------------
@@ -89,7 +92,9 @@ class Profile:
 
     # ---- replay buffer and PCD training (Algorithm 2) ---------------------------------
     buffer_size: int = 8192
-    reinit_frac: float = 0.05
+    reinit_frac: float = 0.05  # fraction of chains started from fresh U(-1, 1) noise per iteration (paper: 5%)
+    buffer_max_age: int | None = None  # restart a chain from noise after this many updates (None: never)
+    buffer_grows: bool = False  # tutorial 8's buffer: starts empty and grows (sampling.ReplayBuffer)
     batch_size: int = 128
     epochs: int = 60
     max_iters_per_epoch: int | None = None  # None = one full pass over the training set
@@ -236,19 +241,20 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu",
-        description="Readers without a GPU: the whole series in about 2 hours on 2 CPU cores. Its baseline is "
-        "tutorial 8's small CNN (77,578 parameters), NOT the paper's ResNet18; sampler, buffer and optimizer "
-        "settings are the paper profile's.",
+        description="Readers without a GPU: tutorial 8's small CNN (77,578 parameters) as the baseline, NOT the "
+        "paper's ResNet18; the paper profile's sampler, loss and optimizer with 25% fresh chains (the recipe "
+        "study). Its baseline trains in about 75 minutes on one CPU thread; the series loads the committed "
+        "weights (pretrained/cpu/) unless asked to train.",
         baseline="cnn_tutorial8",
-        # 2 epochs, not more: an 8-epoch run (commit 308373c) generated worse digits from noise after
-        # epoch 2 (FID 576 -> 592 -> 1026 at 1,024 steps for epochs 2, 4, 8) and detected OOD digits worse
-        epochs=2,
-        snapshot_epochs=(1, 2),
-        gen_step_scale=4.0,  # 256 steps of size 40 at the training temperature (notebook 02's steps study)
+        val_size=5_000,  # held-out training digits: the stopping epoch and the generation chain are chosen on them
+        reinit_frac=0.25,  # the recipe study (results/cpu/recipe_study.csv)
+        epochs=12,
+        snapshot_epochs=tuple(range(1, 13)),  # quality against training length, chosen on validation digits
+        gen_step_scale=4.0,  # 256 steps of size 40 at the training temperature
         ckpt_every=100,
         study_n=250,
         clf_epochs=2,
-        n_gen=500,  # x 3 seeds: 1,500 digits per model
+        n_gen=1_000,  # x 3 seeds: 3,000 digits per model
         n_fid_real=10_000,
         n_ood=2_000,
         latency_repeats=20,

@@ -139,6 +139,15 @@ class ReplayBuffer:
     :meth:`sample` draws a batch of chain starts, ``reinit_frac`` of them fresh U(-1, 1)
     noise and the rest random buffer entries; :meth:`update` writes the chains' end states
     back over the slots they came from. Fixed size and index writes keep it sync-free.
+
+    Two variants of the recipe (the recipe study, ``python -m ebmhelpers recipe-study``):
+
+    * ``max_age=N``: a chain that has been updated N times is restarted from noise when it is
+      drawn, so no chain runs longer than N x K SGLD steps and generation with N x K steps from
+      noise samples what training saw;
+    * ``grow=True``: tutorial 8's buffer, which starts with one batch of noise and grows: the end
+      states are *added* (newest first, the oldest dropped beyond ``size``) instead of written
+      back over the slots they came from.
     """
 
     def __init__(
@@ -147,13 +156,24 @@ class ReplayBuffer:
         shape: tuple[int, ...] = (1, 28, 28),
         reinit_frac: float = 0.05,
         device: torch.device | str = "cpu",
+        max_age: int | None = None,
+        grow: bool = False,
     ) -> None:
         if size <= 0 or not 0.0 <= reinit_frac <= 1.0:
             raise ValueError(f"invalid buffer size {size} or reinit fraction {reinit_frac}")
+        if max_age is not None and max_age < 1:
+            raise ValueError(f"max_age must be at least 1 update, got {max_age}")
         self.shape = tuple(shape)
+        self.size = size
         self.reinit_frac = reinit_frac
+        self.max_age = max_age
+        self.grow = grow
         self.samples = uniform_noise(size, self.shape, device)
+        self.ages = torch.zeros(size, dtype=torch.long, device=device)  # updates each slot's chain has had
+        self.count = 0 if grow else size  # filled slots (grow: written ring-wise from slot 0)
+        self._write_pos = 0  # grow: the next slot to write
         self._last_idx: torch.Tensor | None = None
+        self._last_ages: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -161,28 +181,49 @@ class ReplayBuffer:
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Chain starts (n, *shape) and a bool mask of which ones are fresh noise."""
         device = self.samples.device
-        idx = torch.randint(len(self.samples), (n,), device=device)
+        idx = torch.randint(max(self.count, 1), (n,), device=device)
         fresh = torch.rand(n, device=device) < self.reinit_frac
+        if self.count == 0:
+            fresh[:] = True  # an empty growing buffer: every chain starts from noise
+        if self.max_age is not None:
+            fresh |= self.ages[idx] >= self.max_age
         starts = torch.where(
             fresh.view(-1, *([1] * len(self.shape))),
             uniform_noise(n, self.shape, device),
             self.samples[idx],
         )
         self._last_idx = idx
+        self._last_ages = torch.where(fresh, 0, self.ages[idx])
         return starts, fresh
 
     def update(self, x: torch.Tensor) -> None:
         """Store the end states of the chains drawn by the last :meth:`sample`."""
         if self._last_idx is None or len(x) != len(self._last_idx):
             raise RuntimeError("update() must follow sample() with the same batch size")
-        self.samples[self._last_idx] = x.detach()
-        self._last_idx = None
+        if self.grow:  # tutorial 8: add the new states, overwriting the oldest once full
+            slots = (self._write_pos + torch.arange(len(x), device=x.device)) % self.size
+            self._write_pos = int((self._write_pos + len(x)) % self.size)
+            self.count = min(self.size, self.count + len(x))
+        else:
+            slots = self._last_idx
+        self.samples[slots] = x.detach()
+        self.ages[slots] = self._last_ages + 1
+        self._last_idx = self._last_ages = None
+
+    @property
+    def filled(self) -> torch.Tensor:
+        """The slots that hold chain states (all of them unless a growing buffer is not yet full)."""
+        return self.samples[: self.count] if self.count else self.samples[:0]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"samples": self.samples}
+        return {"samples": self.samples, "ages": self.ages,
+                "count": torch.tensor(self.count), "pos": torch.tensor(self._write_pos)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.samples = state["samples"].to(self.samples.device)
+        self.ages = state.get("ages", torch.zeros(len(self.samples), dtype=torch.long)).to(self.samples.device)
+        self.count = int(state.get("count", len(self.samples)))
+        self._write_pos = int(state.get("pos", 0))
 
 
 @torch.no_grad()

@@ -93,7 +93,8 @@ class PCDTrainer:
         self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)  # K SGLD steps per call
         self.data = data.to(self.device)
         self.sgld_cfg = sgld_cfg or p.sgld()
-        self.buffer = buffer if buffer is not None else ReplayBuffer(p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device)
+        self.buffer = buffer if buffer is not None else ReplayBuffer(
+            p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device, p.buffer_max_age, p.buffer_grows)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=p.lr_gamma)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
@@ -166,9 +167,11 @@ class PCDTrainer:
             atomic_save(state, self.ckpt_path)
 
     def save_snapshot(self, path: Path) -> None:
-        """Keep the model's weights at this step (e.g. a lottery-ticket rewind point)."""
+        """Keep the model's weights at this step (e.g. a lottery-ticket rewind point), with the
+        replay buffer rounded to 8 bits (a quarter of its fp32 size), so that a snapshot chosen
+        on validation data can become the baseline with its chains."""
         atomic_save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch + self.it / self.iters_per_epoch,
-                     "profile": self.profile.name}, path)  # fmt: skip
+                     "profile": self.profile.name, "buffer_uint8": encode_uint8(self.buffer.samples)}, path)  # fmt: skip
 
     def load(self) -> bool:
         """Resume from the checkpoint file if there is one; returns whether it did."""
@@ -305,6 +308,16 @@ def _clone(value: Any) -> Any:
     return value
 
 
+def encode_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as uint8 (256 levels, the data's own resolution)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def decode_uint8(images: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`encode_uint8` (to within half a level)."""
+    return images.float() / 127.5 - 1.0
+
+
 REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
 
 
@@ -349,7 +362,7 @@ def load_or_train_baseline(ctx: Context, progress: bool = True) -> PCDTrainer:
     """The baseline EBM of ``ctx.profile`` (architecture ``profile.baseline``): loaded if fully
     trained, else trained (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``."""
     p = ctx.profile
-    images, _ = data_mod.load_dataset("mnist", train=True, subset=p.train_subset, seed=p.seed, device=ctx.device)
+    images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
     seed_everything(p.seed)
     trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=ctx.checkpoints / "baseline.pt",
                          device=ctx.device, snapshots=baseline_snapshots(ctx, len(images)))
@@ -408,7 +421,7 @@ def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNIST
         model.load_state_dict(load_checkpoint(path, ctx.device)["model"])
         model.eval()
     else:
-        x, y = data_mod.load_dataset("mnist", train=True, subset=p.clf_train_subset, seed=p.seed, device=ctx.device)
+        x, y = data_mod.load_training_split("fit", p.val_size, p.clf_train_subset, p.seed, ctx.device, with_labels=True)
         model = train_classifier(x, y, p.clf_epochs, p.clf_batch_size, seed=p.seed, progress=progress)
         atomic_save({"model": model.state_dict()}, path)
     return model, accuracy(model, test_x, test_y)

@@ -1,0 +1,161 @@
+"""The recipe study behind the ``cpu`` profile's baseline (issue 18): tutorial 8's CNN trained
+under several PCD recipes for the same compute budget, each scored on held-out validation digits.
+
+``python -m ebmhelpers recipe-study`` (resumable: every recipe's run is checkpointed, every
+scored recipe is a row of ``results/<profile>/recipe_study.csv``). The budget is counted in SGLD
+steps of a training batch (iterations x K), which is what an iteration's time is made of (SGLD is
+about 95% of it), so a recipe with half the steps per iteration gets twice the iterations; the
+measured wall time is a column too. Scores are on the validation digits (``profile.val_size``
+training digits held out), never on the test digits.
+
+Every recipe generates from uniform noise with *its own* sampler: the persistent recipes with the
+profile's generation chain (``Profile.gen_sgld``), the short-run recipe with exactly its training
+chain (K steps), the capped recipe with N x K steps (no chain in training ran longer). Each is
+also run 4x and 16x longer, to see whether quality holds or drifts into saturated minima.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as data_mod
+from .metrics import (
+    class_entropy_bits, confident_fraction, feature_stats, frechet_distance, inception_score, nearest_distance,
+    saturation,
+)  # fmt: skip
+from .models import build_baseline
+from .profiles import Profile, SGLDConfig, get_profile
+from .runtime import Context, get_device, seed_everything
+from .sampling import generate
+from .training import DivergenceError, PCDTrainer, load_or_train_classifier
+
+# name -> (profile changes, generation: "profile" (the profile's generation chain) or a multiple
+# of the training chain K at the training step size)
+RECIPES: dict[str, tuple[dict, str | int]] = {
+    "paper: 5% fresh": ({"reinit_frac": 0.05}, "profile"),
+    "25% fresh": ({"reinit_frac": 0.25}, "profile"),
+    "short-run: 100% fresh": ({"reinit_frac": 1.0}, 1),
+    "5% fresh, reset after 8 updates": ({"reinit_frac": 0.05, "buffer_max_age": 8}, 8),
+    "25% fresh, data noise 0.03": ({"reinit_frac": 0.25, "data_noise_std": 0.03}, "profile"),
+    "25% fresh, K=30 of 2x step": ({"reinit_frac": 0.25, "sgld_steps": 30, "sgld_step_size": 20.0,
+                                    "sgld_noise_std": 0.005 * math.sqrt(2)}, "profile"),
+    "tutorial 8 buffer: grows, 5% fresh": ({"reinit_frac": 0.05, "buffer_grows": True}, "profile"),
+}  # fmt: skip
+BUDGET_SGLD_STEPS = 250 * 60  # per recipe: 250 iterations of K=60 (about 8 min on one 2026 EPYC thread)
+N_DIGITS = {1: 1_000, 4: 200, 16: 64}  # digits generated per chain-length multiple
+N_NEAREST_REF = 10_000  # training digits searched for each sample's nearest neighbour
+
+
+def recipe_profile(base: Profile, name: str) -> Profile:
+    """``base`` with the recipe's changes, stopped by the study's budget."""
+    changes, _ = RECIPES[name]
+    return base.replace(**changes)
+
+
+def generation_config(base: Profile, name: str, multiple: int = 1) -> SGLDConfig:
+    """The chain a recipe generates with from noise, ``multiple`` times longer."""
+    p = recipe_profile(base, name)
+    _, gen = RECIPES[name]
+    cfg = base.gen_sgld() if gen == "profile" else p.sgld(p.sgld_steps * int(gen))
+    return cfg.__class__(**{**cfg.__dict__, "steps": cfg.steps * multiple})
+
+
+class ValidationScorer:
+    """IS, FID (against the validation digits), class entropy, confident fraction, saturation and
+    nearest-training-digit distance of generated digits."""
+
+    def __init__(self, ctx: Context, classifier: torch.nn.Module) -> None:
+        p = ctx.profile
+        self.classifier = classifier.eval()
+        self.val = data_mod.load_training_split("val", p.val_size)
+        fit = data_mod.load_training_split("fit", p.val_size, N_NEAREST_REF, p.seed + 11)
+        self.fit_ref = fit
+        self.real_mu, self.real_sigma = feature_stats(self._features(self.val))
+        self.val_nearest = float(nearest_distance(self.val[:1000], fit).median())
+        self.val_saturation = saturation(self.val)
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier.features(b) for b in x.split(1000)])
+
+    @torch.no_grad()
+    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
+        logits = torch.cat([self.classifier(b) for b in samples.split(1000)])
+        mu, sigma = feature_stats(self._features(samples))
+        return {"IS": inception_score(logits), "FID": frechet_distance(mu, sigma, self.real_mu, self.real_sigma),
+                "entropy_bits": class_entropy_bits(logits), "confident": confident_fraction(logits),
+                "saturation": saturation(samples), "nearest_train": float(nearest_distance(samples, self.fit_ref).median())}  # fmt: skip
+
+
+def train_recipe(ctx: Context, name: str, images: torch.Tensor, budget: int = BUDGET_SGLD_STEPS,
+                 progress: bool = True) -> tuple[PCDTrainer, float, str]:
+    """Train (or resume) one recipe for ``budget`` SGLD steps; returns the trainer, the wall
+    seconds of this call's training and the outcome ("ok" or the divergence message)."""
+    p = recipe_profile(ctx.profile, name).replace(ckpt_every=50)
+    seed_everything(p.seed)
+    path = ctx.checkpoints / "recipe_study" / f"{slug(name)}.pt"
+    trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=path, device=ctx.device)
+    trainer.load()
+    t0 = time.perf_counter()
+    outcome = "ok"
+    try:
+        trainer.fit(max_steps=budget // p.sgld_steps, progress=progress)
+    except DivergenceError as err:
+        outcome = f"diverged: {err}"
+    return trainer, time.perf_counter() - t0, outcome
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def run_study(profile: str | None = None, names: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train and score every recipe (skipping the rows already in the CSV); returns the table."""
+    ctx = Context(get_profile(profile or "cpu"), get_device())
+    p = ctx.profile
+    if p.val_size <= 0:
+        raise ValueError(f"profile {p.name!r} holds out no validation digits (val_size=0)")
+    out_csv = ctx.results / "recipe_study.csv"
+    samples_path = ctx.results / "recipe_study_samples.pt"
+    table = pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame()
+    samples: dict[str, torch.Tensor] = torch.load(samples_path, weights_only=True) if samples_path.exists() else {}
+    classifier, _ = load_or_train_classifier(ctx, progress=progress)
+    scorer = ValidationScorer(ctx, classifier)
+    images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
+    for name in names or list(RECIPES):
+        if len(table) and name in set(table["recipe"]):
+            continue
+        trainer, seconds, outcome = train_recipe(ctx, name, images, progress=progress)
+        rp = trainer.profile
+        rows = []
+        buffer = trainer.buffer.filled
+        for multiple, n in N_DIGITS.items():
+            cfg = generation_config(p, name, multiple)
+            seed_everything(p.seed + 1009)
+            t0 = time.perf_counter()
+            x = generate(trainer.model.eval(), n, cfg, batch_size=min(n, 500), device=ctx.device, progress=progress).cpu()
+            gen_s = time.perf_counter() - t0
+            if multiple == 1:
+                samples[name] = x[:64].clone()
+                for m in sorted({k for k in N_DIGITS.values() if k < n}):  # the longer chains' n, to compare at equal n
+                    rows.append({"recipe": name, "sampler": "noise, 1x chain", "gen_steps": cfg.steps,
+                                 "gen_step_size": cfg.step_size, "n": m, **scorer(x[:m])})  # fmt: skip
+            rows.append({"recipe": name, "sampler": f"noise, {multiple}x chain", "gen_steps": cfg.steps,
+                         "gen_step_size": cfg.step_size, "n": n, **scorer(x), "gen_seconds_per_1000": 1000 * gen_s / n})  # fmt: skip
+        rows.append({"recipe": name, "sampler": "replay buffer", "n": min(1000, len(buffer)),
+                     **scorer(buffer[:1000].cpu())})  # fmt: skip
+        for r in rows:
+            r.update({"iterations": trainer.step, "K": rp.sgld_steps, "reinit_frac": rp.reinit_frac,
+                      "data_noise_std": rp.data_noise_std, "buffer_max_age": rp.buffer_max_age,
+                      "buffer_grows": rp.buffer_grows, "rollbacks": len(trainer.rollbacks),
+                      "outcome": outcome, "train_seconds": seconds})  # fmt: skip
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        table.to_csv(out_csv, index=False)
+        torch.save(samples, samples_path)
+        print(pd.DataFrame(rows)[["recipe", "sampler", "IS", "FID", "confident", "entropy_bits", "saturation"]].to_string(index=False))
+    return table
