@@ -1,4 +1,4 @@
-"""Command line: ``python -m ebmhelpers {run,bench,estimate,prepare-data,sync-source,device-chain}``."""
+"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data,sync-source}``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,6 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["device-chain"]:  # its own subcommands and options (ebmhelpers/device_chain.py)
-        from .device_chain import main as device_chain_main
-
-        return device_chain_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m ebmhelpers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -50,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
 
     sub.add_parser("sync-source", help="rewrite the notebook cells that show package code from the package's source")
-    sub.add_parser("device-chain", help="the series on a lent GPU as device commands: plan, prepare, stage, receive, "
-                   "rehearse (python -m ebmhelpers device-chain -h)")
 
     args = parser.parse_args(argv)
     if args.command == "run":
