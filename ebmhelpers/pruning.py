@@ -112,19 +112,10 @@ def is_masked(model: nn.Module) -> bool:
     return any(hasattr(m, "weight_mask") or hasattr(m, "bias_mask") for m in model.modules())
 
 
-def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Tensor]:
-    """Keep-masks (bool per output channel) that remove ``ratio`` of all the layers' weights
-    by pruning the least important output channels across layers.
-
-    Raw channel norms are not comparable across layers (their scale drifts with fan-in and
-    training), so a channel's score is its L2 norm divided by the mean L2 norm of its layer's
-    channels: a channel goes when it is weak *relative to its peers*. Channels are removed in
-    increasing score until the removed weights are closest to ``ratio`` of all weights (so the
-    achieved sparsity matches the ratio to within half a channel), and no layer loses its last
-    channel.
-    """
-    weights = [m.weight.detach() for m in layers]
-    total = sum(w.numel() for w in weights)
+def channel_scores(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
+    """Every output channel of ``weights``, layer after layer: its score (L2 norm over the mean L2
+    norm of its layer's channels; zeros for a layer whose channels are all zero), its number of
+    weights, its layer's index and its index within the layer."""
     scores, sizes, owners, local = [], [], [], []
     for i, w in enumerate(weights):
         norms = w.flatten(1).norm(p=STRUCTURED_NORM, dim=1).float().cpu()
@@ -133,10 +124,26 @@ def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Te
         sizes += [w[0].numel()] * len(norms)
         owners += [i] * len(norms)
         local += list(range(len(norms)))
+    return torch.cat(scores), sizes, owners, local
+
+
+def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Tensor]:
+    """Keep-masks (bool per output channel) that remove ``ratio`` of all the layers' weights
+    by pruning the least important output channels across layers.
+
+    Raw channel norms are not comparable across layers (their scale drifts with fan-in and
+    training), so a channel's score is its L2 norm divided by the mean L2 norm of its layer's
+    channels (:func:`channel_scores`): a channel goes when it is weak *relative to its peers*.
+    Channels are removed in increasing score until the removed weights are closest to ``ratio``
+    of all weights (so the achieved sparsity matches the ratio to within half a channel), and no
+    layer loses its last channel.
+    """
+    weights = [m.weight.detach() for m in layers]
+    scores, sizes, owners, local = channel_scores(weights)
     keep = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights]
     left = [w.shape[0] for w in weights]
-    removed, target = 0, ratio * total
-    for idx in torch.argsort(torch.cat(scores), stable=True).tolist():
+    removed, target = 0, ratio * sum(w.numel() for w in weights)
+    for idx in torch.argsort(scores, stable=True).tolist():
         if removed + sizes[idx] / 2 > target:
             break
         layer = owners[idx]
@@ -155,6 +162,19 @@ def _mask_bias(module: nn.Module) -> None:
         prune.custom_from_mask(module, "bias", module.weight_mask.flatten(1).amax(1))
 
 
+def layers_to_prune(model: nn.Module, s: Strategy, ratio: float) -> list[nn.Module]:
+    """The layers :func:`apply_pruning` masks under strategy ``s``, after checking that ``ratio``
+    lies in [0, 1), that ``model`` carries no masks yet and that it has such layers."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if is_masked(model):
+        raise ValueError("model already carries pruning masks; call remove_masks() first")
+    layers = prunable_layers(model, s.scope)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layer that strategy {s.key!r} can prune")
+    return layers
+
+
 def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> nn.Module:
     """Mask ``ratio`` of ``model``'s prunable weights in place with ``torch.nn.utils.prune``.
 
@@ -164,13 +184,7 @@ def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> n
     by ``ratio`` on its own and leave the Linear head dense. Returns ``model``.
     """
     s = get_strategy(strategy)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
-    if is_masked(model):
-        raise ValueError("model already carries pruning masks; call remove_masks() first")
-    layers = prunable_layers(model, s.scope)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no layer that strategy {s.key!r} can prune")
+    layers = layers_to_prune(model, s, ratio)
     if not s.structured and s.scope == "global":
         prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=ratio)
     elif not s.structured:
