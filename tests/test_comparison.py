@@ -11,9 +11,9 @@ from ebmhelpers.profiles import SGLDConfig, get_profile
 NAN = float("nan")
 
 
-def _row(fid, fid_std=NAN, noise=0.9, flip=0.9, reduced=0.9, **extra):
+def _row(fid, fid_std=NAN, noise=0.9, flip=0.9, reduced=0.9, IS=4.0, IS_std=NAN, **extra):
     return pd.Series({"FID": fid, "FID_std": fid_std, "auroc_noise": noise, "auroc_flip": flip,
-                      "auroc_reduced": reduced, **extra})  # fmt: skip
+                      "auroc_reduced": reduced, "IS": IS, "IS_std": IS_std, **extra})  # fmt: skip
 
 
 def test_pareto_front_drops_dominated_rows():
@@ -84,10 +84,14 @@ def test_sampling_budget_rows_and_shared_reference(tmp_path, monkeypatch):
 
 def test_keeps_quality_uses_the_spread_and_every_transform():
     base = _row(10.0, 1.0)
-    assert comparison.keeps_quality(_row(11.0, NAN), base)
-    assert comparison.keeps_quality(_row(12.0, 1.0), base)  # 12 <= 11 + sqrt(2)
-    assert not comparison.keeps_quality(_row(12.5, 1.0), base)
-    assert not comparison.keeps_quality(_row(11.2), _row(10.0))  # one seed each: no allowance
+    assert comparison.keeps_quality(_row(10.9, NAN), base)
+    assert comparison.keeps_quality(_row(11.4, 1.0), base)  # 11.4 <= 10 + sqrt(2)
+    assert not comparison.keeps_quality(_row(11.5, 1.0), base)
+    assert not comparison.keeps_quality(_row(10.1), _row(10.0))  # one seed each: no allowance
+    # IS: within the combined spread, and above the floor: a noise generator never keeps quality
+    assert not comparison.keeps_quality(_row(10.0, 1.0, IS=3.6, IS_std=0.1), _row(10.0, 1.0, IS=4.0, IS_std=0.1))
+    assert not comparison.keeps_quality(_row(10.0, IS=1.1), _row(10.0, IS=1.1))
+    assert "does not generate" in comparison.quality_failures(_row(10.0, IS=1.1), base)[0]
     # one transform dropping is enough, however much the others improve (no averaging)
     assert not comparison.keeps_quality(_row(10.0, flip=0.5, noise=1.0, reduced=1.0), _row(10.0))
     assert comparison.keeps_quality(_row(10.0, flip=0.885), _row(10.0))
@@ -97,10 +101,10 @@ def test_keeps_quality_uses_the_spread_and_every_transform():
 
 def test_best_pruning_ratio_is_largest_that_keeps_quality():
     base = _row(10.0)
-    rows = [("l1", False, r, fid, au) for r, fid, au in [(0.2, 10.0, 0.9), (0.4, 10.9, 0.89), (0.6, 30.0, 0.9)]]
+    rows = [("l1", False, r, fid, au) for r, fid, au in [(0.2, 10.0, 0.9), (0.4, 10.0, 0.89), (0.6, 30.0, 0.9)]]
     rows += [("ln", False, r, fid, 0.5) for r, fid in [(0.2, 12.0), (0.4, 11.5)]]  # none keeps quality
     df = pd.DataFrame(rows, columns=["strategy", "finetuned", "ratio", "FID", "auroc_flip"])
-    df = df.assign(auroc_noise=0.9, auroc_reduced=0.9, FID_std=NAN)
+    df = df.assign(auroc_noise=0.9, auroc_reduced=0.9, FID_std=NAN, IS=4.0, IS_std=NAN)
     best = comparison.best_pruning_rows(df, base)
     assert best.set_index("strategy").ratio.to_dict() == {"l1": 0.4, "ln": 0.4}
 
@@ -155,8 +159,9 @@ def test_paper_table_ratios_are_computed():
     assert "3.00x the 44.7 MB" in paper.loc["Table 1: fp32 size (MB)", "what differs and why"]
     assert paper.loc["baseline FID", "paper"] == 5275 and paper.loc["baseline IS", "paper"] == 1.13
     assert paper.loc["Table 1: int8 speed-up (x)", "paper"] == pytest.approx(0.0263 / 0.0132)
-    assert len(comparison.PAPER_TABLE2) == 9 and all(v is None for v in comparison.PAPER_TABLE2.values())
-    assert paper.filter(like="Table 2", axis=0).paper.isna().all()  # not filled in: shown as missing, not invented
+    assert len(comparison.PAPER_TABLE2) == 9 and comparison.PAPER_TABLE2[("noise", 4)] == -0.45  # §4.3, Table 2
+    assert paper.loc["Table 2: flip, digit 9 (gap)", "paper"] == 0.0
+    assert paper.filter(like="Table 2", axis=0).paper.notna().all()
 
 
 def test_missing_results_name_the_notebook(tmp_path, monkeypatch):
