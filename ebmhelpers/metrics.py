@@ -224,6 +224,76 @@ def latency_ms(model: nn.Module, batch: int, device: torch.device, repeats: int 
         return 1e3 * median_time_s(lambda: model(x), device, repeats, warmup)
 
 
+MIN_INTERLEAVED_REPEATS = 5  # a speed-up is never judged on fewer timed runs per model
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], device: torch.device | str, repeats: int = 7, warmup: int = 2,
+) -> pd.DataFrame:
+    """Times the compared callables alternately: after ``warmup`` untimed runs of each, ``repeats``
+    rounds (at least :data:`MIN_INTERLEAVED_REPEATS`) that run every one of them once, the order
+    rotating by one each round (A B C, B C A, ...), so a slow stretch of the machine (another job,
+    thermal throttling, a cold cache for whoever runs first) falls on all of them alike. Per name:
+    the median seconds, the quartiles ``q1_s``/``q3_s``, ``min_s``/``max_s`` and ``n``."""
+    device = torch.device(device)
+    repeats = max(repeats, MIN_INTERLEAVED_REPEATS)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, ts in times.items():
+        q1, _, q3 = np.percentile(ts, [25, 50, 75])
+        rows.append({"model": name, "median_s": statistics.median(ts), "q1_s": float(q1), "q3_s": float(q3),
+                     "min_s": min(ts), "max_s": max(ts), "n": len(ts)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def speedups_vs(times: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """``times`` (from :func:`interleaved_times`) with each model's speed-up over ``reference``:
+    ``ratio`` = the reference's median / the model's, ``ratio_lo``..``ratio_hi`` its spread from
+    the quartiles (reference q1 / model q3 .. reference q3 / model q1), and ``verdict`` 'faster',
+    'slower' or 'no difference' (the spread includes 1), by :func:`verdicts.ratio_verdict`."""
+    from .verdicts import ratio_verdict
+
+    ref = times.set_index("model").loc[reference]
+    out = times.copy()
+    out["ratio"] = ref.median_s / out.median_s
+    out["ratio_lo"] = ref.q1_s / out.q3_s
+    out["ratio_hi"] = ref.q3_s / out.q1_s
+    out["verdict"] = [ratio_verdict(r, lo, hi) for r, lo, hi in zip(out.ratio, out.ratio_lo, out.ratio_hi)]
+    return out
+
+
+def compare_latency(
+    models: dict[str, nn.Module], batch: int, device: torch.device | str, reference: str | None = None,
+    repeats: int = 7, warmup: int = 2, x: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """No-grad energy evaluations of ``batch`` digits, timed interleaved (:func:`interleaved_times`),
+    with the speed-up of each model over ``reference`` (default: the first) and its verdict.
+    The models must accept the same input (give ``x`` on their device; default U(-1, 1) digits)."""
+    device = torch.device(device)
+    x = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1 if x is None else x
+
+    def run(model: nn.Module) -> Callable[[], object]:
+        def f() -> object:
+            with torch.no_grad():
+                return model(x)
+        return f
+
+    times = interleaved_times({name: run(m) for name, m in models.items()}, device, repeats, warmup)
+    times["latency_ms"] = 1e3 * times.median_s
+    return speedups_vs(times, reference or next(iter(models)))
+
+
 THROUGHPUT_STEPS = 5  # SGLD steps per timed run: short, so timing every model stays cheap
 
 

@@ -126,3 +126,28 @@ def test_same_seed_same_scores_and_seeds_give_spread(tiny_energy, one_thread):
     assert not torch.equal(ev.generate(tiny_energy, ev.seeds[0]), ev.generate(tiny_energy, ev.seeds[1]))
     # a second evaluator of the same profile scores the same (seeds come from the profile)
     assert _evaluator(score_seeds=3).quality(tiny_energy)[0] == first
+
+
+def test_interleaved_timing_alternates_and_judges_by_the_spread():
+    import time as _time
+
+    order = []
+
+    def job(name, s):
+        def f():
+            order.append(name)
+            _time.sleep(s)
+        return f
+
+    times = metrics.interleaved_times({"a": job("a", 0.002), "b": job("b", 0.0)}, "cpu", repeats=3, warmup=1)
+    assert times.n.tolist() == [5, 5]  # never fewer than MIN_INTERLEAVED_REPEATS
+    assert order[:2] == ["a", "b"] and order[2:4] == ["a", "b"] and order[4:6] == ["b", "a"]  # warm-up, then rotated
+    out = metrics.speedups_vs(times, "a").set_index("model")
+    assert out.loc["b", "ratio"] > 1 and out.loc["b", "verdict"] == "faster"
+    assert out.loc["a", "verdict"] == "no difference"  # itself: the spread includes 1
+
+
+def test_compare_latency_of_two_models(tiny_energy):
+    table = metrics.compare_latency({"x": tiny_energy, "y": tiny_energy}, batch=2, device="cpu", repeats=5, warmup=1)
+    assert set(table.columns) >= {"latency_ms", "ratio", "ratio_lo", "ratio_hi", "verdict"}
+    assert (table.ratio_lo <= table.ratio_hi).all()
