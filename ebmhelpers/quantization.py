@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 
 from . import data as data_mod
+from . import metrics as metrics_mod
 from .metrics import Evaluator, latency_ms, model_device, serialized_size_bytes, synchronize
 from .models import BasicBlock, ConvEnergy, EnergyModel, ResNetEnergy, Swish
 from .profiles import Profile, SGLDConfig
@@ -348,30 +348,37 @@ def variant_columns(model: nn.Module, weights: str, compute: str) -> dict[str, A
 
 
 def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str) -> pd.DataFrame:
-    """The paper's Table 1: serialized size (MB) and CPU latency (ms, median of
-    ``profile.latency_repeats`` no-grad energy evaluations of ``profile.latency_batch`` digits
-    after ``profile.latency_warmup``) of each model, with the compression ratio and speed-up
-    relative to ``reference``. Models on another device are measured on a CPU copy."""
+    """The paper's Table 1: serialized size (MB) and CPU latency of each model, with the
+    compression ratio and speed-up relative to ``reference``. The latencies are timed
+    *interleaved* (:func:`metrics.compare_latency`: after ``profile.latency_warmup`` runs of each,
+    ``profile.latency_repeats`` rounds, at least 5, that evaluate every model once on the same
+    ``profile.latency_batch`` digits): ``latency_ms_cpu`` is the median, ``latency_q1_ms``/
+    ``latency_q3_ms`` the quartiles, ``speedup_lo``..``speedup_hi`` the speed-up's spread and
+    ``speed_verdict`` 'faster', 'slower' or 'no difference' (the spread includes 1). Models on
+    another device are measured on a CPU copy."""
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of {list(models)}")
     cpu = torch.device("cpu")
+    cpu_models = {name: m if model_device(m).type == "cpu" else copy.deepcopy(m).cpu() for name, m in models.items()}
+    timed = metrics_mod.compare_latency(cpu_models, profile.latency_batch, cpu, reference=reference,
+                                        repeats=profile.latency_repeats, warmup=profile.latency_warmup).set_index("model")
     rows = []
     for name, model in models.items():
-        cpu_model = model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+        t = timed.loc[name]
         rows.append({
-            "model": name, "size_mb": serialized_size_bytes(model) / 1e6,
-            "latency_ms_cpu": latency_ms(cpu_model, profile.latency_batch, cpu, profile.latency_repeats,
-                                         profile.latency_warmup),
-            "latency_batch": profile.latency_batch,
+            "model": name, "size_mb": serialized_size_bytes(model) / 1e6, "latency_ms_cpu": 1e3 * t.median_s,
+            "latency_q1_ms": 1e3 * t.q1_s, "latency_q3_ms": 1e3 * t.q3_s, "latency_batch": profile.latency_batch,
+            "speedup_cpu": t.ratio, "speedup_lo": t.ratio_lo, "speedup_hi": t.ratio_hi, "speed_verdict": t.verdict,
         })  # fmt: skip
     df = pd.DataFrame(rows)
     ref = df.set_index("model").loc[reference]
-    df["compression"] = ref["size_mb"] / df["size_mb"]
-    df["speedup_cpu"] = ref["latency_ms_cpu"] / df["latency_ms_cpu"]
+    df.insert(df.columns.get_loc("latency_ms_cpu"), "compression", ref["size_mb"] / df["size_mb"])
     return df
 
 
 # ---- reduced-precision and weight-only sampling --------------------------------------------
+SPEED_STEPS = 20  # SGLD steps of each interleaved timing run (compare_samplers)
+SPEED_BATCH = 64  # digits per timing run
 def sampling_precisions(device: torch.device) -> tuple[str, ...]:
     """Autocast dtypes to compare with fp32 SGLD on ``device``: bf16 on the CPU, bf16 and fp16
     on CUDA (fp16 autocast is a GPU feature here)."""
@@ -384,8 +391,13 @@ def compare_samplers(
 ) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """Generate ``n`` digits with each sampler ``name -> (model, autocast dtype or None)`` from the
     same uniform-noise starts and the same SGLD noise (the RNG is reseeded per run), and report
-    IS, FID, SGLD image-steps per second (one timed run after a one-step warm-up) and the mean
-    absolute pixel difference to the ``reference`` sampler's digits."""
+    IS, FID, the mean absolute pixel difference to the ``reference`` sampler's digits and SGLD
+    image-steps per second. The speed is timed apart from the generation, interleaved
+    (:func:`metrics.interleaved_times`: a chain of :data:`SPEED_STEPS` steps on
+    :data:`SPEED_BATCH` digits per sampler, every sampler once per round, at least 5 rounds after
+    a warm-up): ``img_steps_per_s`` from the median, ``speedup`` over the reference with its
+    spread ``speedup_lo``..``speedup_hi`` and ``speed_verdict`` ('no difference' when the spread
+    includes 1)."""
     if reference not in samplers:
         raise ValueError(f"reference {reference!r} is not one of the samplers {list(samplers)}")
     g = torch.Generator().manual_seed(seed)
@@ -397,19 +409,27 @@ def compare_samplers(
         device = model_device(model)
         sgld(model, starts[:2].to(device), warm, amp_dtype=amp)
         seed_everything(seed)
-        synchronize(device)
-        t0 = time.perf_counter()
         x = generate(model, n, cfg, batch_size, device=device, amp_dtype=amp, init=starts, progress=False)
-        synchronize(device)
-        seconds = time.perf_counter() - t0
         samples[name] = x.cpu()
         rows.append({
             "sampler": name, "autocast": amp or "none", "device": device.type, "n": n, "steps": cfg.steps,
             "size_mb": serialized_size_bytes(model) / 1e6, **ev.sample_quality(x),
-            "img_steps_per_s": n * cfg.steps / seconds,
             "pixel_mae_vs_ref": float((samples[name] - samples[reference]).abs().mean()),
         })  # fmt: skip
     df = pd.DataFrame(rows)
-    df["speedup"] = df["img_steps_per_s"] / df.loc[df.sampler == reference, "img_steps_per_s"].iloc[0]
+    speed_cfg = SGLDConfig(min(cfg.steps, SPEED_STEPS), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
+    chain = starts[:SPEED_BATCH]
+
+    def run(model: nn.Module, amp: str | None):
+        x0 = chain.to(model_device(model))
+        return lambda: sgld(model, x0, speed_cfg, amp_dtype=amp)
+
+    fns = {name: run(*samplers[name]) for name in df.sampler}
+    devices = {model_device(m) for m, _ in samplers.values()}
+    times = metrics_mod.interleaved_times(fns, devices.pop() if len(devices) == 1 else torch.device("cpu"))
+    speed = metrics_mod.speedups_vs(times, reference).set_index("model")
+    df["img_steps_per_s"] = [len(chain) * speed_cfg.steps / speed.loc[s, "median_s"] for s in df.sampler]
+    for col, src in (("speedup", "ratio"), ("speedup_lo", "ratio_lo"), ("speedup_hi", "ratio_hi"), ("speed_verdict", "verdict")):
+        df[col] = [speed.loc[s, src] for s in df.sampler]
     return df, samples
 

@@ -199,3 +199,7 @@ def test_compare_samplers_uses_same_starts_and_noise(tiny_energy):
     assert samples["w4"].shape == (4, 1, 28, 28) and (table.img_steps_per_s > 0).all()
     cost = quantization.cost_table({"fp32": tiny_energy, "w4": w4}, profile, reference="fp32")
     assert cost.set_index("model").loc["w4", "compression"] > 1.5
+    # speeds are timed interleaved, with a spread and a verdict ('no difference' when it includes 1)
+    assert {"speedup", "speedup_lo", "speedup_hi", "speed_verdict"} <= set(table.columns)
+    assert {"speedup_cpu", "speedup_lo", "speedup_hi", "speed_verdict", "latency_q1_ms"} <= set(cost.columns)
+    assert cost.set_index("model").loc["fp32", "speed_verdict"] == "no difference"
