@@ -1,9 +1,30 @@
 """Shared code of the notebook series on compressing energy-based models.
 
-One module per job: ``profiles`` (settings), ``runtime`` (device, seeds, folders, checkpoints),
-``data``, ``models``, ``sampling`` (SGLD, replay buffer), ``training`` (PCD trainer, classifier),
-``metrics`` (IS, FID, OOD, size, latency), ``plotting``, ``results`` (tables shared between
-notebooks), ``notebooks`` (the main job) and one module per compression method.
+What the notebooks import, one module per job:
+
+* ``profiles``: the named run profiles and the settings they hand out (SGLD, speed-ups).
+* ``runtime``: device, seeds, output folders, mixed precision per device, the banner of ``start``.
+* ``checkpoints``: atomic checkpoint writes and verified loads.
+* ``progress``: progress bars, widgets interactively and plain text headless.
+* ``data``: MNIST and Fashion-MNIST as tensors in [-1, 1].
+* ``models``: the energy networks, the baselines a profile names and the metric classifier.
+* ``sampling``: SGLD (Algorithm 1) and the replay buffer (Algorithm 2).
+* ``speedups``: the same SGLD chains with channels_last, torch.compile or CUDA graphs (off until measured).
+* ``loop``: the resumable training loop that PCD training and distillation share.
+* ``training``: the PCD trainer with its divergence guard, snapshots and the metric classifier.
+* ``metrics``: IS, FID, OOD detection, size, latency, throughput; ``Evaluator`` scores every model.
+* ``quantization``, ``pruning``, ``distillation``: one module per compression method.
+* ``comparison``: the final table, Pareto fronts and the sampling-budget study.
+* ``toy``: the exact 2-D toy of notebook 00.
+* ``plotting``: figures.
+* ``results``: tables shared between notebooks.
+* ``paper``: what the paper reports, transcribed with its sections.
+* ``verdicts``: the rule for "keeps quality", and the paper's claims side by side with verdicts.
+* ``notebooks``: where the notebooks are, their shared setup cell and the package code they show.
+* ``recipe_study``: the cpu baseline under several PCD recipes at equal budget (``recipe-study``).
+
+Around them, never imported by a notebook: ``tools`` (``cli``: ``python -m ebmhelpers``; ``runner``:
+the headless main job; ``bench``: throughput and the speed-up ladder; ``estimate``: counted FLOPs).
 """
 
 __version__ = "0.1.0"

@@ -14,10 +14,10 @@ from .progress import tqdm
 
 from . import paper, results, verdicts
 from .distillation import PAPER_SIZED_STUDENT, PAPER_STUDENT_PARAMS
-from .metrics import PAPER_OOD_SETS, Evaluator, median_time_s, model_device
+from .metrics import PAPER_OOD_SETS, Evaluator, median_time_s
 from .models import count_parameters, resnet18_energy
 from .profiles import Profile, SGLDConfig
-from .runtime import Context
+from .runtime import Context, model_device
 from .sampling import sgld
 
 # ---- when a variant "keeps quality" -------------------------------------------------------
@@ -241,8 +241,8 @@ def budget_configs(profile: Profile, steps: tuple[int, ...], ref_steps: int) -> 
     the profile's sampler: ``fixed step`` runs K steps of the generation step size and noise (its
     total time ``K * step`` grows with K); the other rescales step and noise with
     :func:`rescaled_step_size` (same total time at every K). At ``K = ref_steps`` they coincide."""
-    base = profile.gen_sgld(ref_steps)
-    return [(k, rule, profile.gen_sgld(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
+    base = profile.gen_sgld_config(ref_steps)
+    return [(k, rule, profile.gen_sgld_config(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
             for k in steps for rule in BUDGET_RULES]  # fmt: skip
 
 
@@ -260,7 +260,7 @@ def sampling_budget(
     for name, model in models.items():
         device = model_device(model)
         x = torch.rand(p.latency_batch, 1, 28, 28, device=device) * 2 - 1
-        sgld(model, x, p.sgld(1))  # warm-up (allocator, kernels) so the first timing is not inflated
+        sgld(model, x, p.sgld_config(1))  # warm-up (allocator, kernels) so the first timing is not inflated
         seconds, quality = {}, {}
         for k, rule, cfg in tqdm(configs, desc=f"sampling budget: {name}"):
             if k not in seconds:

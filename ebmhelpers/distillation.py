@@ -75,7 +75,8 @@ from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
 from .plotting import finish, image_grid
 from .profiles import Profile
-from .runtime import Context, atomic_save, load_checkpoint, seed_everything
+from .checkpoints import atomic_save, load_checkpoint
+from .runtime import Context, seed_everything
 from .sampling import batched_energy_grad, generate
 
 PAPER_STUDENT_PARAMS = 77_004  # the paper's best student, about 145x smaller
@@ -584,7 +585,7 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
     scores, first = [], None
     for seed in ev.seeds:
         seed_everything(seed)
-        samples = generate(model, len(starts), p.gen_sgld(steps), p.gen_batch_size, device=ev.device, init=starts)
+        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts)
         scores.append(ev.sample_quality(samples))
         first = samples if first is None else first
     out: dict[str, float] = {"n_seeds": len(scores)}

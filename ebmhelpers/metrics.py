@@ -319,7 +319,7 @@ def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None 
     return {
         f"latency_ms_{device.type}": latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup),
         "latency_batch": p.latency_batch,
-        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld()), p.latency_batch, device),
+        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld_config()), p.latency_batch, device),
         "hardware": device_name(device),
     }
 
@@ -375,7 +375,7 @@ class Evaluator:
         """``n`` (default ``n_gen``) digits by SGLD from uniform noise on the model's device; the
         starts and the SGLD noise depend only on ``seed``, so every model gets the same ones."""
         p = self.ctx.profile
-        cfg, n = cfg or p.gen_sgld(), n or p.n_gen
+        cfg, n = cfg or p.gen_sgld_config(), n or p.n_gen
         device = model_device(model)
         starts = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).mul_(2).sub_(1)
         seed_everything(seed)
@@ -518,7 +518,7 @@ def steps_study(
     rows = []
     jobs = [(name, k, scale) for name in models for scale in scales for k in steps]
     for name, k, scale in tqdm(jobs, desc="models x SGLD settings", disable=not progress):
-        cfg = p.sgld(k).scaled(scale)
+        cfg = p.sgld_config(k).scaled(scale)
         t0 = time.perf_counter()
         quality, _ = ev.quality(models[name], cfg, n, progress=False)
         seconds = (time.perf_counter() - t0) / max(1, quality["n_seeds"])

@@ -1,18 +1,17 @@
-"""Executing the numbered notebooks headless (the main job), the setup cell they share and the
-package code they show (:func:`sync_source`)."""
+"""The pages themselves: where the numbered notebooks are, the setup cell they share
+(:func:`write_setup_cells`) and the package code they show (:func:`sync_source`). The headless
+runner that executes them is ``ebmhelpers.tools.runner``."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
 import textwrap
-import time
 from pathlib import Path
 
-from .profiles import ENV_VAR, Profile, get_profile
-from .runtime import device_name, get_device, repo_root, results_dir
+# The checkout this package belongs to: its notebooks are here wherever EBM_HOME puts the outputs.
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 # The git URL the setup cell clones on Colab: the one place to set it (a fork puts its own here, or
 # in line 2 of a notebook's first cell; the environment variable EBM_REPO_URL overrides both).
@@ -43,70 +42,14 @@ if importlib.util.find_spec("ebmhelpers") is None:
     sys.path.insert(0, repo)
 %matplotlib inline
 from ebmhelpers import runtime
-ctx = runtime.start()  # profile from EBM_PROFILE (smoke on CPU, colab on CUDA), device, seeds"""
+ctx = runtime.start()  # profile: EBM_PROFILE, else cpu (the committed one) on any device; device, seeds"""
 
 
 def notebook_paths(root: Path | None = None) -> list[Path]:
-    """The numbered notebooks ``notebooks/NN_*.ipynb`` in order."""
-    folder = (root or repo_root()) / "notebooks"
+    """The numbered notebooks ``notebooks/NN_*.ipynb`` of ``root`` (default: this package's
+    checkout, whatever ``EBM_HOME`` says) in order."""
+    folder = (root or CHECKOUT) / "notebooks"
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
-
-
-def run_notebooks(
-    profile: str | None = None,
-    out_dir: Path | None = None,
-    inplace: bool = False,
-    only: list[str] | None = None,
-    timeout_s: int = 6 * 3600,
-) -> list[tuple[str, float]]:
-    """Execute the numbered notebooks in order under ``profile``; save executed copies to
-    ``out_dir`` (default ``runs/<profile>/``) or over the originals with ``inplace``.
-
-    Returns (notebook, seconds) per notebook. Stops at the first notebook that fails.
-    """
-    from .progress import tqdm
-
-    prof = get_profile(profile)
-    os.environ[ENV_VAR] = prof.name  # inherited by the kernels
-    paths = notebook_paths()
-    if only:
-        paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
-    if not paths:
-        raise FileNotFoundError("no notebooks matched")
-    out_dir = Path(out_dir) if out_dir else repo_root() / "runs" / prof.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = []
-    bar = tqdm(paths, desc=f"notebooks ({prof.name})", unit="nb")
-    for path in bar:
-        bar.set_postfix_str(path.name)
-        target = path if inplace else out_dir / path.name
-        t0 = time.monotonic()
-        execute_notebook(path, target, timeout_s)
-        timings.append((path.name, time.monotonic() - t0))
-        tqdm.write(f"{path.name}: {timings[-1][1]:.0f} s -> {target}")
-        _record_time(prof, path.name, timings[-1][1])
-    return timings
-
-
-def execute_notebook(path: Path, target: Path, timeout_s: int = 6 * 3600) -> None:
-    """Execute the notebook ``path`` in a fresh kernel (working directory: its folder) and save it to
-    ``target``, also when a cell fails, so that it renders finished on GitHub: the kernel gets
-    ``EBM_PLAIN_PROGRESS=1`` (text progress bars, not widgets that a saved page shows at "0%"),
-    each cell's stream outputs are merged with carriage returns applied (one final line per bar),
-    and the widget state is dropped from the notebook's metadata."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    from .progress import PLAIN_ENV
-
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, startup_timeout=300, kernel_name="python3", coalesce_streams=True,
-                            resources={"metadata": {"path": str(Path(path).parent)}})  # fmt: skip
-    try:
-        client.execute(env={**os.environ, PLAIN_ENV: "1"})  # the kernel's environment
-    finally:
-        nb.metadata.pop("widgets", None)
-        nbformat.write(nb, target)
 
 
 def write_setup_cells(paths: list[Path] | None = None) -> list[str]:
@@ -123,21 +66,6 @@ def write_setup_cells(paths: list[Path] | None = None) -> list[str]:
             nbformat.write(nb, path)
             changed.append(Path(path).name)
     return changed
-
-
-def _record_time(profile: Profile, notebook: str, seconds: float) -> None:
-    """Append one notebook's wall time to ``results/<profile>/notebook_times.csv`` (the README's
-    per-notebook times), with the hardware and thread count it ran on."""
-    import pandas as pd
-    import torch
-
-    path = results_dir(profile) / "notebook_times.csv"
-    row = pd.DataFrame([{"notebook": notebook, "seconds": round(seconds, 1), "hardware": device_name(get_device()),
-                         "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M")}])
-    old = pd.read_csv(path) if path.exists() else None
-    if old is not None:
-        old = old[old.notebook != notebook]
-    pd.concat([old, row], ignore_index=True).sort_values("notebook").to_csv(path, index=False)
 
 
 # ---- package code shown in notebooks (one source: the package; a test keeps the pages equal) ----

@@ -8,14 +8,14 @@ The profiles share the same code paths and differ only in scale:
   ResNet18), the paper profile's sampler, buffer and optimizer settings; about 2 hours on 2 cores.
 * ``colab``  - a Colab T4 session; ``python -m ebmhelpers estimate --profile colab`` counts its FLOPs
   (an estimate until timed on a T4).
-* ``gpu``    - one lent H100: the whole series in two device commands of at most 10 minutes
-  (``python -m ebmhelpers device-chain plan``), sized from counted FLOPs (an estimate until timed).
+* ``gpu``    - one H100 for about 20 minutes, sized from counted FLOPs (an estimate until timed).
 * ``paper``  - the paper's settings, completed with P. Lippe's tutorial-8 recipe where the
   paper is silent (the paper's reference [14]).
 
 Select one with the ``EBM_PROFILE`` environment variable or an explicit argument to
-:func:`get_profile`. Without either, the default is the profile that can run where Python was
-started: ``colab`` when CUDA is present, ``smoke`` otherwise.
+:func:`get_profile`. Without either, the default is ``cpu``, the profile whose outputs are committed,
+on any device. The ResNet18 profiles (``colab``, ``gpu``, ``paper``) are chosen by name only;
+:func:`check_device` refuses one on a CPU unless ``EBM_ALLOW_SLOW=1``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from .speedups import Speedups
-
 ENV_VAR = "EBM_PROFILE"
+DEFAULT_PROFILE = "cpu"  # the profile whose outputs are committed and described in the README
+ALLOW_SLOW_VAR = "EBM_ALLOW_SLOW"  # =1: run a profile sized for a GPU on a CPU anyway
+
+
+class ProfileError(ValueError):
+    """A profile name that does not exist, or a profile sized for a GPU started on a CPU. Its message
+    is one line that says what to do; the command line prints it without a traceback."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,28 @@ class SGLDConfig:
 
 
 @dataclass(frozen=True)
+class Speedups:
+    """Which SGLD speed-ups a ``speedups.SGLDRunner`` applies (all off: plain eager SGLD)."""
+
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+
+    @property
+    def label(self) -> str:
+        on = [name for name, value in dataclasses.asdict(self).items() if value]
+        return " + ".join(on) if on else "eager"
+
+
+@dataclass(frozen=True)
 class Profile:
     """All knobs of one run of the series. Frozen, so a notebook cannot drift from it."""
 
     name: str
     description: str
     seed: int = 0
+
+    needs_gpu: bool = False  # a ResNet18 job sized for a GPU: refused on a CPU (runtime.check_device)
 
     # ---- data -------------------------------------------------------------------------
     train_subset: int | None = None  # None = all 60,000 training digits
@@ -110,10 +128,11 @@ class Profile:
     max_rollbacks: int = 5
     snapshot_epochs: tuple[int, ...] = ()  # epochs after which the baseline's weights are also kept
     amp_dtype: str | None = None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
-    # SGLD speed-ups on CUDA devices (speedups.py; ignored on a CPU, where compile measured slower), each
-    # turned on only after `python -m ebmhelpers bench` measured it on a GPU:
+    # SGLD speed-ups on CUDA devices (speedups.py; ignored on a CPU, where compile measured slower). Their
+    # GPU rungs are unmeasured, so all are off; turn one on only after `python -m ebmhelpers bench --speedups`
+    # measured it on a GPU:
     channels_last: bool = False  # NHWC weights and activations
-    compile: bool = False  # torch.compile of the whole SGLD step
+    compile: bool = False  # torch.compile of the energy network (SGLD's forward and its input gradient)
     cuda_graph: bool = False  # one step captured as a CUDA graph, replayed K times
 
     # ---- evaluation -------------------------------------------------------------------
@@ -151,7 +170,7 @@ class Profile:
     # ---- final comparison (notebook 06) -----------------------------------------------
     budget_steps: tuple[int, ...] = (16, 32, 64, 128, 256)
 
-    def sgld(self, steps: int | None = None) -> SGLDConfig:
+    def sgld_config(self, steps: int | None = None) -> SGLDConfig:
         """The SGLD settings used for training (or ``steps`` steps, e.g. for generation)."""
         return SGLDConfig(
             steps=self.sgld_steps if steps is None else steps,
@@ -160,15 +179,13 @@ class Profile:
             grad_clamp=self.sgld_grad_clamp,
         )
 
-    def gen_sgld(self, steps: int | None = None) -> SGLDConfig:
+    def gen_sgld_config(self, steps: int | None = None) -> SGLDConfig:
         """The SGLD settings for generating digits from noise: ``gen_steps`` (or ``steps``) steps of
         ``gen_step_scale`` times the training step size at the training temperature."""
-        return self.sgld(self.gen_steps if steps is None else steps).scaled(self.gen_step_scale)
+        return self.sgld_config(self.gen_steps if steps is None else steps).scaled(self.gen_step_scale)
 
-    def speedups(self, device: torch.device | str) -> "Speedups":
+    def speedups(self, device: torch.device | str) -> Speedups:
         """The SGLD speed-ups this profile turns on for ``device``: none on a CPU (see the fields)."""
-        from .speedups import Speedups
-
         if torch.device(device).type != "cuda":
             return Speedups()
         return Speedups(channels_last=self.channels_last, compile=self.compile, cuda_graph=self.cuda_graph)
@@ -181,13 +198,15 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
-        description="The paper's settings (60 epochs, K=60); a GPU job of about 4e17 FLOPs.",
+        description="The paper's settings (60 epochs, K=60); a GPU job (its FLOPs: COUNTED_FLOPS).",
+        needs_gpu=True,
         amp_dtype="auto",  # bf16 SGLD on Ampere and later, fp16 on older GPUs
     ),
     "colab": Profile(
         name="colab",
         description="A Colab T4 session: 20k digits, K=30, 4 epochs (run time: `python -m ebmhelpers estimate --profile colab`, "
         "an estimate from counted FLOPs until timed on a T4).",
+        needs_gpu=True,
         train_subset=20_000,
         sgld_steps=30,
         gen_steps=128,
@@ -208,11 +227,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        description="One lent H100, the whole series sized for 20 device-minutes (two commands of at most 10 minutes, "
-        "`python -m ebmhelpers device-chain plan`): ResNet18 trained with the paper's sampler, buffer, loss and optimizer "
+        description="One H100 for about 20 minutes (a sizing from counted FLOPs, an estimate until timed): ResNet18 trained with the paper's sampler, buffer, loss and optimizer "
         "on 20,000 digits for 3 epochs; 3 seeds x 1,000 digits of 64 SGLD steps of 4x the training step at the training "
         "temperature. Sized from counted FLOPs at an ASSUMED 60 TFLOP/s sustained (`python -m ebmhelpers estimate "
         "--profile gpu --tflops 60`): an estimate until timed on the H100.",
+        needs_gpu=True,
         train_subset=20_000,
         epochs=3,  # 471 PCD iterations of batch 128, K=60: what fits beside notebooks 02 and 04 in one command
         snapshot_epochs=(1,),  # the training-length study compares epoch 1 with the final model
@@ -308,21 +327,28 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# The whole series' FLOPs under each profile sized for a GPU, as `python -m ebmhelpers estimate` counts
+# them (tests/test_estimate.py keeps them equal to the count): the banner prints them and the time they
+# mean on the device, an estimate, without importing the whole package to count them.
+COUNTED_FLOPS: dict[str, float] = {"colab": 6.00e16, "gpu": 2.36e16, "paper": 2.47e18}
+
+
 def default_profile_name() -> str:
-    """The profile that can run here: ``colab`` on a CUDA machine, ``smoke`` on a CPU."""
-    return "colab" if torch.cuda.is_available() else "smoke"
+    """The profile whose outputs are committed and described in the README, on any device: ``cpu``.
+    The profiles sized for a GPU are chosen by name; CI sets ``EBM_PROFILE=smoke``."""
+    return DEFAULT_PROFILE
 
 
 def get_profile(name: str | None = None) -> Profile:
     """Return the named profile, else the one ``EBM_PROFILE`` names, else the default.
 
-    Raises ``ValueError`` listing the valid names for an unknown profile.
+    Raises :class:`ProfileError` (a ``ValueError``) listing the valid names for an unknown profile.
     """
     chosen = name or os.environ.get(ENV_VAR) or default_profile_name()
     try:
         return PROFILES[chosen]
     except KeyError:
-        raise ValueError(
+        raise ProfileError(
             f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)} "
             f"(argument or the {ENV_VAR} environment variable)"
         ) from None

@@ -40,7 +40,7 @@ from .plotting import finish
 from .profiles import Profile
 from .runtime import Context, seed_everything
 from .sampling import ReplayBuffer
-from .training import DivergenceError, PCDTrainer, load_snapshot, rewind_step, training_iterations  # noqa: F401 (re-exported for notebook 04)
+from .training import DivergenceError, PCDTrainer, load_snapshot, rewind_step
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 STRUCTURED_NORM = 2  # Ln norm of an output channel (the issue: n=2, dim=0)

@@ -31,10 +31,10 @@ from torch.ao.nn.quantized import FloatFunctional
 
 from . import data as data_mod
 from . import metrics as metrics_mod
-from .metrics import Evaluator, latency_ms, model_device, serialized_size_bytes, synchronize
+from .metrics import Evaluator, latency_ms, serialized_size_bytes, synchronize
 from .models import BasicBlock, ConvEnergy, EnergyModel, ResNetEnergy, Swish
 from .profiles import Profile, SGLDConfig
-from .runtime import seed_everything
+from .runtime import model_device, seed_everything
 from .sampling import SamplingNotSupportedError, batched_energy_grad, generate, sgld, uniform_noise
 
 DEFAULT_BACKEND = "x86"  # PyTorch's x86 backend: fbgemm kernels (onednn where faster)

@@ -9,7 +9,7 @@ measured wall time is a column too. Scores are on the validation digits (``profi
 training digits held out), never on the test digits.
 
 Every recipe generates from uniform noise with *its own* sampler: the persistent recipes with the
-profile's generation chain (``Profile.gen_sgld``), the short-run recipe with exactly its training
+profile's generation chain (``Profile.gen_sgld_config``), the short-run recipe with exactly its training
 chain (K steps), the capped recipe with N x K steps (no chain in training ran longer). Each is
 also run 4x and 16x longer, to see whether quality holds or drifts into saturated minima.
 """
@@ -61,7 +61,7 @@ def generation_config(base: Profile, name: str, multiple: int = 1) -> SGLDConfig
     """The chain a recipe generates with from noise, ``multiple`` times longer."""
     p = recipe_profile(base, name)
     _, gen = RECIPES[name]
-    cfg = base.gen_sgld() if gen == "profile" else p.sgld(p.sgld_steps * int(gen))
+    cfg = base.gen_sgld_config() if gen == "profile" else p.sgld_config(p.sgld_steps * int(gen))
     return cfg.__class__(**{**cfg.__dict__, "steps": cfg.steps * multiple})
 
 

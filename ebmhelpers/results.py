@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .runtime import Context, atomic_save, load_checkpoint
+from .checkpoints import atomic_save, load_checkpoint
+from .runtime import Context
 
 # Which notebook writes which table, so a missing table names the notebook to run.
 PRODUCERS = {

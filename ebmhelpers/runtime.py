@@ -1,4 +1,5 @@
-"""Where things run and where they are stored: device, seeding, folders, atomic checkpoints.
+"""Where things run and where they are stored: device, seeding, folders, and what a profile is
+expected to cost on the device (the banner of :func:`start`).
 
 Folders default to the repository checkout and can each be moved by an environment variable,
 e.g. ``EBM_CHECKPOINT_DIR=/content/drive/MyDrive/ebm`` on Colab so that checkpoints survive a
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .profiles import Profile, get_profile
+from .profiles import ALLOW_SLOW_VAR, COUNTED_FLOPS, ENV_VAR, Profile, ProfileError, get_profile
 
 
 def repo_root() -> Path:
@@ -138,9 +139,75 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
 
 
-# Checkpoints (atomic writes, verified loads, the kept previous file) live in .checkpoints;
-# re-exported here so that ``from ebmhelpers.runtime import atomic_save, load_checkpoint`` keeps working.
-from .checkpoints import atomic_save, load_checkpoint  # noqa: E402,F401
+# Dense peak FLOP/s by GPU name fragment and compute dtype (vendor data sheets, SXM parts).
+PEAK_FLOPS = {
+    "H100": {"fp32": 67e12, "bf16": 989e12},
+    "H200": {"fp32": 67e12, "bf16": 989e12},
+    "A100": {"fp32": 19.5e12, "bf16": 312e12},
+    "T4": {"fp32": 8.1e12, "bf16": 65e12},  # T4 has no bf16 units; fp16 tensor-core peak
+}
+# ASSUMPTION, not a measurement: a GPU sustains 40% of its fp32 peak on these networks.
+ASSUMED_EFFICIENCY = 0.4
+ASSUMED_T4_FLOPS_PER_S = ASSUMED_EFFICIENCY * PEAK_FLOPS["T4"]["fp32"]
+# Measured once, not per machine: ResNet18 fp32 SGLD ran 110 image-steps/s of 1.82e9 FLOPs on 2 threads
+# of an AMD EPYC (`bench --speedups`, README), about 1e11 FLOP/s per thread.
+CPU_FLOPS_PER_THREAD = 1.0e11
+
+
+def peak_flops(device: torch.device, dtype: str) -> float | None:
+    """The device's dense peak FLOP/s for ``dtype`` (None when unknown, e.g. on a CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_FLOPS.items():
+        if key in name:
+            return peaks["bf16" if dtype in ("bf16", "fp16") else "fp32"]
+    return None
+
+
+def assumed_flops_per_s(device: torch.device) -> tuple[float, str]:
+    """A sustained FLOP/s for ``device`` and how it was come by: on a GPU :data:`ASSUMED_EFFICIENCY`
+    of its fp32 peak (a T4's when the GPU is not in :data:`PEAK_FLOPS`), on a CPU
+    :data:`CPU_FLOPS_PER_THREAD` times PyTorch's threads. Both are assumptions until timed."""
+    if device.type == "cuda":
+        peak = peak_flops(device, "fp32")
+        basis = "of its fp32 peak" if peak else "of a T4's fp32 peak (this GPU's is not known)"
+        rate = ASSUMED_EFFICIENCY * (peak or PEAK_FLOPS["T4"]["fp32"])
+        return rate, f"assumed {rate / 1e12:.3g} TFLOP/s, {ASSUMED_EFFICIENCY:.0%} {basis}"
+    threads = torch.get_num_threads()
+    rate = CPU_FLOPS_PER_THREAD * threads
+    return rate, f"assumed {rate / 1e12:.2g} TFLOP/s on {threads} CPU thread(s) (ResNet18 SGLD, measured once)"
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a short duration: "40 s", "12 min", "5.1 h", "3.5 days"."""
+    if seconds < 60:
+        return f"{seconds:.2g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.2g} min"
+    return f"{seconds / 3600:.3g} h" if seconds < 48 * 3600 else f"{seconds / 86400:.3g} days"
+
+
+def expected_cost(profile: Profile, device: torch.device) -> str | None:
+    """One line: the profile's counted FLOPs (:data:`profiles.COUNTED_FLOPS`) and the time they mean on
+    ``device``, labelled an estimate; None for a profile without a recorded count."""
+    flops = COUNTED_FLOPS.get(profile.name)
+    if flops is None:
+        return None
+    rate, basis = assumed_flops_per_s(device)
+    return (f"{flops:.2g} FLOPs counted for the whole series, about {duration_text(flops / rate)} on this device "
+            f"({basis}): an estimate until timed")
+
+
+def check_device(profile: Profile, device: torch.device) -> None:
+    """Refuse a profile sized for a GPU (``needs_gpu``) on a CPU, with the estimated time and how to
+    go on anyway (``EBM_ALLOW_SLOW=1``). One line, so the command line prints it as it is."""
+    if not profile.needs_gpu or device.type == "cuda" or os.environ.get(ALLOW_SLOW_VAR) == "1":
+        return
+    cost = expected_cost(profile, device) or "no FLOP count recorded"
+    raise ProfileError(f"profile {profile.name!r} (ResNet18) is sized for a GPU and this is a CPU: {cost}. "
+                       f"Choose the profile 'cpu' (--profile cpu or {ENV_VAR}=cpu), or set {ALLOW_SLOW_VAR}=1 "
+                       f"to run it here anyway")
 
 
 @dataclass(frozen=True)
@@ -172,14 +239,20 @@ class Context:
 
 
 def start(profile: str | None = None, device: str | None = None, verbose: bool = True) -> Context:
-    """Open a notebook: pick profile and device, seed everything, print what runs where."""
+    """Open a notebook: pick profile and device, seed everything, print what runs where (and, for a
+    profile sized for a GPU, what it is expected to cost here). Raises :class:`profiles.ProfileError`
+    for an unknown profile, or for one sized for a GPU on a CPU (:func:`check_device`)."""
     ctx = Context(get_profile(profile), get_device(device))
+    check_device(ctx.profile, ctx.device)
     seed_everything(ctx.profile.seed)
     if verbose:
         import torchvision
 
         print(f"profile : {ctx.profile.name} - {ctx.profile.description}")
         print(f"device  : {ctx.device} ({ctx.hardware})")
+        cost = expected_cost(ctx.profile, ctx.device)
+        if cost:
+            print(f"expected: {cost}")
         print(
             f"versions: python {sys.version.split()[0]}, torch {torch.__version__}, "
             f"torchvision {torchvision.__version__}, numpy {np.__version__}"

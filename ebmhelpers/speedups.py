@@ -1,10 +1,11 @@
-"""Faster SGLD on a GPU: channels_last, ``torch.compile`` of the whole step, CUDA-graph replay.
+"""Faster SGLD on a GPU: channels_last, ``torch.compile`` of the energy network, CUDA-graph replay.
 
 SGLD is the series' hot loop (training spends about 95% of its time in it). On 28x28 digits a
 ResNet18 step is many small kernels, so a GPU idles between launches unless the batch is large or
 the launches are batched up. :class:`SGLDRunner` runs the same chain as :func:`sampling.sgld` (one
 :func:`sampling.sgld_step` per step, parameters frozen) with any of three changes, each measured
-by ``python -m ebmhelpers bench`` before a profile turns it on:
+by ``python -m ebmhelpers bench --speedups`` before a profile turns it on. Their GPU rungs are
+unmeasured so far, so every profile keeps them off (``profiles.Speedups``, all False):
 
 * ``channels_last``: the network's weights (and so its activations) in NHWC, the layout the
   tensor-core convolutions of cuDNN prefer under bf16;
@@ -27,12 +28,11 @@ agreement columns). Nothing falls back: a change that cannot run raises.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .profiles import SGLDConfig
+from .profiles import SGLDConfig, Speedups
 from .runtime import model_device
 from .sampling import frozen, sgld, sgld_step
 
@@ -42,20 +42,6 @@ RECOMPILE_LIMIT = 64  # compiled variants of a network (batch shapes, layouts, f
 
 class SpeedupError(RuntimeError):
     """A requested speed-up cannot run here (no CUDA for graphs, a torch too old to compile the step)."""
-
-
-@dataclass(frozen=True)
-class Speedups:
-    """Which of the three changes an :class:`SGLDRunner` applies (all off: plain eager SGLD)."""
-
-    channels_last: bool = False
-    compile: bool = False
-    cuda_graph: bool = False
-
-    @property
-    def label(self) -> str:
-        on = [name for name, value in dataclasses.asdict(self).items() if value]
-        return " + ".join(on) if on else "eager"
 
 
 def enable_compile() -> None:

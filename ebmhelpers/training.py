@@ -19,7 +19,8 @@ from . import data as data_mod
 from .loop import Limits, ResumableLoop, Window, iters_per_epoch
 from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
-from .runtime import Context, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .checkpoints import atomic_save, load_checkpoint
+from .runtime import Context, rng_state, seed_everything, set_rng_state
 from .sampling import ReplayBuffer
 from .speedups import SGLDRunner
 
@@ -92,7 +93,7 @@ class PCDTrainer:
         self.model = model.to(self.device)
         self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)  # K SGLD steps per call
         self.data = data.to(self.device)
-        self.sgld_cfg = sgld_cfg or p.sgld()
+        self.sgld_cfg = sgld_cfg or p.sgld_config()
         self.buffer = buffer if buffer is not None else ReplayBuffer(
             p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device, p.buffer_max_age, p.buffer_grows)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)

@@ -1,6 +1,8 @@
 import torch
 
-from ebmhelpers import bench
+from ebmhelpers.profiles import Speedups
+from ebmhelpers.runtime import peak_flops
+from ebmhelpers.tools import bench
 from ebmhelpers.distillation import build_student
 from ebmhelpers.models import ResNetEnergy, count_parameters
 from ebmhelpers.profiles import get_profile
@@ -13,7 +15,7 @@ def test_flop_count_scales_with_batch_and_model():
     f1, f2 = bench.sgld_step_flops(small, 1, cpu), bench.sgld_step_flops(small, 4, cpu)
     assert f1 > 0 and f2 == 4 * f1
     assert bench.sgld_step_flops(big, 1, cpu) > 3 * f1  # twice the widths: about 4x the conv FLOPs
-    assert bench.peak_flops(cpu, "fp32") is None
+    assert peak_flops(cpu, "fp32") is None
 
 
 def test_bench_table_for_a_student():
@@ -53,10 +55,10 @@ def test_speedup_ladder_on_the_cpu_measures_each_rung_and_the_targets(capsys):
 
 def test_ladder_adds_one_change_per_rung():
     rungs = bench.ladder(torch.device("cuda"))
-    assert rungs[0] == (None, bench.Speedups()) and rungs[1] == ("bf16", bench.Speedups())
-    assert bench.Speedups(True, True, True) in [s for _, s in rungs]
+    assert rungs[0] == (None, Speedups()) and rungs[1] == ("bf16", Speedups())
+    assert Speedups(True, True, True) in [s for _, s in rungs]
     assert all(not s.cuda_graph for _, s in bench.ladder(torch.device("cpu")))
-    assert bench._speedups_of("channels_last + compile") == bench.Speedups(channels_last=True, compile=True)
+    assert bench._speedups_of("channels_last + compile") == Speedups(channels_last=True, compile=True)
 
 
 def test_a_rung_that_fails_is_reported_and_the_ladder_goes_on(monkeypatch, capsys):

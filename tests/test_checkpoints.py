@@ -251,5 +251,5 @@ def test_missing_file_raises_file_not_found(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_runtime_reexports_the_checkpoint_functions():
-    assert runtime.atomic_save is atomic_save and runtime.load_checkpoint is load_checkpoint
+def test_runtime_does_not_reexport_the_checkpoint_functions():
+    assert not hasattr(runtime, "atomic_save") and not hasattr(runtime, "load_checkpoint")

@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from ebmhelpers import notebooks, progress, runtime, sampling
+from ebmhelpers.tools import runner
 from ebmhelpers.models import ResNetEnergy
 from ebmhelpers.profiles import get_profile
 
@@ -225,7 +226,7 @@ def test_runner_saves_text_progress_and_no_widget_state(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("from ebmhelpers.progress import tqdm\nfor _ in tqdm(range(50), desc='loop'):\n    pass")]
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
-    notebooks.execute_notebook(src, out, timeout_s=120)
+    runner.execute_notebook(src, out, timeout_s=120)
     saved = nbformat.read(out, as_version=4)
     assert "widgets" not in saved.metadata
     (output,) = saved.cells[0].outputs

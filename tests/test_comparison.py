@@ -45,7 +45,7 @@ def test_budget_study_holds_temperature_fixed_on_both_sides_of_the_reference():
     assert min(ks) < p.gen_steps < max(ks) and p.gen_steps in ks
     configs = comparison.budget_configs(p, ks, p.gen_steps)
     assert len(configs) == len(ks) * len(comparison.BUDGET_RULES)
-    t = p.sgld().temperature
+    t = p.sgld_config().temperature
     assert all(cfg.temperature == pytest.approx(t, rel=1e-12) for _, _, cfg in configs)
     fixed = [(k, c) for k, r, c in configs if r == comparison.FIXED_STEP]
     rescaled = [(k, c) for k, r, c in configs if r == comparison.FIXED_TIME]

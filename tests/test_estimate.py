@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ebmhelpers import bench, estimate
+from ebmhelpers.tools import bench, estimate
 from ebmhelpers.models import build_baseline
-from ebmhelpers.profiles import get_profile
+from ebmhelpers.profiles import PROFILES, get_profile
 
 
 def _row(table, item):
@@ -58,7 +58,7 @@ def test_estimate_hours_and_label():
 def test_t4_estimate_scales_measured_times_by_the_peak_ratio():
     import pandas as pd
 
-    from ebmhelpers.estimate import t4_estimate, t4_ratio
+    from ebmhelpers.tools.estimate import t4_estimate, t4_ratio
 
     assert t4_ratio("NVIDIA H100 80GB HBM3") == pytest.approx(989 / 65)
     assert t4_ratio("NVIDIA H100 80GB HBM3", "fp32") == pytest.approx(67 / 8.1)
@@ -66,3 +66,14 @@ def test_t4_estimate_scales_measured_times_by_the_peak_ratio():
     assert list(est.t4_seconds_estimate) == pytest.approx([10 * 989 / 65, 20 * 989 / 65])
     with pytest.raises(ValueError, match="no peak"):
         t4_ratio("Some GPU")
+
+
+@pytest.mark.parametrize("name", ["colab", "gpu", "paper"])
+def test_the_banners_flops_are_the_count(name):
+    """profiles.COUNTED_FLOPS (printed by runtime.start before a long run) equals what estimate counts."""
+    from ebmhelpers.profiles import COUNTED_FLOPS
+
+    assert get_profile(name).needs_gpu
+    assert set(COUNTED_FLOPS) == {n for n in PROFILES if PROFILES[n].needs_gpu}
+    counted = estimate.total_flops(name)
+    assert COUNTED_FLOPS[name] == pytest.approx(counted, rel=0.01), f"set COUNTED_FLOPS[{name!r}] = {counted:.3g}"

@@ -17,13 +17,13 @@ def test_profiles_and_paper_recipe():
 def test_generation_sampler_keeps_the_training_temperature():
     """gen_step_scale multiplies the step size and the noise by its square root, so T is training's."""
     p = profiles.get_profile("paper").replace(gen_step_scale=4.0)
-    train, gen = p.sgld(), p.gen_sgld()
-    assert gen.steps == p.gen_steps and p.gen_sgld(7).steps == 7
+    train, gen = p.sgld_config(), p.gen_sgld_config()
+    assert gen.steps == p.gen_steps and p.gen_sgld_config(7).steps == 7
     assert gen.step_size == pytest.approx(4 * train.step_size)
     assert gen.noise_std == pytest.approx(2 * train.noise_std)
     assert gen.temperature == pytest.approx(train.temperature)
     assert gen.grad_clamp == train.grad_clamp
-    assert profiles.get_profile("paper").gen_sgld() == p.sgld(p.gen_steps)  # default scale 1: training's sampler
+    assert profiles.get_profile("paper").gen_sgld_config() == p.sgld_config(p.gen_steps)  # default scale 1: training's sampler
     with pytest.raises(ValueError):
         train.scaled(0.0)
 

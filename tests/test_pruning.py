@@ -197,7 +197,7 @@ def test_lottery_ticket_rewinds_to_the_runs_snapshot_and_trains_like_one_shot(tm
     pruned = pruning.apply_pruning(pruning.copy_model(baseline.model), "unstructured_conv", 0.5)
     one_shot, _ = pruning.finetune(ctx, pruned, data, baseline.buffer, "one_shot", progress=False)
     assert rounds.iterations.tolist() == [one_shot.step] * ctx.profile.lottery_rounds
-    assert one_shot.step == pruning.training_iterations(pruning.finetune_profile(ctx.profile), len(data))
+    assert one_shot.step == training.training_iterations(pruning.finetune_profile(ctx.profile), len(data))
     assert rounds.sparsity.is_monotonic_increasing and not rounds.diverged.any()
     for conv in (m for m in ticket.modules() if isinstance(m, nn.Conv2d)):
         w = pruning.effective_weight(conv)

@@ -1,6 +1,6 @@
 """The SGLD speed-ups change how a chain is computed, never what: each is compared with eager SGLD.
 
-The CUDA-graph tests run only where CUDA is (the device preflight runs this file on the GPU)."""
+The CUDA-graph tests run only where CUDA is (on a GPU, run this file there)."""
 
 import dataclasses
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ebmhelpers.models import build_baseline
-from ebmhelpers.profiles import get_profile
+from ebmhelpers.profiles import Speedups, get_profile
 from ebmhelpers.sampling import sgld
-from ebmhelpers.speedups import SGLDRunner, SpeedupError, Speedups, chain_agreement, enable_compile
+from ebmhelpers.speedups import SGLDRunner, SpeedupError, chain_agreement, enable_compile
 
-CFG = get_profile("cpu").sgld(4)  # the paper's sampler settings, 4 steps
+CFG = get_profile("cpu").sgld_config(4)  # the paper's sampler settings, 4 steps
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

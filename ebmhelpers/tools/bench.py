@@ -21,40 +21,20 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .distillation import build_student, forward_flops, students_for
-from .metrics import median_time_s, synchronize, throughput_config
-from .models import build_baseline, count_parameters
-from .profiles import Profile, SGLDConfig, get_profile
-from .pruning import apply_pruning, physically_prune
-from .quantization import weight_count, weight_only_quantize
-from .runtime import device_name, get_device, resolve_amp_dtype
-from .progress import tqdm
-from .sampling import frozen, generate, sgld
-from .speedups import SGLDRunner, Speedups, chain_agreement
-from .training import PCDTrainer, training_iterations
+from ..distillation import build_student, forward_flops, students_for
+from ..metrics import median_time_s, synchronize, throughput_config
+from ..models import build_baseline, count_parameters
+from ..profiles import Profile, SGLDConfig, Speedups, get_profile
+from ..pruning import apply_pruning, physically_prune
+from ..quantization import weight_count, weight_only_quantize
+from ..runtime import device_name, get_device, peak_flops, resolve_amp_dtype
+from ..progress import tqdm
+from ..sampling import frozen, generate, sgld
+from ..speedups import SGLDRunner, chain_agreement
+from ..training import PCDTrainer, training_iterations
 
 MNIST_TRAIN = 60_000  # digits the paper trains on
 CPU_BATCH = 16  # images per SGLD batch when benchmarking on a CPU
-# Dense peak FLOP/s by GPU name fragment and compute dtype (vendor data sheets, SXM parts).
-PEAK_FLOPS = {
-    "H100": {"fp32": 67e12, "bf16": 989e12},
-    "H200": {"fp32": 67e12, "bf16": 989e12},
-    "A100": {"fp32": 19.5e12, "bf16": 312e12},
-    "T4": {"fp32": 8.1e12, "bf16": 65e12},  # T4 has no bf16 units; fp16 tensor-core peak
-}
-
-
-def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """The device's dense peak FLOP/s for ``dtype`` (None when unknown, e.g. on a CPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in PEAK_FLOPS.items():
-        if key in name:
-            return peaks["bf16" if dtype in ("bf16", "fp16") else "fp32"]
-    return None
-
-
 def sgld_step_flops(model: nn.Module, batch: int, device: torch.device) -> int:
     """FLOPs of one SGLD step (forward + input gradient) on ``batch`` images."""
     x = torch.zeros(batch, 1, 28, 28, device=device, requires_grad=True)
@@ -144,7 +124,7 @@ def run_bench(
     p = get_profile(profile)
     device = get_device()
     batch = batch or (p.batch_size if device.type == "cuda" else CPU_BATCH)
-    cfg = p.sgld(steps) if steps else (p.sgld() if device.type == "cuda" else throughput_config(p.sgld()))
+    cfg = p.sgld_config(steps) if steps else (p.sgld_config() if device.type == "cuda" else throughput_config(p.sgld_config()))
     torch.manual_seed(p.seed)
     rows = []
     t0 = time.monotonic()
@@ -224,7 +204,7 @@ def run_speedup_bench(
     would take hours), and the paper profile's training time projected from a measured iteration."""
     p = get_profile(profile)
     device = get_device()
-    cfg = p.sgld(LADDER_STEPS)
+    cfg = p.sgld_config(LADDER_STEPS)
     make = lambda: build_baseline(p.baseline)  # noqa: E731 (speed does not depend on the weights)
     torch.manual_seed(p.seed)
     t0, rows = time.monotonic(), []
@@ -279,7 +259,7 @@ def target_lines(
     n, steps = target
     model = make().to(device).eval()
     runner = SGLDRunner(model, sp, amp)
-    gen_cfg = get_profile("paper").sgld(steps)
+    gen_cfg = get_profile("paper").sgld_config(steps)
     runner(torch.rand(min(batch, n), 1, 28, 28, device=device) * 2 - 1, dataclasses.replace(gen_cfg, steps=1))  # warm
     synchronize(device)
     t0 = time.perf_counter()

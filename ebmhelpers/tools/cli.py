@@ -1,4 +1,8 @@
-"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data,sync-source}``."""
+"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data,sync-source}``.
+
+A mistake of the caller (an unknown profile, a profile sized for a GPU on a CPU, a notebook that does
+not exist) is one line on stderr and exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the numbered notebooks in order, headless")
-    run.add_argument("--profile", help="smoke | colab | paper (default: EBM_PROFILE, else by device)")
+    run.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")
     run.add_argument("--inplace", action="store_true", help="overwrite notebooks/ with the executed copies")
     run.add_argument("--out", help="folder for executed copies (default runs/<profile>/)")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 01")
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs) and issue 12's targets")
 
     est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
-    est.add_argument("--profile", help="smoke | cpu | colab | paper (default: EBM_PROFILE, else by device)")
+    est.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")
     est.add_argument("--tflops", type=float, default=None, help="sustained TFLOP/s (default: an assumed T4 fp32 rate)")
     est.add_argument("--device", default="cuda", help="device type the series would run on (cuda | cpu)")
 
@@ -48,16 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sync-source", help="rewrite the notebook cells that show package code from the package's source")
 
     args = parser.parse_args(argv)
+    from ..profiles import ProfileError
+    from .runner import NoSuchNotebook
+
+    try:
+        return _run(args)
+    except (ProfileError, NoSuchNotebook) as err:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Do what the parsed command line ``args`` asks."""
     if args.command == "run":
-        from .notebooks import run_notebooks
+        from .runner import run_notebooks
 
         timings = run_notebooks(args.profile, out_dir=args.out, inplace=args.inplace, only=args.only)
         print("\n".join(f"{name:32s} {sec:8.0f} s" for name, sec in timings))
     elif args.command == "train":
         import torch
 
-        from .runtime import start
-        from .training import load_or_train_baseline, load_or_train_classifier
+        from ..runtime import start
+        from ..training import load_or_train_baseline, load_or_train_classifier
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "recipe-study":
         import torch
 
-        from .recipe_study import run_study
+        from ..recipe_study import run_study
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -84,18 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             table.to_csv(args.out, index=False)
     elif args.command == "estimate":
-        from .estimate import ASSUMED_T4_FLOPS_PER_S, estimate
+        from ..runtime import ASSUMED_T4_FLOPS_PER_S
+        from .estimate import estimate
 
         rate = args.tflops * 1e12 if args.tflops else ASSUMED_T4_FLOPS_PER_S
         table, summary = estimate(args.profile, flops_per_s=rate, device=args.device)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         print(summary)
     elif args.command == "prepare-data":
-        from .data import install_offline_copy
+        from ..data import install_offline_copy
 
         print(f"data root: {install_offline_copy(args.source, args.root)}")
     elif args.command == "sync-source":
-        from .notebooks import sync_source
+        from ..notebooks import sync_source
 
         changed = sync_source()
         print("\n".join(f"rewrote {c}" for c in changed) or "every package-code cell already equals the package")

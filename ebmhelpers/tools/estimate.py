@@ -29,17 +29,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import comparison, distillation, metrics, pruning, quantization, training
-from .bench import PEAK_FLOPS
-from .models import MNISTClassifier, build_baseline, count_parameters
-from .profiles import Profile, get_profile
-from .sampling import frozen
+from .. import comparison, distillation, metrics, pruning, quantization, training
+from ..models import MNISTClassifier, build_baseline, count_parameters
+from ..profiles import Profile, get_profile
+from ..runtime import ASSUMED_EFFICIENCY, ASSUMED_T4_FLOPS_PER_S, PEAK_FLOPS, duration_text
+from ..sampling import frozen
 
 MNIST_TRAIN, MNIST_TEST = 60_000, 10_000  # digits in the MNIST splits (None subsets = all of them)
 LABEL = "estimate until measured"
-# ASSUMPTION, not a measurement: a T4 sustains 40% of its 8.1 TFLOP/s fp32 peak on these networks.
-ASSUMED_EFFICIENCY = 0.4
-ASSUMED_T4_FLOPS_PER_S = ASSUMED_EFFICIENCY * PEAK_FLOPS["T4"]["fp32"]
 THROUGHPUT_RUNS = 4  # metrics.sgld_throughput: 3 timed runs after 1 warm-up
 N_EVALUATORS = 5  # notebooks 02-06 each build an Evaluator (real-digit FID statistics)
 
@@ -208,18 +205,10 @@ def estimate(
     assumed = (f"assumed {flops_per_s / 1e12:.2f} TFLOP/s sustained (ASSUMPTION: {ASSUMED_EFFICIENCY:.0%} of a T4's "
                f"{PEAK_FLOPS['T4']['fp32'] / 1e12:.1f} TFLOP/s fp32 peak)" if flops_per_s == ASSUMED_T4_FLOPS_PER_S
                else f"at {flops_per_s / 1e12:.3g} TFLOP/s")  # fmt: skip
-    summary = (f"profile {p.name} ({p.baseline}): {total:.3g} FLOPs counted, about {_hours(total / flops_per_s)} "
-               f"{assumed}; by notebook: " + ", ".join(f"{nb} {_hours(h * 3600)}" for nb, h in by_nb.items())
+    summary = (f"profile {p.name} ({p.baseline}): {total:.3g} FLOPs counted, about {duration_text(total / flops_per_s)} "
+               f"{assumed}; by notebook: " + ", ".join(f"{nb} {duration_text(h * 3600)}" for nb, h in by_nb.items())
                + f" [{LABEL}]")  # fmt: skip
     return table, summary
-
-
-def _hours(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.2g} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.2g} min"
-    return f"{seconds / 3600:.3g} h" if seconds < 48 * 3600 else f"{seconds / 86400:.3g} days"
 
 
 def total_flops(profile: Profile | str | None = None, device: str = "cuda") -> float:
