@@ -2,7 +2,8 @@
 
 ``python -m ebmhelpers bench --speedups`` measures the SGLD speed-ups instead (:func:`run_speedup_bench`):
 the baseline under each rung of :func:`ladder` with its agreement with eager fp32 chains, and
-issue 12's targets.
+issue 12's targets. Its GPU rungs (channels_last, compile, CUDA graphs on a GPU) have not been
+measured yet, so every profile keeps those speed-ups off; this is the command that would measure them.
 
 For each model: SGLD image-steps per second (the cost of sampling and of PCD training), the
 FLOPs of one SGLD step counted by ``torch.utils.flop_counter``, the FLOP/s achieved and, where the

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--models", nargs="*", help="subset of models to measure")
     bench.add_argument("--out", help="write the table as CSV here")
     bench.add_argument("--speedups", action="store_true",
-                       help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs) and issue 12's targets")
+                       help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
+                       "unmeasured and off in every profile) and issue 12's targets")
 
     est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
     est.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")
