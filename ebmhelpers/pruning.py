@@ -2,10 +2,14 @@
 
 * **Masks** (the paper's Section 3.3.2): ``torch.nn.utils.prune`` zeros weights through a mask
   that a forward pre-hook applies, so the pruned model keeps its dense shape. Four strategies:
-  unstructured (L1 magnitude of single weights) or structured (L2 norm of whole output
-  channels), each either *global* (Conv2d and Linear layers ranked together) or *Conv2d-only*
-  (every Conv2d layer pruned by the same ratio on its own, as in PyTorch's pruning tutorial; the
-  Linear head stays dense).
+  unstructured (l1 magnitude of single weights) or structured (l1 norm of whole output
+  channels; §3.3.2 names the l1 norm for both), each either *global* (Conv2d and Linear layers
+  ranked together) or *Conv2d-only* (every Conv2d layer pruned by the same ratio on its own, as in
+  PyTorch's pruning tutorial; the Linear head stays dense). The L2 channel norm, which this
+  project used before, stays as a named extra (:data:`EXTRA_STRATEGIES`), not run by the sweep.
+* **Figure 4's variant**: the paper shows unstructured Conv2d pruning at 60% before and after
+  fine-tuning (§5); :func:`prune_sweep` adds it (:data:`FIGURE4`) when 0.6 is not among the
+  profile's ratios.
 * **Fine-tuning** with the same PCD trainer; the masks stay in place because the pre-hook
   re-applies them on every forward pass, and the trainer's divergence guard counts rollbacks
   (``rollbacks``/``diverged`` columns, marked in the figures).
@@ -33,7 +37,8 @@ from torch import nn
 from torch.nn.utils import prune
 from .progress import tqdm
 
-from . import results
+from . import metrics as metrics_mod
+from . import paper, results
 from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes
 from .models import count_parameters
 from .plotting import finish
@@ -43,7 +48,9 @@ from .sampling import ReplayBuffer
 from .training import DivergenceError, PCDTrainer, load_snapshot, rewind_step
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
-STRUCTURED_NORM = 2  # Ln norm of an output channel (the issue: n=2, dim=0)
+STRUCTURED_NORM = 1  # Ln norm of an output channel: l1, as §3.3.2 names it (L2 is EXTRA_STRATEGIES' extra)
+# §5, Figure 4: (strategy key, ratio) that prune_sweep always includes, before and after fine-tuning.
+FIGURE4 = ("unstructured_conv", paper.FIGURE4_PRUNING[2])
 # Figure 2's panels: IS and FID, then the AUROC of each of the paper's OOD transforms (never averaged).
 QUALITY_METRICS = {"FID": "FID (lower is better)", "IS": "IS (higher is better)",
                    **{f"auroc_{s}": f"OOD AUROC: {OOD_LABELS[s]}" for s in PAPER_OOD_SETS}}  # fmt: skip
@@ -60,8 +67,9 @@ class Strategy:
 
     key: str
     label: str
-    structured: bool  # whole output channels (L2) instead of single weights (L1)
+    structured: bool  # whole output channels instead of single weights (l1 magnitude)
     scope: str  # "global": Conv2d + Linear ranked together; "conv": each Conv2d on its own
+    norm: int = STRUCTURED_NORM  # the channel norm of structured pruning (unstructured: always l1)
 
     @property
     def finetuned(self) -> bool:
@@ -74,8 +82,16 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy("unstructured_global", "L1 unstructured, global", False, "global"),
         Strategy("unstructured_conv", "L1 unstructured, Conv2d", False, "conv"),
-        Strategy("structured_global", "L2 structured, global", True, "global"),
-        Strategy("structured_conv", "L2 structured, Conv2d", True, "conv"),
+        Strategy("structured_global", "L1 structured, global", True, "global"),
+        Strategy("structured_conv", "L1 structured, Conv2d", True, "conv"),
+    )
+}
+# Named extras, not in the sweep: the L2 channel norm this project used before §3.3.2's l1.
+EXTRA_STRATEGIES: dict[str, Strategy] = {
+    s.key: s
+    for s in (
+        Strategy("structured_global_l2", "L2 structured, global", True, "global", norm=2),
+        Strategy("structured_conv_l2", "L2 structured, Conv2d", True, "conv", norm=2),
     )
 }
 
@@ -85,9 +101,10 @@ def get_strategy(strategy: str | Strategy) -> Strategy:
     if isinstance(strategy, Strategy):
         return strategy
     try:
-        return STRATEGIES[strategy]
+        return {**STRATEGIES, **EXTRA_STRATEGIES}[strategy]
     except KeyError:
-        raise ValueError(f"unknown pruning strategy {strategy!r}; choose one of {sorted(STRATEGIES)}") from None
+        raise ValueError(f"unknown pruning strategy {strategy!r}; choose one of "
+                         f"{sorted(STRATEGIES) + sorted(EXTRA_STRATEGIES)}") from None
 
 
 # ---- masks ------------------------------------------------------------------------------
@@ -112,13 +129,15 @@ def is_masked(model: nn.Module) -> bool:
     return any(hasattr(m, "weight_mask") or hasattr(m, "bias_mask") for m in model.modules())
 
 
-def channel_scores(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
-    """Every output channel of ``weights``, layer after layer: its score (L2 norm over the mean L2
-    norm of its layer's channels; zeros for a layer whose channels are all zero), its number of
-    weights, its layer's index and its index within the layer."""
+def channel_scores(
+    weights: list[torch.Tensor], norm: int = STRUCTURED_NORM
+) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
+    """Every output channel of ``weights``, layer after layer: its score (its ``norm`` (l1) over
+    the mean of its layer's channels' norms; zeros for a layer whose channels are all zero), its
+    number of weights, its layer's index and its index within the layer."""
     scores, sizes, owners, local = [], [], [], []
     for i, w in enumerate(weights):
-        norms = w.flatten(1).norm(p=STRUCTURED_NORM, dim=1).float().cpu()
+        norms = w.flatten(1).norm(p=norm, dim=1).float().cpu()
         mean = norms.mean()
         scores.append(norms / mean if mean > 0 else torch.zeros_like(norms))
         sizes += [w[0].numel()] * len(norms)
@@ -127,19 +146,19 @@ def channel_scores(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]
     return torch.cat(scores), sizes, owners, local
 
 
-def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Tensor]:
+def global_channel_masks(layers: list[nn.Module], ratio: float, norm: int = STRUCTURED_NORM) -> list[torch.Tensor]:
     """Keep-masks (bool per output channel) that remove ``ratio`` of all the layers' weights
     by pruning the least important output channels across layers.
 
     Raw channel norms are not comparable across layers (their scale drifts with fan-in and
-    training), so a channel's score is its L2 norm divided by the mean L2 norm of its layer's
+    training), so a channel's score is its ``norm`` (l1) divided by the mean norm of its layer's
     channels (:func:`channel_scores`): a channel goes when it is weak *relative to its peers*.
     Channels are removed in increasing score until the removed weights are closest to ``ratio``
     of all weights (so the achieved sparsity matches the ratio to within half a channel), and no
     layer loses its last channel.
     """
     weights = [m.weight.detach() for m in layers]
-    scores, sizes, owners, local = channel_scores(weights)
+    scores, sizes, owners, local = channel_scores(weights, norm)
     keep = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights]
     left = [w.shape[0] for w in weights]
     removed, target = 0, ratio * sum(w.numel() for w in weights)
@@ -178,8 +197,8 @@ def layers_to_prune(model: nn.Module, s: Strategy, ratio: float) -> list[nn.Modu
 def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> nn.Module:
     """Mask ``ratio`` of ``model``'s prunable weights in place with ``torch.nn.utils.prune``.
 
-    Unstructured: L1 magnitude of single weights. Structured: L2 norm over output channels
-    (``dim=0``), bias included. Global strategies rank Conv2d and Linear weights together
+    Unstructured: l1 magnitude of single weights. Structured: the strategy's norm (l1, §3.3.2)
+    over output channels (``dim=0``), bias included. Global strategies rank Conv2d and Linear weights together
     (see :func:`global_channel_masks` for channels); Conv2d-only ones prune each Conv2d layer
     by ``ratio`` on its own and leave the Linear head dense. Returns ``model``.
     """
@@ -191,13 +210,13 @@ def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> n
         for m in layers:
             prune.l1_unstructured(m, "weight", amount=ratio)
     elif s.scope == "global":
-        for m, keep in zip(layers, global_channel_masks(layers, ratio)):
+        for m, keep in zip(layers, global_channel_masks(layers, ratio, s.norm)):
             shape = (-1,) + (1,) * (m.weight.dim() - 1)
             prune.custom_from_mask(m, "weight", keep.view(shape).expand_as(m.weight))
             _mask_bias(m)
     else:
         for m in layers:
-            prune.ln_structured(m, "weight", amount=ratio, n=STRUCTURED_NORM, dim=0)
+            prune.ln_structured(m, "weight", amount=ratio, n=s.norm, dim=0)
             _mask_bias(m)
     return model
 
@@ -337,6 +356,19 @@ def cost_row(ev: Evaluator, model: nn.Module) -> dict:
             **measure_cost(model, ev)}  # fmt: skip
 
 
+def interleaved_speedup(ev: Evaluator, dense: nn.Module, smaller: nn.Module) -> dict:
+    """Latency speed-up of ``smaller`` over ``dense``, both timed interleaved in this process
+    (:func:`metrics.compare_latency`, at least 5 rounds after the profile's warm-up):
+    ``speedup_interleaved`` (median ratio), its spread ``speedup_lo``..``speedup_hi`` and
+    ``speed_verdict`` ('no difference' when the spread includes 1)."""
+    p = ev.ctx.profile
+    t = metrics_mod.compare_latency({"dense": dense.eval(), "smaller": smaller.eval()}, p.latency_batch, ev.device,
+                                    reference="dense", repeats=p.latency_repeats, warmup=p.latency_warmup)
+    r = t.set_index("model").loc["smaller"]
+    return {"speedup_interleaved": r.ratio, "speedup_lo": r.ratio_lo, "speedup_hi": r.ratio_hi,
+            "speed_verdict": r.verdict}  # fmt: skip
+
+
 def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     """Largest |E_a(x) - E_b(x)| over a batch: the check that surgery kept the function."""
     with torch.no_grad():
@@ -345,7 +377,20 @@ def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 # ---- the sweep behind Figure 2 ----------------------------------------------------------
 def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> str:
-    return f"{prefix}_{strategy.key}_{round(100 * ratio)}"
+    """Structured l1 runs carry ``_l1``, so a checkpoint fine-tuned under the earlier L2 masks is
+    never loaded as theirs."""
+    norm = "_l1" if strategy.structured and strategy.norm == 1 else ""
+    return f"{prefix}_{strategy.key}_{round(100 * ratio)}{norm}"
+
+
+def sweep_jobs(profile: Profile) -> list[tuple[Strategy, float]]:
+    """(strategy, ratio) of the sweep: every strategy at every ``profile.prune_ratios``, plus
+    Figure 4's unstructured Conv2d 60% (:data:`FIGURE4`) when the profile lacks that ratio."""
+    jobs = [(s, r) for s in STRATEGIES.values() for r in profile.prune_ratios]
+    key, ratio = FIGURE4
+    if not any(s.key == key and abs(r - ratio) < 1e-9 for s, r in jobs):
+        jobs.append((STRATEGIES[key], ratio))
+    return jobs
 
 
 METHODS = ("one-shot", "lottery")
@@ -392,14 +437,15 @@ def prune_sweep(
     p = ctx.profile
     check_x = ev.ood_x[: p.latency_batch].to(ctx.device)  # real digits for the energy check
     rows, speed = [], []
-    jobs = [(s, r) for s in STRATEGIES.values() for r in p.prune_ratios]
+    jobs = sweep_jobs(p)
     for strategy, ratio in tqdm(jobs, desc="pruning sweep", disable=not progress):
         masked = apply_pruning(copy_model(baseline.model), strategy, ratio).eval()
         rows.append(score_variant(ev, masked, strategy, ratio, finetuned=False))
         phys = physically_prune(masked) if strategy.structured else None
         if phys is not None:
             speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ev, phys),
-                          "max_abs_energy_diff": max_energy_difference(masked, phys, check_x)})  # fmt: skip
+                          "max_abs_energy_diff": max_energy_difference(masked, phys, check_x),
+                          **interleaved_speedup(ev, baseline.model, phys)})  # fmt: skip
         if strategy.finetuned:
             name = checkpoint_name(strategy, ratio)
             trainer, diverged = finetune(ctx, masked, data, baseline.buffer, name, progress=False)

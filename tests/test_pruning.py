@@ -271,3 +271,51 @@ def test_quality_table_names_inverted_transforms_and_keeps_the_guard_record():
     assert table.inverted.tolist() == ["", "", "reduced", "", "", ""]
     assert pruning.best_finetuned_strategy(df) == "unstructured_conv"  # the diverged run is no candidate
     assert pruning.best_finetuned_strategy(df, "auroc_worst") == "unstructured_conv"
+
+
+def test_l1_norm_for_both_and_l2_as_named_extra():
+    """§3.3.2 names the l1 norm for unstructured and structured pruning alike; L2 is an extra."""
+    assert pruning.STRUCTURED_NORM == 1
+    assert all(s.norm == 1 for s in pruning.STRATEGIES.values())
+    assert all(s.label.startswith("L1") for s in pruning.STRATEGIES.values())
+    l2 = pruning.get_strategy("structured_conv_l2")
+    assert l2.norm == 2 and l2.key not in pruning.STRATEGIES
+    w = torch.tensor([[3.0, 0.0], [2.0, 2.0]])  # l1: 3 < 4, L2: 3 > 2.83
+    l1_scores, *_ = pruning.channel_scores([w])
+    l2_scores, *_ = pruning.channel_scores([w], norm=2)
+    assert l1_scores[0] < l1_scores[1] and l2_scores[0] > l2_scores[1]
+    torch.manual_seed(0)
+    m1, m2 = nn.Conv2d(1, 8, 3), nn.Conv2d(1, 8, 3)
+    m2.load_state_dict(m1.state_dict())
+    pruning.apply_pruning(nn.Sequential(m1), "structured_conv", 0.5)
+    pruning.apply_pruning(nn.Sequential(m2), "structured_conv_l2", 0.5)
+    l1_keep = m1.weight_mask.flatten(1).amax(1).bool()
+    l1 = m1.weight_orig.detach().flatten(1).abs().sum(1)
+    assert set(torch.nonzero(l1_keep).flatten().tolist()) == set(l1.topk(4).indices.tolist())
+    s = pruning.STRATEGIES["structured_conv"]
+    assert pruning.checkpoint_name(s, 0.5).endswith("_l1") and not pruning.checkpoint_name(l2, 0.5).endswith("_l1")
+
+
+def test_sweep_always_has_figure4s_variant():
+    from ebmhelpers.profiles import get_profile
+
+    p = get_profile("smoke").replace(prune_ratios=(0.3, 0.9))
+    jobs = [(s.key, r) for s, r in pruning.sweep_jobs(p)]
+    assert ("unstructured_conv", 0.6) in jobs and len(jobs) == 4 * 2 + 1
+    assert pruning.STRATEGIES["unstructured_conv"].finetuned  # so it is fine-tuned too
+    p60 = p.replace(prune_ratios=(0.6,))
+    assert len(pruning.sweep_jobs(p60)) == 4  # not twice
+
+
+def test_interleaved_speedup_of_a_physically_pruned_model():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    dense = tutorial8_cnn_energy().eval()
+    masked = pruning.apply_pruning(pruning.copy_model(dense), "structured_conv", 0.5)
+    phys = pruning.physically_prune(masked)
+    p = get_profile("smoke").replace(latency_batch=4, latency_repeats=5, latency_warmup=1)
+    ev = SimpleNamespace(ctx=SimpleNamespace(profile=p), device=torch.device("cpu"))
+    out = pruning.interleaved_speedup(ev, dense, phys)
+    assert out["speedup_lo"] <= out["speedup_interleaved"] <= out["speedup_hi"]
+    assert out["speed_verdict"] in ("faster", "slower", "no difference")
