@@ -12,6 +12,7 @@ What the notebooks import, one module per job:
 * ``speedups``: the same SGLD chains with channels_last, torch.compile or CUDA graphs (off until measured).
 * ``loop``: the resumable training loop that PCD training and distillation share.
 * ``training``: the PCD trainer with its divergence guard, snapshots and the metric classifier.
+* ``pretrained``: the committed, pretrained baselines a profile loads instead of training them.
 * ``metrics``: IS, FID, OOD detection, size, latency, throughput; ``Evaluator`` scores every model.
 * ``quantization``, ``pruning``, ``distillation``: one module per compression method.
 * ``comparison``: the final table, Pareto fronts and the sampling-budget study.
