@@ -62,6 +62,7 @@ def pytest_sessionfinish(session, exitstatus):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"the test run changed the checkout: {shown}"
         if reporter:
+            reporter.ensure_newline()
             reporter.write_line(message, red=True)
         else:
             print(message)
