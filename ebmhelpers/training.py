@@ -5,6 +5,7 @@ MNIST classifier behind the metrics, each with a "load if trained, else train" e
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
 from .checkpoints import atomic_save, load_checkpoint
 from .runtime import Context, rng_state, seed_everything, set_rng_state
+from . import pretrained
+from .pretrained import decode_uint8, encode_uint8
 from .sampling import ReplayBuffer
 from .speedups import SGLDRunner
 
@@ -185,6 +188,24 @@ class PCDTrainer:
         self._good = {k: _clone(v) for k, v in state.items()}
         return True
 
+    def install_pretrained(self, state: dict[str, Any], snapshot_paths: dict[str, Path]) -> None:
+        """Take over a committed pretrained baseline (:mod:`ebmhelpers.pretrained`): its weights,
+        buffer, history, rollbacks and position, with fresh Adam moments, and write it (and its
+        kept snapshots, to ``snapshot_paths[tag]``) as ordinary checkpoints."""
+        self.model.load_state_dict(state["model"])
+        self.buffer.samples = decode_uint8(state["buffer_uint8"]).to(self.device)
+        with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(int(state["epoch"])):
+                self.sched.step()
+        self.loop.resume_at(int(state["step"]), int(state["epoch"]), int(state["it"]))
+        self.rollbacks = [dict(r) for r in state["rollbacks"]]
+        self._history = [list(r) for r in state["history"]]
+        for tag, snap in state["snapshots"].items():
+            if tag in snapshot_paths:
+                atomic_save({"model": snap["model"], "step": snap["step"], "profile": self.profile.name}, snapshot_paths[tag])
+        self.save()
+
     # ---- one iteration ----------------------------------------------------------------
     def train_step(self, x_real: torch.Tensor) -> torch.Tensor:
         """One PCD update; returns the metrics as a device tensor (no host sync)."""
@@ -309,16 +330,6 @@ def _clone(value: Any) -> Any:
     return value
 
 
-def encode_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] as uint8 (256 levels, the data's own resolution)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def decode_uint8(images: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`encode_uint8` (to within half a level)."""
-    return images.float() / 127.5 - 1.0
-
-
 REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
 
 
@@ -359,14 +370,25 @@ def load_snapshot(ctx: Context, tag: str) -> tuple[EnergyModel, int]:
     return model.eval(), int(state["step"])
 
 
-def load_or_train_baseline(ctx: Context, progress: bool = True) -> PCDTrainer:
+def load_or_train_baseline(ctx: Context, progress: bool = True, train: bool | None = None) -> PCDTrainer:
     """The baseline EBM of ``ctx.profile`` (architecture ``profile.baseline``): loaded if fully
-    trained, else trained (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``."""
+    trained, else trained (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``.
+
+    Without a checkpoint, a profile with committed pretrained weights (:mod:`ebmhelpers.pretrained`)
+    installs them instead of training, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train."""
     p = ctx.profile
     images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
     seed_everything(p.seed)
+    snapshots = baseline_snapshots(ctx, len(images))
     trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=ctx.checkpoints / "baseline.pt",
-                         device=ctx.device, snapshots=baseline_snapshots(ctx, len(images)))
+                         device=ctx.device, snapshots=snapshots)
+    if not trainer.ckpt_path.exists() and not pretrained.wants_training(train):
+        state = pretrained.load(p.name)
+        if state is not None:
+            tags = {path.stem.removeprefix("baseline_"): path for path in snapshots.values()}
+            trainer.install_pretrained(state, tags)
+            print(f"installed the committed pretrained baseline {pretrained.path_for(p.name)} "
+                  f"({state['note'].get('trained', 'see its note')}); set {pretrained.TRAIN_ENV}=1 to train it here instead")
     if trainer.load() and trainer.done:
         print(f"loaded trained baseline from {trainer.ckpt_path} ({trainer.step} iterations)")
     else:
@@ -417,6 +439,9 @@ def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNIST
     p = ctx.profile
     path = ctx.checkpoints / "classifier.pt"
     test_x, test_y = data_mod.load_dataset("mnist", train=False, device=ctx.device)
+    committed = None if path.exists() or pretrained.wants_training() else pretrained.load(p.name)
+    if committed is not None and "classifier" in committed:
+        atomic_save({"model": committed["classifier"]}, path)
     if path.exists():
         model = MNISTClassifier().to(ctx.device)
         model.load_state_dict(load_checkpoint(path, ctx.device)["model"])
