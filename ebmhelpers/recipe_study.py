@@ -40,10 +40,10 @@ RECIPES: dict[str, tuple[dict, str | int]] = {
     "paper: 5% fresh": ({"reinit_frac": 0.05}, "profile"),
     "25% fresh": ({"reinit_frac": 0.25}, "profile"),
     "short-run: 100% fresh": ({"reinit_frac": 1.0}, 1),
-    "5% fresh, reset after 8 updates": ({"reinit_frac": 0.05, "buffer_max_age": 8}, 8),
-    "25% fresh, data noise 0.03": ({"reinit_frac": 0.25, "data_noise_std": 0.03}, "profile"),
     "25% fresh, K=30 of 2x step": ({"reinit_frac": 0.25, "sgld_steps": 30, "sgld_step_size": 20.0,
                                     "sgld_noise_std": 0.005 * math.sqrt(2)}, "profile"),
+    "5% fresh, reset after 8 updates": ({"reinit_frac": 0.05, "buffer_max_age": 8}, 8),
+    "25% fresh, data noise 0.03": ({"reinit_frac": 0.25, "data_noise_std": 0.03}, "profile"),
     "tutorial 8 buffer: grows, 5% fresh": ({"reinit_frac": 0.05, "buffer_grows": True}, "profile"),
 }  # fmt: skip
 BUDGET_SGLD_STEPS = 250 * 60  # per recipe: 250 iterations of K=60 (about 8 min on one 2026 EPYC thread)
@@ -158,4 +158,71 @@ def run_study(profile: str | None = None, names: list[str] | None = None, progre
         table.to_csv(out_csv, index=False)
         torch.save(samples, samples_path)
         print(pd.DataFrame(rows)[["recipe", "sampler", "IS", "FID", "confident", "entropy_bits", "saturation"]].to_string(index=False))
+    return table
+
+
+# ---- the chosen recipe: training length and generation chain, on validation digits ------------
+LENGTH_N = 500  # digits per snapshot in the training-length study
+CHAIN_STEPS = (32, 64, 128, 256)  # generation chains compared for the chosen snapshot ...
+CHAIN_SCALES = (4.0, 16.0)  # ... at these multiples of the training step (same temperature)
+CHAIN_N = 1_000
+
+
+def training_length_study(profile: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every kept epoch snapshot of the profile's baseline run, scored on validation digits from
+    noise (the profile's generation chain) and from its replay buffer: where does quality from
+    noise stop improving, and does the buffer keep improving? Writes ``training_length_study.csv``."""
+    from .checkpoints import load_checkpoint
+    from .pretrained import decode_uint8
+
+    ctx = Context(get_profile(profile or "cpu"), get_device())
+    p = ctx.profile
+    classifier, _ = load_or_train_classifier(ctx, progress=progress)
+    scorer = ValidationScorer(ctx, classifier)
+    rows = []
+    paths = sorted(ctx.checkpoints.glob("baseline_epoch*.pt"), key=lambda q: int(q.stem.removeprefix("baseline_epoch")))
+    for path in [q for q in paths if ".prev" not in q.name]:
+        state = load_checkpoint(path)
+        model = build_baseline(p.baseline)
+        model.load_state_dict(state["model"])
+        seed_everything(p.seed + 1009)
+        t0 = time.perf_counter()
+        x = generate(model.eval(), LENGTH_N, p.gen_sgld(), batch_size=LENGTH_N, progress=progress).cpu()
+        base = {"snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
+        rows.append({**base, "samples": "from noise", "n": LENGTH_N, **scorer(x),
+                     "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
+        buffer = decode_uint8(state["buffer_uint8"])[:LENGTH_N]
+        rows.append({**base, "samples": "replay buffer", "n": len(buffer), **scorer(buffer)})
+        print(pd.DataFrame(rows[-2:])[["snapshot", "samples", "IS", "FID", "confident", "entropy_bits"]].to_string(index=False))
+    table = pd.DataFrame(rows)
+    table.to_csv(ctx.results / "training_length_study.csv", index=False)
+    return table
+
+
+def generation_chain_study(snapshot: str, profile: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """One snapshot's digits from noise under every chain of :data:`CHAIN_STEPS` x
+    :data:`CHAIN_SCALES` (at the training temperature), scored on validation digits, with the
+    seconds per 1,000 digits. Writes ``generation_chain_study.csv``."""
+    from .checkpoints import load_checkpoint
+
+    ctx = Context(get_profile(profile or "cpu"), get_device())
+    p = ctx.profile
+    classifier, _ = load_or_train_classifier(ctx, progress=progress)
+    scorer = ValidationScorer(ctx, classifier)
+    model = build_baseline(p.baseline)
+    model.load_state_dict(load_checkpoint(ctx.checkpoints / f"baseline_{snapshot}.pt")["model"])
+    model.eval()
+    rows = []
+    for scale in CHAIN_SCALES:
+        for steps in CHAIN_STEPS:
+            cfg = p.sgld(steps).scaled(scale)
+            seed_everything(p.seed + 1009)
+            t0 = time.perf_counter()
+            x = generate(model, CHAIN_N, cfg, batch_size=500, progress=False).cpu()
+            rows.append({"snapshot": snapshot, "steps": steps, "step_scale": scale, "step_size": cfg.step_size,
+                         "noise_std": cfg.noise_std, "n": CHAIN_N, **scorer(x),
+                         "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / CHAIN_N})  # fmt: skip
+            print(pd.DataFrame(rows[-1:])[["steps", "step_scale", "IS", "FID", "confident", "saturation"]].to_string(index=False))
+    table = pd.DataFrame(rows)
+    table.to_csv(ctx.results / "generation_chain_study.csv", index=False)
     return table

@@ -29,6 +29,15 @@ def main(argv: list[str] | None = None) -> int:
                            "scored on validation digits (resumable)")
     study.add_argument("--profile", default="cpu", help="profile whose baseline and validation split are used")
     study.add_argument("--recipes", nargs="*", help="subset of recipe names (default: all)")
+    study.add_argument("--training-length", action="store_true",
+                       help="instead: score every kept epoch snapshot of the profile's baseline on validation digits")
+    study.add_argument("--chain", metavar="SNAPSHOT",
+                       help="instead: compare generation chains for one snapshot (e.g. epoch8) on validation digits")
+
+    export = sub.add_parser("export-pretrained", help="write ebmhelpers/pretrained/<profile>.pt from the trained baseline")
+    export.add_argument("--profile", default="cpu")
+    export.add_argument("--snapshot", help="a kept snapshot to export instead of the final weights, e.g. epoch8")
+    export.add_argument("--trained", required=True, help="how it was trained: command, hardware, wall time")
     study.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
     bench = sub.add_parser("bench", help="SGLD and training throughput on this device")
@@ -79,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         ctx = start(args.profile)
-        trainer = load_or_train_baseline(ctx)
+        trainer = load_or_train_baseline(ctx, train=True)
         _, acc = load_or_train_classifier(ctx)
         print(f"baseline: {trainer.step} iterations, {len(trainer.rollbacks)} rollbacks; classifier test accuracy {acc:.4f}")
     elif args.command == "recipe-study":
@@ -89,7 +98,23 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(run_study(args.profile, args.recipes).to_string(index=False))
+        if args.training_length:
+            from ..recipe_study import training_length_study
+
+            print(training_length_study(args.profile).to_string(index=False))
+        elif args.chain:
+            from ..recipe_study import generation_chain_study
+
+            print(generation_chain_study(args.chain, args.profile).to_string(index=False))
+        else:
+            print(run_study(args.profile, args.recipes).to_string(index=False))
+    elif args.command == "export-pretrained":
+        from ..pretrained import export
+        from ..runtime import checkpoint_dir
+        from ..profiles import get_profile
+
+        path = export(checkpoint_dir(get_profile(args.profile)), args.profile, args.snapshot, {"trained": args.trained})
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "bench":
         from .bench import run_bench, run_speedup_bench
 
