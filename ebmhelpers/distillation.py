@@ -1,14 +1,20 @@
 """Knowledge distillation of the EBM into small students (the paper's Section 3.4, eq. 6).
 
 A student is a small :class:`~ebmhelpers.models.EnergyModel` trained to reproduce the
-teacher's energy on a fixed set of inputs (eq. 6: ``mean((E_s(x) - E_t(x))^2)``). Where the
-inputs come from matters. Real digits alone only show the student the low-energy valley, while
+teacher's energy on a fixed set of inputs. **The reproduction** (variant :data:`REPRODUCTION`,
+``eq6``) minimizes the paper's loss, eq. 6, the plain MSE of energies
+``mean((E_t(x) - E_s(x))^2)``, for half the teacher's epochs (§4.5: 30 of 60;
+:meth:`Profile.student_epochs`), on every student smaller than the teacher, among them one with
+1/145 of the teacher's parameters (§5; :func:`paper_ratio_student`). The paper does not say on
+which inputs; here they are the mixed set below. Two **named extensions** sit beside it: the
+kind-balanced loss (variants ``mixed`` and ``real``) and gradient matching (``mixed+grad``).
+Where the inputs come from matters. Real digits alone only show the student the low-energy valley, while
 SGLD starts from noise and walks through high-energy regions first; so the distillation set
 mixes three *kinds* of inputs: real digits, the teacher's replay buffer (its persistent SGLD
 chains) and uniform noise. Only students with fewer parameters than the teacher are distilled
 (:func:`students_for`), whatever the profile's baseline architecture.
 
-**Balancing the kinds.** One MSE over the mix is ruled by whichever kind has the largest
+**Balancing the kinds (extension).** One MSE over the mix is ruled by whichever kind has the largest
 energies: buffer and noise energies are several times those of real digits, so a student can
 leave the digits' energies flat and still have a small loss. Instead every kind ``k`` gets its
 own *relative* squared error, its MSE divided by the mean square ``s_k`` of the teacher's
@@ -34,7 +40,7 @@ MSE: input ``i`` of kind ``k`` weighs ``N / (K n_k s_k)`` (``n_k`` inputs of kin
 ``N``), which makes the minibatch loss an unbiased estimate of ``L_E`` whatever the batch's mix
 (:meth:`DistillSet.loss_weights`). With one kind the loss is that kind's relative MSE.
 
-**Gradient matching.** Sampling follows the input gradient ``dE/dx``, which the energy MSE does
+**Gradient matching (extension).** Sampling follows the input gradient ``dE/dx``, which the energy MSE does
 not constrain. The optional term ``w * L_G`` is built the same way, with ``g_k`` the mean
 squared teacher gradient on kind ``k`` (floored likewise):
 ``L_G = 1/K * sum_k mean_{x in k} mean_pixels (dE_s/dx - dE_t/dx)^2 / g_k``. Both terms are
@@ -69,7 +75,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import data as data_mod
-from . import metrics, results
+from . import metrics, paper, results
 from .loop import Limits, ResumableLoop, Window
 from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
@@ -79,11 +85,15 @@ from .checkpoints import atomic_save, load_checkpoint
 from .runtime import Context, seed_everything
 from .sampling import batched_energy_grad, generate
 
-PAPER_STUDENT_PARAMS = 77_004  # the paper's best student, about 145x smaller
+PAPER_STUDENT_PARAMS = int(paper.STUDENT_PARAMS.value)  # §5: the paper's best student, 145x fewer parameters
+PAPER_RATIO = paper.STUDENT_RATIO.value  # §5 "145x fewer parameters than the baseline"
 
 INPUT_KINDS = ("real", "buffer", "noise")
-# Which input kinds each variant distils on (the ablation of Section 4.5).
-VARIANT_INPUTS = {"real": ("real",), "mixed": INPUT_KINDS}
+REPRODUCTION = "eq6"  # the paper's loss, eq. 6 (plain MSE of energies), on the mixed inputs
+# Which input kinds each variant distils on (the ablation of Section 4.5), and whether its energy
+# term is the kind-balanced extension (True) or eq. 6's plain MSE (False).
+VARIANT_INPUTS = {REPRODUCTION: INPUT_KINDS, "real": ("real",), "mixed": INPUT_KINDS}
+VARIANT_BALANCED = {REPRODUCTION: False, "real": True, "mixed": True}
 HOLDOUT_FRACTION = 8  # 1/8 of the teacher's buffer is held out; as many test digits and noise join it
 DISTILL_LR = 1e-3  # Adam, cosine-annealed to 0 over the run
 GRAD_WEIGHT = 1.0  # weight of the (relative) gradient-matching term when it is on
@@ -91,6 +101,7 @@ GRAD_WEIGHT = 1.0  # weight of the (relative) gradient-matching term when it is 
 # all inputs together: a kind whose RMS energy is below 1% of the whole set's is held to that 1%.
 SCALE_FLOOR = 1e-4
 LOSS_NAME = "per-kind relative (mean square)"  # stored in checkpoints: students trained with another loss are not reused
+EQ6_LOSS_NAME = "eq. 6 plain MSE"
 # Chain lengths, as fractions of ``profile.gen_steps``, for sampling a student from the teacher's buffer.
 BUFFER_CHAIN_FRACTIONS = (0.25, 1.0)
 
@@ -129,11 +140,66 @@ PAPER_SIZED_STUDENT = "resnet_77k"
 GRAD_MATCH_STUDENTS = (PAPER_SIZED_STUDENT, "cnn_20k")
 
 
+def _tiny_cnn_spec(channels: tuple[int, ...]) -> StudentSpec:
+    name = "cnn_" + "-".join(str(c) for c in channels)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in ConvEnergy(channels).parameters())
+    return StudentSpec(name, "CNN", f"{len(channels)} convs {'/'.join(map(str, channels))}, linear to 10 (sized to "
+                       "1/145 of the teacher)", params, lambda: ConvEnergy(channels))  # fmt: skip
+
+
+def student_spec(name: str) -> StudentSpec:
+    """The spec of a student of :data:`STUDENTS`, or of a tiny CNN named by its channels
+    (``cnn_2-3-4-4``: four convolutions of 2, 3, 4, 4 channels; :func:`paper_ratio_student`)."""
+    if name in STUDENTS:
+        return STUDENTS[name]
+    parts = name.removeprefix("cnn_").split("-")
+    if name.startswith("cnn_") and len(parts) > 1 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return _tiny_cnn_spec(tuple(int(p) for p in parts))
+    raise KeyError(f"unknown student {name!r}; choose one of {list(STUDENTS)} or cnn_<c1>-<c2>-...")
+
+
 def build_student(name: str) -> EnergyModel:
     """A freshly initialized student (seed the RNG first for reproducible weights)."""
-    if name not in STUDENTS:
-        raise KeyError(f"unknown student {name!r}; choose one of {list(STUDENTS)}")
-    return STUDENTS[name].build()
+    return student_spec(name).build()
+
+
+def paper_ratio_student(teacher_params: int, ratio: float = PAPER_RATIO) -> str:
+    """The student with 1/``ratio`` of the teacher's parameters (§5: 145x fewer), or the nearest
+    size the architectures allow: a student of :data:`STUDENTS` within 5% of the target (ResNet18's
+    1/145 is ``resnet_77k``), else the tiny four-convolution CNN (no hidden layer; channels 2-8,
+    each layer at least as wide as the one before and at most twice) whose count is nearest the
+    target on a log scale."""
+    target = teacher_params / ratio
+    near = [s for s in STUDENTS.values() if abs(s.params / target - 1) <= 0.05]
+    if near:
+        return min(near, key=lambda s: abs(s.params - target)).name
+    best, best_d = None, math.inf
+    for a in range(2, 9):
+        for b in range(a, min(2 * a, 8) + 1):
+            for c in range(b, min(2 * b, 8) + 1):
+                for d in range(c, min(2 * c, 8) + 1):
+                    spec = _tiny_cnn_spec((a, b, c, d))
+                    dist = abs(math.log(spec.params / target))
+                    if dist < best_d - 1e-12:
+                        best, best_d = spec.name, dist
+    return best
+
+
+def students_with_paper_ratio(teacher_params: int, teacher_flops: int | None = None) -> list[str]:
+    """:func:`students_for`, plus the student at the paper's ratio (:func:`paper_ratio_student`)
+    when it is not among them: the headline (a 1/145th-sized student) is tested whatever the teacher."""
+    names = students_for(teacher_params, teacher_flops)
+    ratio_student = paper_ratio_student(teacher_params)
+    return names if ratio_student in names else [*names, ratio_student]
+
+
+def extension_students(students: Sequence[str]) -> list[str]:
+    """The students that also get the extensions (balanced loss, real-only inputs, gradient
+    matching): the ablation student (:data:`PAPER_SIZED_STUDENT` when distilled, else the largest)
+    and the :data:`GRAD_MATCH_STUDENTS` among ``students``."""
+    abl = PAPER_SIZED_STUDENT if PAPER_SIZED_STUDENT in students else students[0]
+    return list(dict.fromkeys([abl, *(s for s in GRAD_MATCH_STUDENTS if s in students)]))
 
 
 def forward_flops(model: nn.Module) -> int:
@@ -338,8 +404,9 @@ def distill_loss(
 
 # ---- the resumable trainer --------------------------------------------------------------
 def num_steps(profile: Profile, n_points: int) -> int:
-    """Optimizer steps of one student: ``distill_epochs`` passes over ``n_points`` inputs."""
-    return profile.distill_epochs * math.ceil(n_points / profile.distill_batch_size)
+    """Optimizer steps of one student: :meth:`Profile.student_epochs` passes over ``n_points``
+    inputs (half the teacher's epochs, §4.5, unless the profile sets ``distill_epochs``)."""
+    return profile.student_epochs() * math.ceil(n_points / profile.distill_batch_size)
 
 
 LOSS_TERMS = ("loss", "energy", "grad", "energy_mse")  # what distill_loss returns, logged per step
@@ -359,7 +426,7 @@ class Distiller:
     def __init__(
         self, student: nn.Module, targets: DistillSet, steps: int, batch_size: int, grad_weight: float = 0.0,
         lr: float = DISTILL_LR, seed: int = 0, ckpt_path: str | Path | None = None, ckpt_every: int = 200,
-        meta: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None, balanced: bool = True,
     ) -> None:
         if steps < 1 or batch_size < 1 or len(targets) == 0:
             raise ValueError(f"need steps >= 1, batch_size >= 1 and targets (got {steps}, {batch_size}, {len(targets)})")
@@ -368,11 +435,14 @@ class Distiller:
         self.targets, self.steps, self.batch_size = targets, steps, batch_size
         self.grad_weight, self.seed, self.ckpt_every = grad_weight, seed, ckpt_every
         self.loop = ResumableLoop(len(targets), batch_size, steps, seed, ckpt_every, self.device)
-        self.energy_w, self.grad_w = targets.loss_weights()
+        if balanced:
+            self.energy_w, self.grad_w = targets.loss_weights()
+        else:  # eq. 6: every input weighs 1, the plain mean of squared errors
+            self.energy_w = self.grad_w = torch.ones(len(targets), device=self.device)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
         self.meta = {"steps": steps, "batch_size": batch_size, "grad_weight": grad_weight, "lr": lr, "seed": seed,
-                     "n_targets": len(targets), "loss": LOSS_NAME, "scale_floor": SCALE_FLOOR,
-                     **(meta or {})}  # fmt: skip
+                     "n_targets": len(targets), "loss": LOSS_NAME if balanced else EQ6_LOSS_NAME,
+                     "scale_floor": SCALE_FLOOR, **(meta or {})}  # fmt: skip
         self.opt = torch.optim.Adam(self.student.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
@@ -472,9 +542,10 @@ def load_or_distill(
     ctx: Context, name: str, variant: str, targets: DistillSet, steps: int, teacher: nn.Module,
     grad_weight: float = 0.0, progress: bool = True,
 ) -> tuple[EnergyModel, pd.DataFrame]:
-    """The student ``name`` distilled on the ``variant`` inputs (see :data:`VARIANT_INPUTS`):
-    loaded from ``ctx.checkpoints / 'student_<name>_<variant>[+grad].pt'`` when trained,
-    else trained or resumed there. Returns the student (eval mode) and its loss history."""
+    """The student ``name`` distilled on the ``variant`` inputs (see :data:`VARIANT_INPUTS`) with
+    its loss (:data:`VARIANT_BALANCED`: eq. 6's plain MSE for :data:`REPRODUCTION`, else the
+    balanced extension): loaded from ``ctx.checkpoints / 'student_<name>_<variant>[+grad].pt'``
+    when trained, else trained or resumed there. Returns the student (eval mode) and its loss history."""
     if variant not in VARIANT_INPUTS:
         raise KeyError(f"unknown variant {variant!r}; choose one of {list(VARIANT_INPUTS)}")
     p = ctx.profile
@@ -485,6 +556,7 @@ def load_or_distill(
         student, targets.select(VARIANT_INPUTS[variant]), steps, p.distill_batch_size, grad_weight=grad_weight,
         seed=p.seed, ckpt_path=ctx.checkpoints / f"student_{name}_{run}.pt", ckpt_every=p.ckpt_every,
         meta={"profile": p.name, "student": name, "variant": run, "teacher": teacher_fingerprint(teacher)},
+        balanced=VARIANT_BALANCED[variant],
     )
     if distiller.load() and distiller.done:
         print(f"loaded distilled {name} ({run}, {distiller.step} steps) from {distiller.ckpt_path}")
@@ -494,7 +566,7 @@ def load_or_distill(
 
 
 def run_name(variant: str, grad_weight: float = 0.0) -> str:
-    """``mixed``, ``real`` or ``mixed+grad``: the name of a distillation run in tables."""
+    """``eq6``, ``mixed``, ``real`` or ``mixed+grad``: the name of a distillation run in tables."""
     return f"{variant}+grad" if grad_weight > 0 else variant
 
 

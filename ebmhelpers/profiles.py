@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 ENV_VAR = "EBM_PROFILE"
+STUDENT_EPOCH_FRACTION = 0.5  # §4.5: "30 epochs, half the epochs used to train the baseline" (paper.DISTILL_EPOCH_FRACTION)
 DEFAULT_PROFILE = "cpu"  # the profile whose outputs are committed and described in the README
 ALLOW_SLOW_VAR = "EBM_ALLOW_SLOW"  # =1: run a profile sized for a GPU on a CPU anyway
 
@@ -164,7 +165,9 @@ class Profile:
     lottery_rounds: int = 5
 
     # ---- distillation (notebook 05) ---------------------------------------------------
-    distill_epochs: int = 30
+    # Passes over the distillation set per student; None: half the baseline's epochs, as the paper's
+    # students trained 30 of its 60 (§4.5; student_epochs()).
+    distill_epochs: int | None = None
     distill_batch_size: int = 128
 
     # ---- final comparison (notebook 06) -----------------------------------------------
@@ -189,6 +192,13 @@ class Profile:
         if torch.device(device).type != "cuda":
             return Speedups()
         return Speedups(channels_last=self.channels_last, compile=self.compile, cuda_graph=self.cuda_graph)
+
+    def student_epochs(self) -> int:
+        """Epochs of each distilled student: ``distill_epochs`` when set, else half the baseline's
+        ``epochs`` (the paper's 30 of 60, §4.5), at least 1."""
+        if self.distill_epochs is not None:
+            return self.distill_epochs
+        return max(1, round(self.epochs * STUDENT_EPOCH_FRACTION))
 
     def replace(self, **changes) -> "Profile":
         """A copy with some fields changed (e.g. a shorter fine-tuning run)."""
@@ -221,8 +231,7 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=1,
         finetune_iters=30,
         lottery_rounds=3,
-        distill_epochs=3,
-        budget_steps=(16, 32, 64, 128),
+        budget_steps=(16, 32, 64, 128),  # students: half the 4 epochs (Profile.student_epochs)
         amp_dtype="auto",  # fp16 SGLD on a T4, bf16 on Ampere and later
     ),
     "gpu": Profile(
@@ -253,8 +262,7 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=1,
         finetune_iters=20,
         lottery_rounds=2,
-        distill_epochs=3,
-        budget_steps=(16, 32, 64, 128),
+        budget_steps=(16, 32, 64, 128),  # students: half the 3 epochs, rounded: 2 (Profile.student_epochs)
         amp_dtype="auto",  # bf16 SGLD on the H100 (runtime.autocast_dtype)
         # channels_last, compile, cuda_graph: off until measured on the H100 (`python -m ebmhelpers bench --speedups`)
     ),
@@ -320,8 +328,7 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=1,
         finetune_iters=2,
         lottery_rounds=2,
-        distill_epochs=1,
-        distill_batch_size=32,
+        distill_batch_size=32,  # students: 1 epoch, half the baseline's 1 rounded up (Profile.student_epochs)
         budget_steps=(5, 10, 20),
     ),
 }

@@ -337,3 +337,44 @@ def test_figure3_uses_worst_case_auroc_and_seed_error_bars():
     assert not any(c.has_yerr for c in is_ax.containers)  # IS_std all NaN (one seed) -> none
     assert any(tuple(line.get_ydata()) == (d.AUROC_CHANCE, d.AUROC_CHANCE) for line in auroc_ax.lines)
     matplotlib.pyplot.close(fig)
+
+
+def test_reproduction_loss_is_eq6_plain_mse_and_extensions_are_named(one_thread):
+    """§3.4, eq. 6: the reproduction's energy term is the plain MSE; the balanced loss and gradient
+    matching are extensions beside it."""
+    assert d.REPRODUCTION == "eq6" and not d.VARIANT_BALANCED[d.REPRODUCTION]
+    assert d.VARIANT_BALANCED["mixed"] and d.VARIANT_INPUTS[d.REPRODUCTION] == d.INPUT_KINDS
+    teacher = _teacher()
+    targets = _targets(teacher, torch.rand(24, 1, 28, 28) * 2 - 1, 24, seed=0)
+    torch.manual_seed(1)
+    eq6 = d.Distiller(d.build_student("cnn_2k"), targets, steps=1, batch_size=48, balanced=False)
+    assert torch.equal(eq6.energy_w, torch.ones(len(targets))) and eq6.meta["loss"] == d.EQ6_LOSS_NAME
+    batch = torch.arange(len(targets))
+    terms = d.distill_loss(eq6.student, targets.x, targets.energy, None, 0.0, eq6.energy_w[batch])
+    plain = ((eq6.student(targets.x) - targets.energy) ** 2).mean()
+    assert torch.allclose(terms["energy"], plain)
+    balanced = d.Distiller(d.build_student("cnn_2k"), targets, steps=1, batch_size=48)
+    assert balanced.meta["loss"] == d.LOSS_NAME and not torch.equal(balanced.energy_w, eq6.energy_w)
+
+
+def test_a_student_at_the_papers_ratio_for_any_teacher():
+    assert d.paper_ratio_student(count_parameters(build_baseline("resnet18"))) == "resnet_77k"
+    cnn = count_parameters(build_baseline("cnn_tutorial8"))
+    name = d.paper_ratio_student(cnn)
+    student = d.build_student(name)
+    n = count_parameters(student)
+    assert n == d.student_spec(name).params and 120 <= cnn / n <= 175  # 1/145 of 77,578 is 535
+    assert torch.allclose(student(torch.zeros(2, 1, 28, 28)), student.logits(torch.zeros(2, 1, 28, 28)).mean(1))
+    assert d.students_with_paper_ratio(cnn)[-1] == name and name not in d.students_for(cnn)
+    assert d.students_with_paper_ratio(count_parameters(build_baseline("resnet18"))) == list(d.STUDENTS)
+    assert d.extension_students(["cnn_20k", "cnn_7k", name]) == ["cnn_20k"]
+    with pytest.raises(KeyError, match="unknown student"):
+        d.build_student("cnn_x-2")
+
+
+def test_students_train_half_the_teachers_epochs():
+    assert get_profile("paper").student_epochs() == 30  # §4.5: 30 of 60
+    assert get_profile("smoke").replace(epochs=12).student_epochs() == 6
+    assert get_profile("smoke").replace(epochs=12, distill_epochs=4).student_epochs() == 4  # an explicit override
+    p = get_profile("smoke").replace(epochs=4, distill_batch_size=10)
+    assert d.num_steps(p, 95) == 2 * 10
