@@ -571,10 +571,15 @@ def run_name(variant: str, grad_weight: float = 0.0) -> str:
 
 
 def best_student(table: pd.DataFrame) -> pd.Series:
-    """The row of the distillation table with the lowest FID (any student, any variant)."""
+    """The row of the distillation table with the lowest FID among the students that generate
+    (IS at least :data:`verdicts.IS_FLOOR`: FID is not compared between noise generators), else
+    the highest IS (any student, any variant)."""
+    from .verdicts import generates
+
     if table.empty or table.FID.isna().all():
         raise ValueError("the distillation table has no scored student")
-    return table.loc[table.FID.idxmin()]
+    gen = table[table.apply(generates, axis=1)]
+    return gen.loc[gen.FID.idxmin()] if len(gen) else table.loc[table.IS.fillna(0).idxmax()]
 
 
 def best_student_name(table: pd.DataFrame) -> str:

@@ -378,3 +378,10 @@ def test_students_train_half_the_teachers_epochs():
     assert get_profile("smoke").replace(epochs=12, distill_epochs=4).student_epochs() == 4  # an explicit override
     p = get_profile("smoke").replace(epochs=4, distill_batch_size=10)
     assert d.num_steps(p, 95) == 2 * 10
+
+
+def test_best_student_is_compared_by_fid_only_among_students_that_generate():
+    table = pd.DataFrame({"student": ["a", "b", "c"], "variant": "eq6", "IS": [1.1, 3.0, 2.5],
+                          "FID": [500.0, 900.0, 800.0]})  # fmt: skip
+    assert d.best_student(table).student == "c"  # a has the lowest FID but draws noise
+    assert d.best_student(table.assign(IS=[1.1, 1.5, 1.2])).student == "b"  # none generates: highest IS
