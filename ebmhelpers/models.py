@@ -65,6 +65,10 @@ class BasicBlock(nn.Module):
 class ResNetEnergy(EnergyModel):
     """ResNet adapted to 1x28x28 digits: 3x3 stem, no max-pool, no normalization layers.
 
+    The paper (§3.1) uses "an adjusted version of the ResNet18 architecture" with Swish and
+    without BatchNorm but does not describe the adjustment; the 3x3 stride-1 stem without
+    max-pool (so 28x28 digits are not shrunk to 7x7 before the first block) is this project's.
+
     The defaults give the paper's baseline, ResNet18 (BasicBlock [2, 2, 2, 2], widths
     64/128/256/512, about 11.17 M parameters). Smaller ``blocks``/``widths`` give students.
     """

@@ -113,7 +113,7 @@ class Profile:
     buffer_size: int = 8192
     reinit_frac: float = 0.05  # fraction of chains started from fresh U(-1, 1) noise per iteration (paper: 5%)
     buffer_max_age: int | None = None  # restart a chain from noise after this many updates (None: never)
-    buffer_grows: bool = False  # tutorial 8's buffer: starts empty and grows (sampling.ReplayBuffer)
+    buffer_grows: bool = False  # the paper's (Algorithm 2, line 1) and tutorial 8's buffer: starts empty and grows (sampling.ReplayBuffer)
     batch_size: int = 128
     epochs: int = 60
     max_iters_per_epoch: int | None = None  # None = one full pass over the training set

@@ -140,6 +140,13 @@ class ReplayBuffer:
     noise and the rest random buffer entries; :meth:`update` writes the chains' end states
     back over the slots they came from. Fixed size and index writes keep it sync-free.
 
+    **How it differs from the paper.** The paper's Algorithm 2 (§3.2, from its reference [14],
+    tutorial 8) starts from an empty buffer (line 1, "Initialize empty buffer") and *adds* every
+    batch's samples to it (line 12, ``B <- B ∪ x-``), drawing 95% of the starts from it (line 4).
+    By default this buffer starts *full*, ``size`` (8,192) U(-1, 1) images, and writes each chain
+    back over its slot: a fixed population of persistent chains that training refines.
+    ``grow=True`` below is the paper's and tutorial 8's growing buffer.
+
     Two variants of the recipe (the recipe study, ``python -m ebmhelpers recipe-study``):
 
     * ``max_age=N``: a chain that has been updated N times is restarted from noise when it is
