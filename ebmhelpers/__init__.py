@@ -22,10 +22,10 @@ What the notebooks import, one module per job:
 * ``paper``: what the paper reports, transcribed with its sections.
 * ``verdicts``: the rule for "keeps quality", and the paper's claims side by side with verdicts.
 * ``notebooks``: where the notebooks are, their shared setup cell and the package code they show.
-* ``recipe_study``: the cpu baseline under several PCD recipes at equal budget (``recipe-study``).
 
 Around them, never imported by a notebook: ``tools`` (``cli``: ``python -m ebmhelpers``; ``runner``:
-the headless main job; ``bench``: throughput and the speed-up ladder; ``estimate``: counted FLOPs).
+the headless main job; ``bench``: throughput and the speed-up ladder; ``estimate``: counted FLOPs; ``recipe_study``: the cpu baseline's
+PCD recipes at equal budget, its training length and generation chain, on validation digits).
 """
 
 __version__ = "0.1.0"

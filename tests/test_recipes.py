@@ -8,7 +8,7 @@ import torch
 
 from ebmhelpers import data, metrics
 from ebmhelpers.profiles import get_profile
-from ebmhelpers.recipe_study import RECIPES, generation_config, recipe_profile
+from ebmhelpers.tools.recipe_study import RECIPES, generation_config, recipe_profile
 from ebmhelpers.sampling import ReplayBuffer
 from ebmhelpers.pretrained import decode_uint8, encode_uint8
 from ebmhelpers.training import PCDTrainer

@@ -94,16 +94,16 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "recipe-study":
         import torch
 
-        from ..recipe_study import run_study
+        from .recipe_study import run_study
 
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.training_length:
-            from ..recipe_study import training_length_study
+            from .recipe_study import training_length_study
 
             print(training_length_study(args.profile).to_string(index=False))
         elif args.chain:
-            from ..recipe_study import generation_chain_study
+            from .recipe_study import generation_chain_study
 
             print(generation_chain_study(args.chain, args.profile).to_string(index=False))
         else:

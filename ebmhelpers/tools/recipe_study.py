@@ -23,16 +23,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import data as data_mod
-from .metrics import (
+from .. import data as data_mod
+from ..metrics import (
     class_entropy_bits, confident_fraction, feature_stats, frechet_distance, inception_score, nearest_distance,
     saturation,
 )  # fmt: skip
-from .models import build_baseline
-from .profiles import Profile, SGLDConfig, get_profile
-from .runtime import Context, get_device, seed_everything
-from .sampling import generate
-from .training import DivergenceError, PCDTrainer, load_or_train_classifier
+from ..models import build_baseline
+from ..profiles import Profile, SGLDConfig, get_profile
+from ..runtime import Context, get_device, seed_everything
+from ..sampling import generate
+from ..training import DivergenceError, PCDTrainer, load_or_train_classifier
 
 # name -> (profile changes, generation: "profile" (the profile's generation chain) or a multiple
 # of the training chain K at the training step size)
@@ -172,8 +172,8 @@ def training_length_study(profile: str | None = None, progress: bool = True) -> 
     """Every kept epoch snapshot of the profile's baseline run, scored on validation digits from
     noise (the profile's generation chain) and from its replay buffer: where does quality from
     noise stop improving, and does the buffer keep improving? Writes ``training_length_study.csv``."""
-    from .checkpoints import load_checkpoint
-    from .pretrained import decode_uint8
+    from ..checkpoints import load_checkpoint
+    from ..pretrained import decode_uint8
 
     ctx = Context(get_profile(profile or "cpu"), get_device())
     p = ctx.profile
@@ -187,7 +187,7 @@ def training_length_study(profile: str | None = None, progress: bool = True) -> 
         model.load_state_dict(state["model"])
         seed_everything(p.seed + 1009)
         t0 = time.perf_counter()
-        x = generate(model.eval(), LENGTH_N, p.gen_sgld(), batch_size=LENGTH_N, progress=progress).cpu()
+        x = generate(model.eval(), LENGTH_N, p.gen_sgld_config(), batch_size=LENGTH_N, progress=progress).cpu()
         base = {"snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
         rows.append({**base, "samples": "from noise", "n": LENGTH_N, **scorer(x),
                      "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
@@ -203,7 +203,7 @@ def generation_chain_study(snapshot: str, profile: str | None = None, progress: 
     """One snapshot's digits from noise under every chain of :data:`CHAIN_STEPS` x
     :data:`CHAIN_SCALES` (at the training temperature), scored on validation digits, with the
     seconds per 1,000 digits. Writes ``generation_chain_study.csv``."""
-    from .checkpoints import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     ctx = Context(get_profile(profile or "cpu"), get_device())
     p = ctx.profile
@@ -215,7 +215,7 @@ def generation_chain_study(snapshot: str, profile: str | None = None, progress: 
     rows = []
     for scale in CHAIN_SCALES:
         for steps in CHAIN_STEPS:
-            cfg = p.sgld(steps).scaled(scale)
+            cfg = p.sgld_config(steps).scaled(scale)
             seed_everything(p.seed + 1009)
             t0 = time.perf_counter()
             x = generate(model, CHAIN_N, cfg, batch_size=500, progress=False).cpu()
