@@ -164,10 +164,12 @@ def _resnet18_params() -> int:
 
 
 # ---- the table ----------------------------------------------------------------------------------
-def verdict_table(folder: str | Path) -> pd.DataFrame:
+def verdict_table(folder: str | Path, profile=None) -> pd.DataFrame:
     """One row per claim of the paper (:mod:`ebmhelpers.paper`), this project's number from the
     result CSVs in ``folder`` (``results/<profile>/``) and a verdict generated from them by the
-    rule of this module. Claims whose tables are missing are left out."""
+    rule of this module. Claims whose tables are missing are left out. Given the run's
+    :class:`~ebmhelpers.profiles.Profile`, the table starts with the protocol: where the run keeps
+    the paper's proportions (``reproduced``) and where a budget scaled them (``not comparable``)."""
     folder = Path(folder)
     base_t, base_ood = _read(folder, "baseline"), _read(folder, "baseline_ood")
     quant, quant_ood = _read(folder, "quantization"), _read(folder, "quantization_ood")
@@ -177,6 +179,8 @@ def verdict_table(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no {folder / 'baseline.csv'}: run notebooks/02_evaluation.ipynb for this profile")
     base = base_t.iloc[0]
     rows: list[dict] = []
+    if profile is not None:
+        rows += _protocol_rows(profile, pruning, students)
     rows += _baseline_rows(base, refs)
     if quant is not None:
         rows += _table1_rows(base, quant, qspeed)
@@ -186,6 +190,54 @@ def verdict_table(folder: str | Path) -> pd.DataFrame:
     if students is not None:
         rows += _student_rows(base, students, quant, pruning)
     return pd.DataFrame(rows, columns=["claim", "section", "paper", "this project", "verdict", "why"])
+
+
+def _protocol_rows(profile, pruning, students) -> list[dict]:
+    """The paper's protocol against this run's: pruning ratios, norm and fine-tuning length, and
+    the students' loss, epochs and the one at 1/145 (``reproduced``: the paper's proportion is kept)."""
+    from .loop import iters_per_epoch
+
+    rows = []
+    p = profile
+    if pruning is not None:
+        pr = _one_shot(pruning)
+        ratios = sorted(pr.ratio.round(2).unique())
+        kept = set(paper.PRUNE_RATIOS) <= set(ratios)
+        rows.append(_row("protocol: pruning ratios", paper.PRUNE_RATIOS_SECTION, "10% to 90% in steps of 10%",
+                         ", ".join(f"{r:.0%}" for r in ratios), "reproduced" if kept else "not comparable",
+                         "all nine ratios" if kept else "a subset, to fit the profile's budget: trends between the "
+                         "ratios run are not measured"))
+        structured = pr[pr.strategy.astype(str).str.startswith("structured")].model.astype(str)
+        l2 = structured.str.startswith("L2").any()
+        rows.append(_row("protocol: the l1 norm for unstructured and structured pruning", paper.PRUNE_NORM_SECTION,
+                         "l1 norm", "structured: " + ("L2 norm" if l2 else "l1 norm"),
+                         "not reproduced" if l2 else "reproduced",
+                         "the results were saved before the structured strategies switched to l1: run notebook 04 "
+                         "again" if l2 else "torch.nn.utils.prune with n=1"))
+    n_train = (p.train_subset or 60_000) - p.val_size
+    per_epoch = iters_per_epoch(n_train, p.batch_size, p.max_iters_per_epoch)
+    ft = p.finetune_epochs * (p.finetune_iters or per_epoch)
+    frac = ft / (p.epochs * per_epoch)
+    close = abs(frac / paper.FINETUNE_FRACTION - 1) <= RATIO_TOLERANCE
+    rows.append(_row("protocol: fine-tuning length, a fraction of the baseline's training", paper.FINETUNE_EPOCHS.section,
+                     f"7 of 60 epochs ({paper.FINETUNE_FRACTION:.1%})",
+                     f"{ft:,} of {p.epochs * per_epoch:,} iterations ({frac:.1%})", "reproduced" if close else "not comparable",
+                     "the paper's proportion" if close else
+                     f"{frac / paper.FINETUNE_FRACTION:.2g}x the paper's proportion, to fit the profile's budget"))
+    s_frac = p.student_epochs() / p.epochs
+    rows.append(_row("protocol: students train half the baseline's epochs", paper.DISTILL_EPOCHS.section,
+                     "30 of 60 epochs", f"{p.student_epochs()} of {p.epochs} epochs",
+                     "reproduced" if abs(s_frac - paper.DISTILL_EPOCH_FRACTION) <= 0.5 / max(p.epochs, 1) + 1e-9
+                     else "not comparable", f"{s_frac:.0%} of the baseline's epochs"))
+    if students is not None:
+        eq6 = students[students.variant == "eq6"] if "variant" in students else students.iloc[:0]
+        rows.append(_row("protocol: distillation loss, eq. 6 (plain MSE of energies)", paper.DISTILL_LOSS_SECTION,
+                         "MSE of energies", f"{len(eq6)} of {len(students)} student runs with eq. 6",
+                         "reproduced" if len(eq6) else "not reproduced",
+                         "the other runs are this project's extensions (balanced loss, real-only inputs, gradient "
+                         "matching)" if len(eq6) else "the results were saved before eq. 6 became the reproduction's "
+                         "loss (balanced loss only): run notebook 05 again"))
+    return rows
 
 
 def _baseline_rows(base, refs) -> list[dict]:

@@ -126,3 +126,19 @@ def test_committed_results_give_a_table(profile):
         pytest.skip(f"no committed results for {profile}")
     t = verdicts.verdict_table(folder)
     assert len(t) >= 20 and set(t.verdict) <= set(verdicts.VERDICTS)
+
+
+def test_protocol_rows_say_where_the_run_keeps_the_papers_proportions(tmp_path):
+    from ebmhelpers.profiles import get_profile
+
+    _write_results(tmp_path)
+    paper_like = get_profile("paper")
+    t = verdicts.verdict_table(tmp_path, paper_like).set_index("claim")
+    assert t.loc["protocol: fine-tuning length, a fraction of the baseline's training", "verdict"] == "reproduced"
+    assert t.loc["protocol: students train half the baseline's epochs", "verdict"] == "reproduced"
+    assert t.loc["protocol: distillation loss, eq. 6 (plain MSE of energies)", "verdict"] == "reproduced"
+    assert t.loc["protocol: pruning ratios", "verdict"] == "not comparable"  # the synthetic run has 4 ratios
+    small = get_profile("smoke").replace(epochs=12, distill_epochs=2, finetune_epochs=1, finetune_iters=5)
+    t = verdicts.verdict_table(tmp_path, small).set_index("claim")
+    assert t.loc["protocol: fine-tuning length, a fraction of the baseline's training", "verdict"] == "not comparable"
+    assert t.loc["protocol: students train half the baseline's epochs", "verdict"] == "not comparable"
