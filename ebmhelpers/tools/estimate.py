@@ -167,13 +167,14 @@ def series_flops(profile: Profile | str | None = None, device: str = "cuda") -> 
     # 05: distillation
     with torch.device("meta"):
         teacher = build_baseline(p.baseline)
-        students = distillation.students_for(count_parameters(teacher), distillation.forward_flops(teacher))
+        students = distillation.students_with_paper_ratio(count_parameters(teacher), distillation.forward_flops(teacher))
     n_hold = p.buffer_size // distillation.HOLDOUT_FRACTION
     n_points = n_train + 2 * (p.buffer_size - n_hold)
     add("05", "teacher energies and input gradients", 1, (n_points + 3 * n_hold) * base.sgld)
     steps = distillation.num_steps(p, n_points)
-    runs = [(s, "mixed") for s in students]
-    runs += [(distillation.PAPER_SIZED_STUDENT, "real")] if distillation.PAPER_SIZED_STUDENT in students else []
+    extension = distillation.extension_students(students)  # notebook 05: eq. 6 for every student, then the extensions
+    runs = [(s, distillation.REPRODUCTION) for s in students] + [(s, "mixed") for s in extension]
+    runs += [(extension[0], "real")]
     runs += [(s, "mixed+grad") for s in distillation.GRAD_MATCH_STUDENTS if s in students]
     for name, variant in runs:
         net = network_flops("student", name)
