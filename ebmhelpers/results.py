@@ -19,6 +19,7 @@ PRODUCERS = {
     "quantization": "03_quantization",
     "quantization_ood": "03_quantization",
     "quantization_sampling": "03_quantization",
+    "quantization_speed": "03_quantization",
     "pruning": "04_pruning",
     "pruning_speed": "04_pruning",
     "distillation": "05_distillation",

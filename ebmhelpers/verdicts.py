@@ -287,9 +287,9 @@ def _table1_rows(base, quant, qspeed) -> list[dict]:
         f"int8 stores 1 byte per weight against fp32's 4, plus scales and zero points: the ratios agree within "
         f"{RATIO_TOLERANCE:.0%} {'(they do)' if agree else '(they do not)'}"))
     ratio, lo, hi, how = float("nan"), None, None, "separate timings in the score tables (no interleaved spread)"
-    if qspeed is not None and {"model", "ratio", "ratio_lo", "ratio_hi"} <= set(qspeed.columns) and (qspeed.model == "int8 static").any():
-        s = qspeed[qspeed.model == "int8 static"].iloc[0]
-        ratio, lo, hi = _get(s, "ratio"), _get(s, "ratio_lo"), _get(s, "ratio_hi")
+    if qspeed is not None and {"model", "speedup_cpu", "speedup_lo", "speedup_hi"} <= set(qspeed.columns) and (qspeed.model == "int8 static").any():
+        s = qspeed[qspeed.model == "int8 static"].iloc[0]  # notebook 03's Table 1 (quantization.cost_table)
+        ratio, lo, hi = _get(s, "speedup_cpu"), _get(s, "speedup_lo"), _get(s, "speedup_hi")
         how = f"interleaved timing, spread {lo:.2f}-{hi:.2f}x"
     else:
         ratio = _get(base, "latency_ms_cpu") / _get(int8, "latency_ms_cpu")

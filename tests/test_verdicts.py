@@ -142,3 +142,16 @@ def test_protocol_rows_say_where_the_run_keeps_the_papers_proportions(tmp_path):
     t = verdicts.verdict_table(tmp_path, small).set_index("claim")
     assert t.loc["protocol: fine-tuning length, a fraction of the baseline's training", "verdict"] == "not comparable"
     assert t.loc["protocol: students train half the baseline's epochs", "verdict"] == "not comparable"
+
+
+def test_table1_speed_uses_the_interleaved_timing_when_saved(tmp_path):
+    _write_results(tmp_path)
+    pd.DataFrame([{"model": "fp32", "speedup_cpu": 1.0, "speedup_lo": 0.9, "speedup_hi": 1.1},
+                  {"model": "int8 static", "speedup_cpu": 1.9, "speedup_lo": 1.7, "speedup_hi": 2.1}]).to_csv(
+        tmp_path / "quantization_speed.csv", index=False)  # fmt: skip
+    row = verdicts.verdict_table(tmp_path).set_index("claim").loc["Table 1: 50% faster inference (int8)"]
+    assert row.verdict == "reproduced" and "interleaved" in row["this project"]
+    pd.DataFrame([{"model": "int8 static", "speedup_cpu": 1.5, "speedup_lo": 0.8, "speedup_hi": 2.1}]).to_csv(
+        tmp_path / "quantization_speed.csv", index=False)
+    row = verdicts.verdict_table(tmp_path).set_index("claim").loc["Table 1: 50% faster inference (int8)"]
+    assert row.verdict == "not reproduced" and row.why.startswith("no difference")
