@@ -17,7 +17,7 @@ from torch import nn
 from .progress import tqdm
 
 from . import data as data_mod
-from .loop import Limits, ResumableLoop, Window, iters_per_epoch
+from .loop import LoopTrainer, ResumableLoop, Window, clone_state, iters_per_epoch
 from .models import EnergyModel, MNISTClassifier, build_baseline
 from .profiles import Profile, SGLDConfig
 from .checkpoints import atomic_save, load_checkpoint
@@ -31,7 +31,7 @@ METRICS = ("loss", "cd", "reg", "e_real", "e_fake")
 
 
 def pcd_loss(e_real: torch.Tensor, e_fake: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
-    """``E(x+) - E(x-) + alpha (E(x+)^2 + E(x-)^2)``, averaged over the batch (eq. 5)."""
+    """``E(x+) - E(x-) + alpha (E(x+)^2 + E(x-)^2)``, averaged over the batch (the paper's Algorithm 2, lines 9-11)."""
     cd = e_real.mean() - e_fake.mean()
     reg = alpha * (e_real.pow(2).mean() + e_fake.pow(2).mean())
     return {"loss": cd + reg, "cd": cd, "reg": reg, "e_real": e_real.mean(), "e_fake": e_fake.mean()}
@@ -57,7 +57,7 @@ class DivergenceError(RuntimeError):
     """Training kept diverging after the allowed number of rollbacks."""
 
 
-class PCDTrainer:
+class PCDTrainer(LoopTrainer):
     """Persistent contrastive divergence with a replay buffer (the paper's Algorithm 2).
 
     Every ``profile.ckpt_every`` iterations the trainer reads its metrics back from the device
@@ -73,11 +73,15 @@ class PCDTrainer:
       did by hand when training diverged.
 
     The position, the per-epoch batch order, the windows, the stop conditions and the progress
-    bar are :class:`~ebmhelpers.loop.ResumableLoop`'s (``self.loop``). A run killed at any point
+    bar are :class:`~ebmhelpers.loop.ResumableLoop`'s (``self.loop``; position, checkpoint files
+    and the in-memory last good copy: :class:`~ebmhelpers.loop.LoopTrainer`). A run killed at any point
     and started again with the same checkpoint path continues from the last checkpoint and
     reaches the same state as an uninterrupted run, bit for bit where the kernels are
     deterministic (on the CPU with one thread; multi-threaded reductions differ in the last bits).
     """
+
+    HISTORY_COLUMNS = ("step", "epoch", "lr", *METRICS)  # one row per iteration
+    KEEP_LAST_GOOD = True  # the checkpoint a rollback returns to
 
     def __init__(
         self,
@@ -109,35 +113,6 @@ class PCDTrainer:
         self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
 
     # ---- bookkeeping ------------------------------------------------------------------
-    @property
-    def iters_per_epoch(self) -> int:
-        return self.loop.iters_per_epoch
-
-    @property
-    def step(self) -> int:
-        """Iterations done in total (rolled-back ones excluded)."""
-        return self.loop.step
-
-    @property
-    def epoch(self) -> int:
-        """Epochs completed."""
-        return self.loop.epoch
-
-    @property
-    def it(self) -> int:
-        """Iterations done inside the current epoch."""
-        return self.loop.it
-
-    @property
-    def done(self) -> bool:
-        """Whether all ``profile.epochs`` epochs are done."""
-        return self.loop.done
-
-    @property
-    def history(self) -> pd.DataFrame:
-        """One row per iteration: step, epoch, lr and the loss terms and mean energies."""
-        return pd.DataFrame(self._history, columns=["step", "epoch", "lr", *METRICS])
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -163,13 +138,6 @@ class PCDTrainer:
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
 
-    def save(self) -> None:
-        """Remember this state as the last good one and, with a path, write it atomically."""
-        state = self.state_dict()
-        self._good = {k: _clone(v) for k, v in state.items()}
-        if self.ckpt_path is not None:
-            atomic_save(state, self.ckpt_path)
-
     def save_snapshot(self, path: Path) -> None:
         """Keep the model's weights at this step (e.g. a lottery-ticket rewind point), with the
         replay buffer rounded to 8 bits (a quarter of its fp32 size), so that a snapshot chosen
@@ -177,16 +145,10 @@ class PCDTrainer:
         atomic_save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch + self.it / self.iters_per_epoch,
                      "profile": self.profile.name, "buffer_uint8": encode_uint8(self.buffer.samples)}, path)  # fmt: skip
 
-    def load(self) -> bool:
-        """Resume from the checkpoint file if there is one; returns whether it did."""
-        if self.ckpt_path is None or not self.ckpt_path.exists():
-            return False
-        state = load_checkpoint(self.ckpt_path, self.device)
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint written by another profile."""
         if state.get("profile") != self.profile.name:
             raise ValueError(f"{self.ckpt_path} was written by profile {state.get('profile')!r}, not {self.profile.name!r}")
-        self.load_state_dict(state)
-        self._good = {k: _clone(v) for k, v in state.items()}
-        return True
 
     def install_pretrained(self, state: dict[str, Any], snapshot_paths: dict[str, Path]) -> None:
         """Take over a committed pretrained baseline (:mod:`ebmhelpers.pretrained`): its weights,
@@ -251,7 +213,7 @@ class PCDTrainer:
         if len(self.rollbacks) >= p.max_rollbacks:
             raise DivergenceError(f"training diverged {len(self.rollbacks) + 1} times (last: {reason}); giving up")
         failed_at = self.step
-        self.load_state_dict({k: _clone(v) for k, v in self._good.items()})
+        self.load_state_dict({k: clone_state(v) for k, v in self._good.items()})
         for group in self.opt.param_groups:
             group["lr"] *= p.rollback_lr_factor
         seed = p.seed + 1000 * (len(self.rollbacks) + 1)
@@ -273,19 +235,9 @@ class PCDTrainer:
         """Train until ``profile.epochs`` are done, or stop at the first checkpoint at or after
         ``max_steps`` total iterations or once ``time_budget_s`` seconds are spent, so that a later
         call resumes there. ``on_window(self)`` runs after every kept checkpoint. Returns the history."""
-        limits = Limits(max_steps, time_budget_s)
-        if self._good is None:
-            self.save()
-        self.loop.run(
-            lambda batch: self.train_step(self.data[batch]),
-            lambda window: self._end_window(window, on_window),
-            after_step=self._keep_snapshot,
-            postfix=_postfix,
-            limits=limits,
-            progress=progress,
-            desc=f"PCD training ({self.profile.name})",
-        )
-        return self.history
+        return self._fit(lambda batch: self.train_step(self.data[batch]),
+                         lambda window: self._end_window(window, on_window), _postfix, max_steps, time_budget_s,
+                         progress, f"PCD training ({self.profile.name})", after_step=self._keep_snapshot)  # fmt: skip
 
     def _keep_snapshot(self) -> None:
         """Save the weights when this step is one of ``snapshots`` (even if later rolled back:
@@ -317,17 +269,6 @@ def _postfix(window: Window) -> dict[str, str]:
     """The progress bar's postfix: the loss and mean energies of the window's last iteration."""
     last = dict(zip(METRICS, window.values[-1].tolist()))
     return {k: f"{last[k]:.3f}" for k in ("loss", "e_real", "e_fake")}
-
-
-def _clone(value: Any) -> Any:
-    """Deep copy of a checkpoint tree (tensors cloned), for the in-memory rollback copy."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_clone(v) for v in value)
-    return value
 
 
 REWIND_FRACTION = 0.02  # lottery tickets rewind to this fraction of the baseline's iterations
