@@ -76,12 +76,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import data as data_mod
 from . import metrics, paper, results
-from .loop import Limits, ResumableLoop, Window
+from .loop import LoopTrainer, ResumableLoop, Window
 from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
 from .plotting import finish, image_grid
 from .profiles import Profile
-from .checkpoints import atomic_save, load_checkpoint
+from .checkpoints import load_checkpoint
 from .runtime import Context, seed_everything
 from .sampling import batched_energy_grad, generate
 
@@ -412,7 +412,7 @@ def num_steps(profile: Profile, n_points: int) -> int:
 LOSS_TERMS = ("loss", "energy", "grad", "energy_mse")  # what distill_loss returns, logged per step
 
 
-class Distiller:
+class Distiller(LoopTrainer):
     """Trains one student on precomputed teacher targets for ``steps`` Adam steps, minimizing
     the kind-balanced loss (module docstring) with the weights of ``targets``.
 
@@ -421,7 +421,12 @@ class Distiller:
     step count; it checkpoints (atomically) every ``ckpt_every`` steps, at epoch ends and at the
     end, and a restarted run loads the checkpoint and continues exactly where it stopped. ``meta``
     describes the run; a checkpoint written with different ``meta`` is refused, not reused.
+    Position, checkpoint files and :attr:`history` (per step: the total loss, its terms ``energy``
+    (L_E) and ``grad`` (L_G) and the batch's unweighted ``energy_mse``) are
+    :class:`~ebmhelpers.loop.LoopTrainer`'s.
     """
+
+    HISTORY_COLUMNS = ("step", *LOSS_TERMS)
 
     def __init__(
         self, student: nn.Module, targets: DistillSet, steps: int, batch_size: int, grad_weight: float = 0.0,
@@ -447,51 +452,26 @@ class Distiller:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
 
-    @property
-    def iters_per_epoch(self) -> int:
-        return self.loop.iters_per_epoch
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps done."""
-        return self.loop.step
-
-    @property
-    def done(self) -> bool:
-        return self.loop.done
-
-    @property
-    def history(self) -> pd.DataFrame:
-        """Per step: the total loss, its terms ``energy`` (L_E) and ``grad`` (L_G) and the
-        batch's unweighted ``energy_mse``."""
-        return pd.DataFrame(self._history, columns=["step", *LOSS_TERMS])
-
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "step": self.step,
                 "history": [list(r) for r in self._history], "meta": dict(self.meta)}  # fmt: skip
 
-    def save(self) -> None:
-        if self.ckpt_path is not None:
-            atomic_save(self.state_dict(), self.ckpt_path)
-
-    def load(self) -> bool:
-        """Resume from the checkpoint file if there is one (``weights_only=True``)."""
-        if self.ckpt_path is None or not self.ckpt_path.exists():
-            return False
-        state = load_checkpoint(self.ckpt_path, self.device)
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of a run with other ``meta``."""
         if state["meta"] != self.meta:
             diff = {k: (state["meta"].get(k), v) for k, v in self.meta.items() if state["meta"].get(k) != v}
             raise ValueError(
                 f"{self.ckpt_path} belongs to a different distillation run (saved vs now: {diff}); "
                 f"delete it to train this student again"
             )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.loop.resume_at(state["step"])
         self._history = [list(r) for r in state["history"]]
-        return True
 
     def fit(
         self, progress: bool = True, desc: str = "distilling", max_steps: int | None = None,
@@ -501,10 +481,9 @@ class Distiller:
         ``max_steps`` steps or once ``time_budget_s`` seconds are spent, so that a later call
         resumes there; returns the history."""
         self.student.train()
-        self.loop.run(self._train_step, self._end_window, postfix=_postfix, limits=Limits(max_steps, time_budget_s),
-                      progress=progress, desc=desc)  # fmt: skip
+        history = self._fit(self._train_step, self._end_window, _postfix, max_steps, time_budget_s, progress, desc)
         self.student.eval()
-        return self.history
+        return history
 
     def _train_step(self, batch: torch.Tensor) -> torch.Tensor:
         """One Adam and scheduler step on the targets ``batch``; returns :data:`LOSS_TERMS` as a

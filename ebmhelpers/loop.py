@@ -1,5 +1,5 @@
 """The resumable training loop shared by :class:`~ebmhelpers.training.PCDTrainer` and
-:class:`~ebmhelpers.distillation.Distiller`.
+:class:`~ebmhelpers.distillation.Distiller`, and :class:`LoopTrainer`, their common base.
 
 A run is a pure function of its position: the batch of every iteration is cut from a permutation
 of the training set seeded by the run's seed and the epoch (:func:`batch_order`), so the loop only
@@ -22,10 +22,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import pandas as pd
 import torch
 
+from .checkpoints import atomic_save, load_checkpoint
 from .progress import tqdm
 
 EPOCH_SEED_STRIDE = 100_003  # epoch e of a run seeded s shuffles with seed s * stride + e
@@ -211,3 +215,114 @@ class ResumableLoop:
         if postfix is not None:
             bar.show(postfix(closed))
         return self.done or limits.reached(self.step)
+
+
+def clone_state(value: Any) -> Any:
+    """Deep copy of a checkpoint tree (tensors cloned), for the in-memory copy of the last good checkpoint."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: clone_state(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(clone_state(v) for v in value)
+    return value
+
+
+class LoopTrainer:
+    """What a trainer around a :class:`ResumableLoop` (``self.loop``) shares: the position read
+    from the loop, the per-iteration history, and checkpoints written atomically to
+    ``self.ckpt_path`` (None = none written) and loaded on ``self.device``.
+
+    A subclass sets ``loop``, ``device``, ``ckpt_path`` and ``_history`` (rows of
+    :attr:`HISTORY_COLUMNS`), and defines :meth:`state_dict`, :meth:`load_state_dict` and
+    :meth:`check_checkpoint` (which refuses a checkpoint of another run). With
+    :attr:`KEEP_LAST_GOOD` it also keeps an in-memory copy of the last saved state (``_good``),
+    e.g. to roll back to.
+    """
+
+    HISTORY_COLUMNS: tuple[str, ...] = ()
+    KEEP_LAST_GOOD = False
+    loop: ResumableLoop
+    device: torch.device
+    ckpt_path: Path | None
+    _history: list[list[float]]
+    _good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint (KEEP_LAST_GOOD)
+
+    # ---- the position -----------------------------------------------------------------
+    @property
+    def iters_per_epoch(self) -> int:
+        return self.loop.iters_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Iterations done in total (rolled-back ones excluded)."""
+        return self.loop.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.loop.epoch
+
+    @property
+    def it(self) -> int:
+        """Iterations done inside the current epoch."""
+        return self.loop.it
+
+    @property
+    def done(self) -> bool:
+        """Whether all the run's iterations are done."""
+        return self.loop.done
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per iteration, with the columns :attr:`HISTORY_COLUMNS`."""
+        return pd.DataFrame(self._history, columns=list(self.HISTORY_COLUMNS))
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` when ``state`` (read from ``ckpt_path``) belongs to another run."""
+        raise NotImplementedError
+
+    def save(self) -> None:
+        """Remember this state as the last good one (with :attr:`KEEP_LAST_GOOD`) and, with a
+        path, write it atomically."""
+        state = self.state_dict()
+        if self.KEEP_LAST_GOOD:
+            self._good = {k: clone_state(v) for k, v in state.items()}
+        if self.ckpt_path is not None:
+            atomic_save(state, self.ckpt_path)
+
+    def load(self) -> bool:
+        """Resume from the checkpoint file if there is one (``weights_only=True``); returns whether it did."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return False
+        state = load_checkpoint(self.ckpt_path, self.device)
+        self.check_checkpoint(state)
+        self.load_state_dict(state)
+        if self.KEEP_LAST_GOOD:
+            self._good = {k: clone_state(v) for k, v in state.items()}
+        return True
+
+    # ---- the loop ---------------------------------------------------------------------
+    def _fit(
+        self, train_step: Callable[[torch.Tensor], torch.Tensor], on_checkpoint: Callable[[Window], bool],
+        postfix: Callable[[Window], dict[str, str]], max_steps: int | None, time_budget_s: float | None,
+        progress: bool, desc: str, after_step: Callable[[], None] | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Run ``self.loop`` (:meth:`ResumableLoop.run`) until the run is done, or stop at the first
+        kept checkpoint at or after ``max_steps`` total iterations or once ``time_budget_s`` seconds
+        are spent, so that a later call resumes there; returns the history. With
+        :attr:`KEEP_LAST_GOOD`, the state before the first iteration counts as good when no
+        checkpoint was saved or loaded yet."""
+        limits = Limits(max_steps, time_budget_s)
+        if self.KEEP_LAST_GOOD and self._good is None:
+            self.save()
+        self.loop.run(train_step, on_checkpoint, after_step=after_step, postfix=postfix, limits=limits,
+                      progress=progress, desc=desc)  # fmt: skip
+        return self.history
