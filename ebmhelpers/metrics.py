@@ -12,6 +12,9 @@
   the in-distribution score (below 0.5 = an inverted detector). AUROCs are never averaged across
   sets; summaries name the set, or the worst case over the paper's three transforms.
 * Cost: parameter count, serialized size, latency and SGLD throughput on a named device.
+
+A model's SGLD has one owner here, :meth:`Evaluator.sampler`: the runner that generates the
+digits a table scores also times the throughput it reports.
 """
 
 from __future__ import annotations
@@ -304,22 +307,28 @@ def throughput_config(cfg: SGLDConfig) -> SGLDConfig:
 
 def sgld_throughput(
     model: nn.Module, cfg: SGLDConfig, batch: int, device: torch.device, repeats: int = 3, warmup: int = 1,
-    amp_dtype: str | None = None,
+    amp_dtype: str | None = None, sampler: Callable[[torch.Tensor, SGLDConfig], torch.Tensor] | None = None,
 ) -> float:
-    """SGLD image-steps per second: ``batch * cfg.steps`` over the median time of a run."""
+    """SGLD image-steps per second: ``batch * cfg.steps`` over the median time of a run.
+    ``sampler(x, cfg)`` runs the chains when given (a model's :meth:`Evaluator.sampler`, so the
+    throughput is that of the sampler that makes its digits); by default :func:`sgld` with ``amp_dtype``."""
+    sampler = sampler or (lambda x0, c: sgld(model, x0, c, amp_dtype=amp_dtype))
     x = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
-    t = median_time_s(lambda: sgld(model, x, cfg, amp_dtype=amp_dtype), device, repeats, warmup)
+    t = median_time_s(lambda: sampler(x, cfg), device, repeats, warmup)
     return batch * cfg.steps / t
 
 
 def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None = None) -> dict[str, Any]:
     """Latency and SGLD throughput of ``model`` on ``device`` (default: the evaluator's), measured
-    the way :meth:`Evaluator.score` measures every model, so rows timed in one process compare."""
+    the way :meth:`Evaluator.score` measures every model, so rows timed in one process compare.
+    The throughput is timed on ``ev.sampler(model)``, the runner that generates the model's scored digits."""
     p, device = ev.ctx.profile, device or ev.device
+    latency = latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup)
     return {
-        f"latency_ms_{device.type}": latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup),
+        f"latency_ms_{device.type}": latency,
         "latency_batch": p.latency_batch,
-        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld_config()), p.latency_batch, device),
+        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld_config()), p.latency_batch, device,
+                                                sampler=ev.sampler(model)),  # fmt: skip
         "hardware": device_name(device),
     }
 
@@ -354,6 +363,23 @@ class Evaluator:
         fashion, _ = data_mod.load_dataset("fashion", train=False, device="cpu")
         self.ood_sets["fashion"] = fashion[: len(self.ood_x)]
         self.ood_sets["uniform"] = torch.rand(len(self.ood_x), 1, 28, 28, generator=g) * 2 - 1
+        self._sampler: SGLDRunner | None = None  # the runner of the model scored last (see sampler)
+
+    # ---- SGLD -----------------------------------------------------------------------------
+    def sampler(self, model: nn.Module, amp_dtype: str | None = None) -> SGLDRunner:
+        """The one SGLD runner that scores ``model``: fp32 chains (``amp_dtype`` None; a sampler
+        comparison may ask for another) with the profile's speed-ups for the model's device
+        (:meth:`Profile.speedups`: none on a CPU). It generates every seed's digits
+        (:meth:`generate`) and times the throughput reported beside them (:func:`measure_cost`),
+        so a table's throughput is the sampler that made its digits. Made once per model and
+        kept while the same model is scored (only the latest model's runner is kept, so scored
+        models are not held in memory). A trainer's chains are its own runner
+        (:attr:`PCDTrainer.sampler <ebmhelpers.training.PCDTrainer>`, under the profile's ``amp_dtype``)."""
+        speedups = self.ctx.profile.speedups(model_device(model))
+        r = self._sampler
+        if r is None or r.model is not model or r.speedups != speedups or r.amp_dtype != amp_dtype:
+            self._sampler = SGLDRunner(model, speedups, amp_dtype)
+        return self._sampler
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return batched(self.classifier.features, x, self.ctx.profile.eval_batch_size, self.device)
@@ -372,16 +398,15 @@ class Evaluator:
         self, model: nn.Module, seed: int, cfg: SGLDConfig | None = None, n: int | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """``n`` (default ``n_gen``) digits by SGLD from uniform noise on the model's device; the
-        starts and the SGLD noise depend only on ``seed``, so every model gets the same ones."""
+        """``n`` (default ``n_gen``) digits by SGLD (:meth:`sampler`) from uniform noise on the model's
+        device; the starts and the SGLD noise depend only on ``seed``, so every model gets the same ones."""
         p = self.ctx.profile
         cfg, n = cfg or p.gen_sgld_config(), n or p.n_gen
         device = model_device(model)
         starts = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).mul_(2).sub_(1)
         seed_everything(seed)
-        sampler = SGLDRunner(model, p.speedups(device))  # fp32 chains; the profile's speed-ups on a GPU
         return generate(model, n, cfg, p.gen_batch_size, device=device, init=starts, progress=progress,
-                        sampler=sampler).cpu()
+                        sampler=self.sampler(model)).cpu()
 
     def quality(
         self, model: nn.Module, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = True,

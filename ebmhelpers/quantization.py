@@ -402,14 +402,15 @@ def compare_samplers(
         raise ValueError(f"reference {reference!r} is not one of the samplers {list(samplers)}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.rand(n, 1, 28, 28, generator=g).mul_(2).sub_(1)
-    rows, samples = [], {}
+    rows, samples, runners = [], {}, {}
     warm = SGLDConfig(1, cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
     for name in [reference, *(k for k in samplers if k != reference)]:
         model, amp = samplers[name]
         device = model_device(model)
-        sgld(model, starts[:2].to(device), warm, amp_dtype=amp)
+        runners[name] = runner = ev.sampler(model, amp)  # the one runner that makes this row's digits and times it
+        runner(starts[:2].to(device), warm)
         seed_everything(seed)
-        x = generate(model, n, cfg, batch_size, device=device, amp_dtype=amp, init=starts, progress=False)
+        x = generate(model, n, cfg, batch_size, device=device, init=starts, progress=False, sampler=runner)
         samples[name] = x.cpu()
         rows.append({
             "sampler": name, "autocast": amp or "none", "device": device.type, "n": n, "steps": cfg.steps,
@@ -420,11 +421,11 @@ def compare_samplers(
     speed_cfg = SGLDConfig(min(cfg.steps, SPEED_STEPS), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
     chain = starts[:SPEED_BATCH]
 
-    def run(model: nn.Module, amp: str | None):
-        x0 = chain.to(model_device(model))
-        return lambda: sgld(model, x0, speed_cfg, amp_dtype=amp)
+    def run(name: str):
+        x0 = chain.to(model_device(samplers[name][0]))
+        return lambda: runners[name](x0, speed_cfg)
 
-    fns = {name: run(*samplers[name]) for name in df.sampler}
+    fns = {name: run(name) for name in df.sampler}
     devices = {model_device(m) for m, _ in samplers.values()}
     times = metrics_mod.interleaved_times(fns, devices.pop() if len(devices) == 1 else torch.device("cpu"))
     speed = metrics_mod.speedups_vs(times, reference).set_index("model")

@@ -98,7 +98,10 @@ class PCDTrainer(LoopTrainer):
         self.snapshots = dict(snapshots or {})  # step -> file that keeps the weights after that step
         self.device = torch.device(device) if device is not None else data.device
         self.model = model.to(self.device)
-        self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)  # K SGLD steps per call
+        # The training chains' own runner (K SGLD steps per call), under the profile's amp_dtype; the
+        # digits the model is scored on, and the throughput reported beside them, come from the fp32
+        # runner of metrics.Evaluator.sampler.
+        self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)
         self.data = data.to(self.device)
         self.sgld_cfg = sgld_cfg or p.sgld_config()
         self.buffer = buffer if buffer is not None else ReplayBuffer(

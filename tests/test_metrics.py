@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ebmhelpers import metrics, runtime
+from ebmhelpers import metrics, runtime, sampling
 from ebmhelpers.models import MNISTClassifier, count_parameters
 
 
@@ -126,6 +126,26 @@ def test_same_seed_same_scores_and_seeds_give_spread(tiny_energy, one_thread):
     assert not torch.equal(ev.generate(tiny_energy, ev.seeds[0]), ev.generate(tiny_energy, ev.seeds[1]))
     # a second evaluator of the same profile scores the same (seeds come from the profile)
     assert _evaluator(score_seeds=3).quality(tiny_energy)[0] == first
+
+
+def test_one_sampler_per_model_makes_the_digits_and_times_them(tiny_energy, one_thread, monkeypatch):
+    ev = _evaluator()
+    runner = ev.sampler(tiny_energy)
+    assert ev.sampler(tiny_energy) is runner and runner.amp_dtype is None  # fp32, made once per model
+    used = []
+    call = type(runner).__call__
+    monkeypatch.setattr(type(runner), "__call__", lambda self, x, cfg: used.append(self) or call(self, x, cfg))
+    metrics.measure_cost(tiny_energy, ev)
+    samples = ev.generate(tiny_energy, ev.seeds[0])
+    assert used and all(r is runner for r in used)  # the throughput's sampler made the digits
+    # on the CPU the runner's chains are plain fp32 sgld's, bit for bit (same RNG draws)
+    p = ev.ctx.profile
+    starts = torch.rand(p.n_gen, 1, 28, 28, generator=torch.Generator().manual_seed(ev.seeds[0])).mul_(2).sub_(1)
+    torch.manual_seed(ev.seeds[0])
+    assert torch.equal(samples, sampling.generate(tiny_energy, p.n_gen, p.gen_sgld_config(), p.gen_batch_size,
+                                                  init=starts, progress=False))
+    other = MNISTClassifier()  # another model gets its own runner
+    assert ev.sampler(other) is not runner and ev.sampler(other).model is other
 
 
 def test_interleaved_timing_alternates_and_judges_by_the_spread():
