@@ -641,8 +641,7 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
     scores, first = [], None
     for seed in ev.seeds:
         seed_everything(seed)
-        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts,
-                           sampler=ev.sampler(model))
+        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts)
         scores.append(ev.sample_quality(samples))
         first = samples if first is None else first
     out: dict[str, float] = {"n_seeds": len(scores)}
@@ -720,10 +719,11 @@ def sample_grids(
 ) -> plt.Figure:
     """One image grid per model (its first ``n`` samples), stacked vertically."""
     rows = -(-n // nrow)
-    fig, axes = plt.subplots(len(samples), 1, figsize=(nrow * 0.42, len(samples) * (rows * 0.42 + 0.32)), squeeze=False)
+    # 0.8 inch a digit (about 90 pixels at the saved 110 dpi) and room for each title
+    fig, axes = plt.subplots(len(samples), 1, figsize=(nrow * 0.8, len(samples) * (rows * 0.8 + 0.45)), squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], samples.items()):
         image_grid(x[:n], nrow=nrow, ax=ax)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=10)
     return finish(fig, title, save)
 
 

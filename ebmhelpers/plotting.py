@@ -32,7 +32,7 @@ def image_grid(
     grid = torchvision.utils.make_grid(images.detach().float().cpu(), nrow=nrow, value_range=(-1, 1), normalize=True, pad_value=1)
     if ax is None:
         rows = -(-len(images) // nrow)
-        fig, ax = plt.subplots(figsize=(nrow * 0.6, rows * 0.6 + 0.4))
+        fig, ax = plt.subplots(figsize=(nrow * 0.8, rows * 0.8 + 0.5))
     else:
         fig = ax.figure
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
@@ -79,18 +79,50 @@ def training_curves(history: pd.DataFrame, title: str | None = None, save: str |
     return finish(fig, title, save)
 
 
+def _overlapping(ranges: dict[str, tuple[float, float]], slack: float = 0.25) -> list[list[str]]:
+    """Groups of names whose ranges overlap (each widened by ``slack`` of its width), in order of position."""
+    groups: list[list[str]] = []
+    hi = float("-inf")
+    for name, (lo, up) in sorted(ranges.items(), key=lambda kv: kv[1][0]):
+        pad = slack * max(up - lo, 1e-12)
+        if groups and lo - pad <= hi:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        hi = max(hi, up + pad) if len(groups[-1]) > 1 else up + pad
+    return groups
+
+
 def energy_histograms(
-    energies: dict[str, torch.Tensor], title: str | None = None, save: str | Path | None = None, ax=None
+    energies: dict[str, torch.Tensor], title: str | None = None, save: str | Path | None = None, ax=None,
+    bins_per_set: int = 40,
 ) -> plt.Figure:
-    """Overlaid densities of -E (higher = more digit-like) for several image sets."""
-    df = pd.concat(
-        [pd.DataFrame({"-E(x)": (-e).float().cpu().numpy(), "set": k}) for k, e in energies.items()], ignore_index=True
-    )
+    """Densities of -E (higher = more digit-like) for several image sets, each with
+    ``bins_per_set`` bins over its own range (not shared bins, in which sets lying far apart fall
+    into one bar each). Sets whose ranges overlap share a panel; sets far from the others (e.g.
+    uniform noise) get their own panel, with its own x axis, so that every distribution is
+    visible. With ``ax``, all sets are drawn there."""
+    values = {k: (-e).detach().float().cpu().numpy() for k, e in energies.items()}
+    colours = {k: f"C{i}" for i, k in enumerate(values)}
+    groups = [list(values)] if ax is not None else _overlapping({k: (v.min(), v.max()) for k, v in values.items()})
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        widths = [1 + len(g) for g in groups]
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 2.5, 3.6), squeeze=False,
+                                 gridspec_kw={"width_ratios": widths})
+        axes = list(axes[0])
     else:
-        fig = ax.figure
-    sns.histplot(df, x="-E(x)", hue="set", stat="density", common_norm=False, element="step", ax=ax)
+        fig, axes = ax.figure, [ax]
+    for a, group in zip(axes, groups):
+        for name in group:
+            v = values[name]
+            span = float(v.max() - v.min())
+            bins = max(5, min(bins_per_set, len(v) // 4))
+            a.hist(v, bins=bins, range=None if span > 0 else (v[0] - 0.5, v[0] + 0.5), density=True,
+                   histtype="stepfilled", alpha=0.35, color=colours[name], edgecolor=colours[name], lw=1.2,
+                   label=f"{name} (n={len(v)}, median {float(pd.Series(v).median()):.3g})")
+        a.set_xlabel("-E(x)  (higher = more digit-like)")
+        a.legend(fontsize=7)
+    axes[0].set_ylabel("density (per set)")
     return finish(fig, title, save)
 
 
@@ -127,8 +159,37 @@ def labelled_grids(
     save: str | Path | None = None,
 ) -> plt.Figure:
     """Side-by-side image grids, each with its label (e.g. its IS and FID) as a title."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(6.2 * len(grids), 2.4), squeeze=False)
+    rows = -(-min(n, max(len(g) for g in grids.values())) // nrow)
+    fig, axes = plt.subplots(1, len(grids), figsize=(0.8 * nrow * len(grids), 0.8 * rows + 0.6), squeeze=False)
     for ax, (label, images) in zip(axes[0], grids.items()):
         image_grid(images[:n], nrow=nrow, ax=ax)
         ax.set_title(label, fontsize=9)
     return finish(fig, title, save)
+
+
+def row_labelled_grid(
+    rows: dict[str, torch.Tensor], n: int = 8, title: str | None = None, save: str | Path | None = None,
+) -> plt.Figure:
+    """One row of ``n`` [-1, 1] images per entry of ``rows``, its label written to the left of it."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.8 * n + 2.2, 0.85 * len(rows) + 0.5), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        image_grid(images[:n], nrow=n, ax=ax)
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    return finish(fig, title, save)
+
+
+def size_for_plot(table: pd.DataFrame, size: str = "size_mb", nonzero: str = "nonzero_mb", masked: str = "masked"
+                  ) -> pd.Series:
+    """Model sizes for a size axis: a masked model (unstructured pruning, zeros kept in dense
+    tensors) is placed at the size of its nonzero parameters (column ``nonzero``) where the table
+    has it, and dropped (NaN) otherwise, never at the dense size its file has."""
+    out = table[size].astype(float).copy()
+    if masked in table:
+        is_masked = table[masked].fillna(False).astype(bool)
+        out[is_masked] = table.loc[is_masked, nonzero].astype(float) if nonzero in table else float("nan")
+    return out

@@ -631,7 +631,9 @@ def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = 
         if metric.startswith("auroc_"):
             ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
             ax.set_ylim(0, 1.02)
-        ax.set(xlabel="pruning ratio", title=label, xlim=(0, 1))
+        if metric == "FID":  # FID spans orders of magnitude between the baseline and heavy pruning
+            ax.set_yscale("log")
+        ax.set(xlabel="pruning ratio", title=label + (" (log scale)" if metric == "FID" else ""), xlim=(0, 1))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     handles: dict[str, object] = {}
@@ -682,13 +684,15 @@ def plot_speedup(
 def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = None, save=None) -> plt.Figure:
     """Fraction of zero weights per layer for each strategy (where each strategy puts its cuts)."""
     colors = _palette()
-    fig, ax = plt.subplots(figsize=(10, 3.4))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
     width = 0.8 / len(tables)
     for i, (key, t) in enumerate(tables.items()):
         xs = [j + i * width for j in range(len(t))]
         ax.bar(xs, t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
     first = next(iter(tables.values()))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], first.layer, rotation=70, fontsize=7)
+    names = [f"{r.layer}\n{r.kind}\n{r.weights:,} weights" for r in first.itertuples()]
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], names, fontsize=8)
+    ax.set_xlabel("prunable layer (module name, kind, number of weights)")
     ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
     ax.legend(fontsize=7)
     return finish(fig, title, save)

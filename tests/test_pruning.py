@@ -256,6 +256,7 @@ def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     assert all(any(m in t for t in titles) for m in ("noise", "upside-down", "corner"))
     fid_ax = fig.axes[list(pruning.QUALITY_METRICS).index("FID")]
     assert fid_ax.containers and any(c.has_yerr for c in fid_ax.containers)
+    assert fid_ax.get_yscale() == "log"  # FID spans orders of magnitude across the sweep
     plain = df.assign(IS_std=float("nan"), FID_std=float("nan"), rollbacks=0, diverged=False)
     fig2 = pruning.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")})
     texts = [t.get_text() for t in fig2.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
@@ -319,3 +320,12 @@ def test_interleaved_speedup_of_a_physically_pruned_model():
     out = pruning.interleaved_speedup(ev, dense, phys)
     assert out["speedup_lo"] <= out["speedup_interleaved"] <= out["speedup_hi"]
     assert out["speed_verdict"] in ("faster", "slower", "no difference")
+
+
+def test_layer_sparsity_names_layers_by_name_kind_and_size():
+    t = pd.DataFrame({"layer": ["net.0", "net.9"], "kind": ["Conv2d", "Linear"], "weights": [1600, 20000],
+                      "sparsity": [0.5, 0.9], "zero_channels": [0.0, 0.1]})  # fmt: skip
+    fig = pruning.plot_layer_sparsity({key: t for key in pruning.STRATEGIES})
+    names = [x.get_text() for x in fig.axes[0].get_xticklabels()]
+    assert names == ["net.0\nConv2d\n1,600 weights", "net.9\nLinear\n20,000 weights"]
+    assert all(x.get_rotation() == 0 for x in fig.axes[0].get_xticklabels())

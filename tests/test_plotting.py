@@ -1,0 +1,29 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd
+import torch
+
+from ebmhelpers import plotting
+
+
+def test_energy_histograms_give_each_set_its_own_bins_and_far_sets_their_own_panel():
+    g = torch.Generator().manual_seed(0)
+    e = {"real": 0.02 * torch.randn(200, generator=g), "sampled": 0.01 + 0.02 * torch.randn(200, generator=g),
+         "noise": 2.4 + 0.05 * torch.randn(200, generator=g)}  # fmt: skip
+    fig = plotting.energy_histograms(e, bins_per_set=20)
+    assert len(fig.axes) == 2  # real and sampled overlap; noise lies far away
+    near = [a for a in fig.axes if len(a.patches) == 2][0]
+    assert all(len(p.get_path().vertices) > 20 for p in near.patches)  # many bars each, not one
+
+
+def test_row_labelled_grid_labels_every_row():
+    rows = {"test digits": torch.zeros(8, 1, 28, 28), "uniform noise": torch.rand(8, 1, 28, 28) * 2 - 1}
+    fig = plotting.row_labelled_grid(rows)
+    assert [a.get_ylabel() for a in fig.axes] == list(rows)
+
+
+def test_size_for_plot_never_puts_masked_models_at_the_dense_size():
+    t = pd.DataFrame({"size_mb": [1.0, 1.0, 0.4], "masked": [False, True, False], "nonzero_mb": [1.0, 0.2, 0.4]})
+    assert plotting.size_for_plot(t).tolist() == [1.0, 0.2, 0.4]
+    assert plotting.size_for_plot(t.drop(columns="nonzero_mb")).isna().tolist() == [False, True, False]
