@@ -193,3 +193,68 @@ def size_for_plot(table: pd.DataFrame, size: str = "size_mb", nonzero: str = "no
         is_masked = table[masked].fillna(False).astype(bool)
         out[is_masked] = table.loc[is_masked, nonzero].astype(float) if nonzero in table else float("nan")
     return out
+
+
+def masked_at_dense_size(table: pd.DataFrame, size: str = "size_mb") -> pd.Series:
+    """Pruned rows (``family == "pruning"``) whose size is the baseline's: masked models (pruned
+    weights kept as zeros in dense tensors), whose file is as large as the dense model's."""
+    base = table.loc[table.family == "baseline", size]
+    if base.empty:
+        return pd.Series(False, index=table.index)
+    return (table.family == "pruning") & (table[size] >= 0.999 * float(base.iloc[0]))
+
+
+def _legible_log_x(ax) -> None:
+    """Log x axis with plain-number labels at 1, 2, 5 x 10^k only (no crowded minor labels)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="both", labelsize=8)
+
+
+def pareto_plot(
+    table: pd.DataFrame, panels: list[tuple[str, str, bool]], title: str | None = None, save: str | Path | None = None,
+    labels: dict[str, str] | None = None,
+) -> plt.Figure:
+    """Quality against cost, one panel per ``(cost, quality, lower_is_better)``, colour and marker
+    per family, error bars (``<quality>_std``) and the Pareto front (dashed). On a size axis
+    (``cost`` ending in ``size_mb``) masked pruned models (:func:`masked_at_dense_size`) are left
+    out, as the legend says: their file is the dense model's size, which says nothing of what
+    pruning saved. Their latency is measured, so they stay in latency panels. ``labels`` maps a
+    column to its axis label (default: the column name)."""
+    from ebmhelpers.comparison import pareto_front
+
+    families = list(dict.fromkeys(table.family))
+    markers = dict(zip(families, "oXsP^vD*"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (cost, quality, lower_better) in zip(axes[0], panels):
+        shown = table.dropna(subset=[cost, quality])
+        left_out = masked_at_dense_size(shown) if cost.endswith("size_mb") else pd.Series(False, index=shown.index)
+        shown = shown[~left_out]
+        if shown.empty:
+            ax.text(0.5, 0.5, f"no {quality} in the saved results", ha="center", transform=ax.transAxes)
+            continue
+        for i, fam in enumerate(families):
+            d = shown[shown.family == fam]
+            if not d.empty:
+                ax.scatter(d[cost], d[quality], marker=markers[fam], s=50, color=f"C{i}", label=fam, zorder=3)
+        std = f"{quality}_std"
+        if std in shown and shown[std].notna().any():
+            ax.errorbar(shown[cost], shown[quality], yerr=shown[std].fillna(0), fmt="none", ecolor="gray", lw=1,
+                        capsize=2)  # fmt: skip
+        front = pareto_front(shown, cost, quality, lower_better)
+        ax.step(front[cost], front[quality], "k--", where="post", lw=1, label="Pareto front")
+        if left_out.any():
+            ax.plot([], [], ls="none", label=f"not shown: {int(left_out.sum())} masked pruned model(s)\n"
+                                             "(zeros stored densely: file = dense size)")  # fmt: skip
+        if quality.startswith("auroc"):
+            ax.axhline(0.5, color="red", ls=":", lw=1, label="chance (below: inverted)")
+            ax.set_ylim(-0.02, 1.02)
+        _legible_log_x(ax)
+        ax.set(xlabel=(labels or {}).get(cost, cost), ylabel=(labels or {}).get(quality, quality))
+        ax.grid(alpha=0.3, which="major")
+        ax.legend(fontsize=7)
+    return finish(fig, title, save)

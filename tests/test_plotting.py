@@ -27,3 +27,18 @@ def test_size_for_plot_never_puts_masked_models_at_the_dense_size():
     t = pd.DataFrame({"size_mb": [1.0, 1.0, 0.4], "masked": [False, True, False], "nonzero_mb": [1.0, 0.2, 0.4]})
     assert plotting.size_for_plot(t).tolist() == [1.0, 0.2, 0.4]
     assert plotting.size_for_plot(t.drop(columns="nonzero_mb")).isna().tolist() == [False, True, False]
+
+
+def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ticks_plainly():
+    t = pd.DataFrame({"family": ["baseline", "quantization", "pruning", "pruning", "distillation"],
+                      "size_mb": [0.31, 0.09, 0.31, 0.31, 0.02], "latency_ms_cpu": [1.2, 1.1, 1.0, 1.5, 0.6],
+                      "FID": [600.0, 610, 620, 900, 2500], "FID_std": [10.0] * 5,
+                      "auroc_worst": [0.74, 0.73, 0.8, 0.66, 0.6]})  # fmt: skip
+    assert plotting.masked_at_dense_size(t).tolist() == [False, False, True, True, False]
+    fig = plotting.pareto_plot(t, [("size_mb", "FID", True), ("latency_ms_cpu", "FID", True)])
+    size_ax, lat_ax = fig.axes
+    assert "pruning" not in size_ax.get_legend_handles_labels()[1]
+    assert any(lab.startswith("not shown: 2 masked") for lab in size_ax.get_legend_handles_labels()[1])
+    assert "pruning" in lat_ax.get_legend_handles_labels()[1]
+    assert [x.get_text() for x in size_ax.get_xticklabels() if x.get_text()] and not [
+        x.get_text() for x in size_ax.get_xticklabels(minor=True) if x.get_text()]
