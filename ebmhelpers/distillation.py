@@ -641,7 +641,8 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
     scores, first = [], None
     for seed in ev.seeds:
         seed_everything(seed)
-        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts)
+        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts,
+                           sampler=ev.sampler(model))
         scores.append(ev.sample_quality(samples))
         first = samples if first is None else first
     out: dict[str, float] = {"n_seeds": len(scores)}

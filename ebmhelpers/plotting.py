@@ -183,18 +183,6 @@ def row_labelled_grid(
     return finish(fig, title, save)
 
 
-def size_for_plot(table: pd.DataFrame, size: str = "size_mb", nonzero: str = "nonzero_mb", masked: str = "masked"
-                  ) -> pd.Series:
-    """Model sizes for a size axis: a masked model (unstructured pruning, zeros kept in dense
-    tensors) is placed at the size of its nonzero parameters (column ``nonzero``) where the table
-    has it, and dropped (NaN) otherwise, never at the dense size its file has."""
-    out = table[size].astype(float).copy()
-    if masked in table:
-        is_masked = table[masked].fillna(False).astype(bool)
-        out[is_masked] = table.loc[is_masked, nonzero].astype(float) if nonzero in table else float("nan")
-    return out
-
-
 def masked_at_dense_size(table: pd.DataFrame, size: str = "size_mb") -> pd.Series:
     """Pruned rows (``family == "pruning"``) whose size is the baseline's: masked models (pruned
     weights kept as zeros in dense tensors), whose file is as large as the dense model's."""
