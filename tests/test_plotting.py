@@ -23,12 +23,6 @@ def test_row_labelled_grid_labels_every_row():
     assert [a.get_ylabel() for a in fig.axes] == list(rows)
 
 
-def test_size_for_plot_never_puts_masked_models_at_the_dense_size():
-    t = pd.DataFrame({"size_mb": [1.0, 1.0, 0.4], "masked": [False, True, False], "nonzero_mb": [1.0, 0.2, 0.4]})
-    assert plotting.size_for_plot(t).tolist() == [1.0, 0.2, 0.4]
-    assert plotting.size_for_plot(t.drop(columns="nonzero_mb")).isna().tolist() == [False, True, False]
-
-
 def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ticks_plainly():
     t = pd.DataFrame({"family": ["baseline", "quantization", "pruning", "pruning", "distillation"],
                       "size_mb": [0.31, 0.09, 0.31, 0.31, 0.02], "latency_ms_cpu": [1.2, 1.1, 1.0, 1.5, 0.6],
