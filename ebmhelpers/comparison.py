@@ -120,18 +120,6 @@ def comparison_table(ctx: Context) -> pd.DataFrame:
     return table[COLUMNS + ["keeps_quality", "compression_x"]]
 
 
-def pareto_front(df: pd.DataFrame, cost: str, quality: str, lower_quality_is_better: bool = True) -> pd.DataFrame:
-    """Rows not dominated by another row that is at most as costly and at least as good."""
-    d = df.dropna(subset=[cost, quality])
-    q = d[quality] if lower_quality_is_better else -d[quality]
-    keep = []
-    for i in d.index:
-        dominated = ((d[cost] <= d.at[i, cost]) & (q <= q[i]) & ((d[cost] < d.at[i, cost]) | (q < q[i]))).any()
-        if not dominated:
-            keep.append(i)
-    return d.loc[keep].sort_values(cost)
-
-
 # ---- the paper side by side ---------------------------------------------------------------
 # The paper's numbers, from ebmhelpers.paper (transcribed from its text, with their sections).
 PAPER_BASELINE_FID = paper.BASELINE_FID.value  # §4.2, printed "5,275"

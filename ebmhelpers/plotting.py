@@ -14,6 +14,8 @@ import seaborn as sns
 import torch
 import torchvision
 
+from . import verdicts
+
 
 def finish(fig: plt.Figure, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
     """Give ``fig`` its title, tighten the layout and, with ``save``, write it as a PNG."""
@@ -213,8 +215,6 @@ def pareto_plot(
     out, as the legend says: their file is the dense model's size, which says nothing of what
     pruning saved. Their latency is measured, so they stay in latency panels. ``labels`` maps a
     column to its axis label (default: the column name)."""
-    from ebmhelpers.comparison import pareto_front
-
     families = list(dict.fromkeys(table.family))
     markers = dict(zip(families, "oXsP^vD*"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
@@ -233,7 +233,7 @@ def pareto_plot(
         if std in shown and shown[std].notna().any():
             ax.errorbar(shown[cost], shown[quality], yerr=shown[std].fillna(0), fmt="none", ecolor="gray", lw=1,
                         capsize=2)  # fmt: skip
-        front = pareto_front(shown, cost, quality, lower_better)
+        front = verdicts.pareto_front(shown, cost, quality, lower_better)
         ax.step(front[cost], front[quality], "k--", where="post", lw=1, label="Pareto front")
         if left_out.any():
             ax.plot([], [], ls="none", label=f"not shown: {int(left_out.sum())} masked pruned model(s)\n"

@@ -542,3 +542,15 @@ def _student_rows(base, students: pd.DataFrame, quant, pruning) -> list[dict]:
         ("; ".join(quality_failures(best, base)) or "keeps quality by the rule") if at_ratio else
         f"no student within 2x of 1/145 of the baseline's parameters ({target:,.0f}) in this run"))
     return rows
+
+
+def pareto_front(df: pd.DataFrame, cost: str, quality: str, lower_quality_is_better: bool = True) -> pd.DataFrame:
+    """Rows not dominated by another row that is at most as costly and at least as good."""
+    d = df.dropna(subset=[cost, quality])
+    q = d[quality] if lower_quality_is_better else -d[quality]
+    keep = []
+    for i in d.index:
+        dominated = ((d[cost] <= d.at[i, cost]) & (q <= q[i]) & ((d[cost] < d.at[i, cost]) | (q < q[i]))).any()
+        if not dominated:
+            keep.append(i)
+    return d.loc[keep].sort_values(cost)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ebmhelpers import comparison, results, runtime
+from ebmhelpers import comparison, results, runtime, verdicts
 from ebmhelpers.models import ResNetEnergy
 from ebmhelpers.profiles import SGLDConfig, get_profile
 
@@ -18,9 +18,9 @@ def _row(fid, fid_std=NAN, noise=0.9, flip=0.9, reduced=0.9, IS=4.0, IS_std=NAN,
 
 def test_pareto_front_drops_dominated_rows():
     df = pd.DataFrame({"model": list("abcde"), "size": [1, 2, 3, 2, 5], "FID": [9.0, 5.0, 6.0, 4.0, 1.0]})
-    front = comparison.pareto_front(df, "size", "FID")
+    front = verdicts.pareto_front(df, "size", "FID")
     assert front.model.tolist() == ["a", "d", "e"]  # b is beaten by d (same size, lower FID), c by d
-    front_auroc = comparison.pareto_front(df.assign(auroc=[0.5, 0.9, 0.8, 0.7, 0.6]), "size", "auroc", False)
+    front_auroc = verdicts.pareto_front(df.assign(auroc=[0.5, 0.9, 0.8, 0.7, 0.6]), "size", "auroc", False)
     assert front_auroc.model.tolist() == ["a", "b"]
 
 
