@@ -18,6 +18,8 @@ the checkpoint, in another) resumes there and takes the same batches as an unint
 
 from __future__ import annotations
 
+import abc
+
 import math
 import time
 from collections.abc import Callable
@@ -228,7 +230,7 @@ def clone_state(value: Any) -> Any:
     return value
 
 
-class LoopTrainer:
+class LoopTrainer(abc.ABC):
     """What a trainer around a :class:`ResumableLoop` (``self.loop``) shares: the position read
     from the loop, the per-iteration history, and checkpoints written atomically to
     ``self.ckpt_path`` (None = none written) and loaded on ``self.device``.
@@ -279,15 +281,17 @@ class LoopTrainer:
         return pd.DataFrame(self._history, columns=list(self.HISTORY_COLUMNS))
 
     # ---- checkpoints ------------------------------------------------------------------
+    @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The run's whole state, as a checkpoint holds it."""
 
+    @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore what :meth:`state_dict` returned."""
 
+    @abc.abstractmethod
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         """Raise ``ValueError`` when ``state`` (read from ``ckpt_path``) belongs to another run."""
-        raise NotImplementedError
 
     def save(self) -> None:
         """Remember this state as the last good one (with :attr:`KEEP_LAST_GOOD`) and, with a
