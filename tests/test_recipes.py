@@ -8,7 +8,7 @@ import torch
 
 from ebmhelpers import data, metrics
 from ebmhelpers.profiles import get_profile
-from ebmhelpers.tools.recipe_study import RECIPES, generation_config, recipe_profile
+from ebmhelpers.tools.recipe_study import RECIPES, STUDY_CHAIN, generation_config, recipe_profile
 from ebmhelpers.sampling import ReplayBuffer
 from ebmhelpers.pretrained import decode_uint8, encode_uint8
 from ebmhelpers.training import PCDTrainer
@@ -113,7 +113,9 @@ def test_recipe_generation_matches_what_training_saw():
     assert (short.steps, short.step_size) == (base.sgld_steps, base.sgld_step_size)
     capped = generation_config(base, "5% fresh, reset after 8 updates")
     assert capped.steps == 8 * base.sgld_steps and capped.step_size == base.sgld_step_size
-    assert generation_config(base, "paper: 5% fresh", 4).steps == 4 * base.gen_sgld_config().steps
+    persistent = generation_config(base, "paper: 5% fresh", 4)
+    assert persistent.steps == 4 * STUDY_CHAIN[0] and persistent.step_size == base.sgld_step_size * STUDY_CHAIN[1]
+    assert persistent.temperature == pytest.approx(base.sgld_config().temperature)
     for name in RECIPES:  # every recipe samples at the same temperature
         assert recipe_profile(base, name).sgld_config().temperature == pytest.approx(base.sgld_config().temperature)
 
@@ -159,3 +161,24 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     assert not (tmp_path / "fresh" / p.name / "baseline_epoch2.pt").exists()  # after the exported step
     monkeypatch.setenv(pretrained.TRAIN_ENV, "1")
     assert pretrained.wants_training()
+
+
+def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch):
+    """A recipe stopped and resumed reports the wall time of all its training, not of the last call."""
+    from ebmhelpers.runtime import Context
+    from ebmhelpers.tools import recipe_study
+
+    monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    p = get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
+                                     sgld_steps=2, epochs=2, max_iters_per_epoch=None, ckpt_every=2)  # fmt: skip
+    ctx = Context(p, torch.device("cpu"))
+    images = data.load_training_split("fit", 0, 64)
+    # the study checkpoints every 50 iterations and at each epoch's end (8 iterations here): a call
+    # stops at the first checkpoint at or after its budget
+    first, s1, _ = recipe_study.train_recipe(ctx, "25% fresh", images, budget=1 * 2, progress=False)
+    assert first.step == 8 and s1 > 0
+    second, s2, outcome = recipe_study.train_recipe(ctx, "25% fresh", images, budget=16 * 2, progress=False)
+    assert second.step == 16 and outcome == "ok"
+    assert s2 > s1  # the first call's seconds are kept beside the checkpoint
+    third, s3, _ = recipe_study.train_recipe(ctx, "25% fresh", images, budget=16 * 2, progress=False)
+    assert third.step == 16 and s3 == pytest.approx(s2, abs=0.5)  # nothing left to train: nothing added

@@ -8,14 +8,16 @@ about 95% of it), so a recipe with half the steps per iteration gets twice the i
 measured wall time is a column too. Scores are on the validation digits (``profile.val_size``
 training digits held out), never on the test digits.
 
-Every recipe generates from uniform noise with *its own* sampler: the persistent recipes with the
-profile's generation chain (``Profile.gen_sgld_config``), the short-run recipe with exactly its training
+Every recipe generates from uniform noise with *its own* sampler: the persistent recipes with one
+fixed chain, :data:`STUDY_CHAIN` (the profile's generation chain when the study began, before the
+chain study chose a shorter one, so recipes added later are scored like the first), the short-run recipe with exactly its training
 chain (K steps), the capped recipe with N x K steps (no chain in training ran longer). Each is
 also run 4x and 16x longer, to see whether quality holds or drifts into saturated minima.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -34,8 +36,8 @@ from ..runtime import Context, get_device, seed_everything
 from ..sampling import generate
 from ..training import DivergenceError, PCDTrainer, load_or_train_classifier
 
-# name -> (profile changes, generation: "profile" (the profile's generation chain) or a multiple
-# of the training chain K at the training step size)
+# name -> (profile changes, generation: "profile" (STUDY_CHAIN) or a multiple of the training chain K
+# at the training step size)
 RECIPES: dict[str, tuple[dict, str | int]] = {
     "paper: 5% fresh": ({"reinit_frac": 0.05}, "profile"),
     "25% fresh": ({"reinit_frac": 0.25}, "profile"),
@@ -46,6 +48,7 @@ RECIPES: dict[str, tuple[dict, str | int]] = {
     "25% fresh, data noise 0.03": ({"reinit_frac": 0.25, "data_noise_std": 0.03}, "profile"),
     "tutorial 8 buffer: grows, 5% fresh": ({"reinit_frac": 0.05, "buffer_grows": True}, "profile"),
 }  # fmt: skip
+STUDY_CHAIN = (256, 4.0)  # the persistent recipes' generation chain: 256 steps of 4x the training step, same temperature
 BUDGET_SGLD_STEPS = 250 * 60  # per recipe: 250 iterations of K=60 (about 8 min on one 2026 EPYC thread)
 N_DIGITS = {1: 1_000, 4: 200, 16: 64}  # digits generated per chain-length multiple
 N_NEAREST_REF = 10_000  # training digits searched for each sample's nearest neighbour
@@ -61,7 +64,8 @@ def generation_config(base: Profile, name: str, multiple: int = 1) -> SGLDConfig
     """The chain a recipe generates with from noise, ``multiple`` times longer."""
     p = recipe_profile(base, name)
     _, gen = RECIPES[name]
-    cfg = base.gen_sgld_config() if gen == "profile" else p.sgld_config(p.sgld_steps * int(gen))
+    steps, scale = STUDY_CHAIN
+    cfg = base.sgld_config(steps).scaled(scale) if gen == "profile" else p.sgld_config(p.sgld_steps * int(gen))
     return cfg.__class__(**{**cfg.__dict__, "steps": cfg.steps * multiple})
 
 
@@ -95,19 +99,23 @@ class ValidationScorer:
 def train_recipe(ctx: Context, name: str, images: torch.Tensor, budget: int = BUDGET_SGLD_STEPS,
                  progress: bool = True) -> tuple[PCDTrainer, float, str]:
     """Train (or resume) one recipe for ``budget`` SGLD steps; returns the trainer, the wall
-    seconds of this call's training and the outcome ("ok" or the divergence message)."""
+    seconds of its training over every call (kept beside its checkpoint) and the outcome ("ok" or
+    the divergence message)."""
     p = recipe_profile(ctx.profile, name).replace(ckpt_every=50)
     seed_everything(p.seed)
     path = ctx.checkpoints / "recipe_study" / f"{slug(name)}.pt"
     trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=path, device=ctx.device)
-    trainer.load()
+    seconds_path = path.with_suffix(".seconds.json")
+    spent = json.loads(seconds_path.read_text())["train_seconds"] if trainer.load() and seconds_path.exists() else 0.0
     t0 = time.perf_counter()
     outcome = "ok"
     try:
         trainer.fit(max_steps=budget // p.sgld_steps, progress=progress)
     except DivergenceError as err:
         outcome = f"diverged: {err}"
-    return trainer, time.perf_counter() - t0, outcome
+    spent += time.perf_counter() - t0
+    seconds_path.write_text(json.dumps({"train_seconds": spent}))
+    return trainer, spent, outcome
 
 
 def slug(name: str) -> str:
