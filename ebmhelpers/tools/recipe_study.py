@@ -195,9 +195,11 @@ def training_length_study(profile: str | None = None, progress: bool = True) -> 
         model.load_state_dict(state["model"])
         seed_everything(p.seed + 1009)
         t0 = time.perf_counter()
-        x = generate(model.eval(), LENGTH_N, p.gen_sgld_config(), batch_size=LENGTH_N, progress=progress).cpu()
+        cfg = p.gen_sgld_config()
+        x = generate(model.eval(), LENGTH_N, cfg, batch_size=LENGTH_N, progress=progress).cpu()
         base = {"snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
-        rows.append({**base, "samples": "from noise", "n": LENGTH_N, **scorer(x),
+        rows.append({**base, "samples": "from noise", "gen_steps": cfg.steps, "gen_step_size": cfg.step_size,
+                     "n": LENGTH_N, **scorer(x),
                      "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
         buffer = decode_uint8(state["buffer_uint8"])[:LENGTH_N]
         rows.append({**base, "samples": "replay buffer", "n": len(buffer), **scorer(buffer)})
