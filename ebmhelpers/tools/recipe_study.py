@@ -212,7 +212,7 @@ def training_length_study(profile: str | None = None, progress: bool = True) -> 
 def generation_chain_study(snapshot: str, profile: str | None = None, progress: bool = True) -> pd.DataFrame:
     """One snapshot's digits from noise under every chain of :data:`CHAIN_STEPS` x
     :data:`CHAIN_SCALES` (at the training temperature), scored on validation digits, with the
-    seconds per 1,000 digits. Writes ``generation_chain_study.csv``."""
+    seconds per 1,000 digits. Writes its rows to ``generation_chain_study.csv``, keeping those of other snapshots."""
     from ..checkpoints import load_checkpoint
 
     ctx = Context(get_profile(profile or "cpu"), get_device())
@@ -234,5 +234,9 @@ def generation_chain_study(snapshot: str, profile: str | None = None, progress: 
                          "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / CHAIN_N})  # fmt: skip
             print(pd.DataFrame(rows[-1:])[["steps", "step_scale", "IS", "FID", "confident", "saturation"]].to_string(index=False))
     table = pd.DataFrame(rows)
-    table.to_csv(ctx.results / "generation_chain_study.csv", index=False)
+    out = ctx.results / "generation_chain_study.csv"
+    if out.exists():  # keep the rows of the other snapshots studied
+        old = pd.read_csv(out)
+        table = pd.concat([old[old.snapshot != snapshot], table], ignore_index=True)
+    table.to_csv(out, index=False)
     return table
