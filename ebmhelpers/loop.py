@@ -19,7 +19,6 @@ the checkpoint, in another) resumes there and takes the same batches as an unint
 from __future__ import annotations
 
 import abc
-
 import math
 import time
 from collections.abc import Callable
