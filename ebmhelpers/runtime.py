@@ -216,9 +216,13 @@ class Context:
 
     profile: Profile
     device: torch.device
+    checkpoint_folder: Path | None = None  # a run kept apart from the profile's own (the recipe study's long runs)
 
     @property
     def checkpoints(self) -> Path:
+        if self.checkpoint_folder is not None:
+            self.checkpoint_folder.mkdir(parents=True, exist_ok=True)
+            return self.checkpoint_folder
         return checkpoint_dir(self.profile)
 
     @property

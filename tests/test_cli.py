@@ -65,6 +65,8 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     (["run", "--profile", "nonsense"], "unknown profile 'nonsense'; choose one of"),
     (["run", "--only", "09"], "the notebooks are: 00_ebm_theory, 01_train_baseline"),
     (["run", "--profile", "paper"], "EBM_ALLOW_SLOW=1"),
+    (["recipe-study", "--long", "2"], "--long needs --recipe NAME"),
+    (["recipe-study", "--training-length", "--recipe", "nonsense"], "unknown recipe 'nonsense'; the recipes are: paper"),
 ])  # fmt: skip
 def test_command_line_mistakes_are_one_line_and_exit_status_2(args, expected):
     done = _cli(*args)

@@ -182,3 +182,52 @@ def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch
     assert s2 > s1  # the first call's seconds are kept beside the checkpoint
     third, s3, _ = recipe_study.train_recipe(ctx, "25% fresh", images, budget=16 * 2, progress=False)
     assert third.step == 16 and s3 == pytest.approx(s2, abs=0.5)  # nothing left to train: nothing added
+
+
+def _tiny(name: str = "smoke"):
+    return get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
+                                        sgld_steps=2, epochs=1, max_iters_per_epoch=None, ckpt_every=4)  # fmt: skip
+
+
+def test_long_run_keeps_every_epoch_apart_from_the_profile_baseline(tmp_path, monkeypatch):
+    """``recipe-study --long``: a recipe trained with a snapshot per epoch in its own folder, resumable
+    to more epochs, and the profile's own baseline checkpoint never written."""
+    from ebmhelpers.tools import recipe_study
+
+    monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setattr(recipe_study, "get_profile", _tiny)
+    trainer = recipe_study.long_run("paper: 5% fresh", 2, "smoke", progress=False)
+    folder = tmp_path / "smoke" / "recipe_study" / "paper__5__fresh_long"
+    assert trainer.ckpt_path.parent == folder and trainer.step == 16 and trainer.profile.reinit_frac == 0.05
+    assert not (tmp_path / "smoke" / "baseline.pt").exists()
+    assert [torch.load(folder / f"baseline_epoch{e}.pt", weights_only=True)["step"] for e in (1, 2)] == [8, 16]
+    first = (folder / "baseline_epoch1.pt").read_bytes()
+    longer = recipe_study.long_run("paper: 5% fresh", 3, "smoke", progress=False)  # resumes, does not restart
+    assert longer.step == 24 and len(longer.history) == 24
+    assert (folder / "baseline_epoch1.pt").read_bytes() == first and (folder / "baseline_epoch3.pt").exists()
+    with pytest.raises(ValueError, match="unknown recipe 'nonsense'"):
+        recipe_study.long_run_context("smoke", "nonsense", 2)
+
+
+def test_recipe_name_is_the_most_specific_matching_recipe():
+    from ebmhelpers.tools.recipe_study import recipe_name
+
+    cpu = get_profile("cpu")
+    assert recipe_name(recipe_profile(cpu, "25% fresh")) == "25% fresh"
+    k30 = "25% fresh, K=30 of 2x step"
+    assert recipe_name(recipe_profile(cpu, k30)) == k30  # also matches "25% fresh": the larger change set wins
+    assert recipe_name(cpu.replace(reinit_frac=0.5)) == "profile"
+
+
+def test_study_tables_keep_the_rows_of_other_runs(tmp_path):
+    import pandas as pd
+
+    from ebmhelpers.tools.recipe_study import _keep_other_rows
+
+    out = tmp_path / "t.csv"
+    _keep_other_rows(out, pd.DataFrame({"recipe": ["a", "a"], "snapshot": ["e1", "e2"], "FID": [1.0, 2.0]}), {"recipe": "a"})
+    _keep_other_rows(out, pd.DataFrame({"recipe": ["b"], "snapshot": ["e1"], "FID": [3.0]}), {"recipe": "b"})
+    table = _keep_other_rows(out, pd.DataFrame({"recipe": ["a"], "snapshot": ["e2"], "FID": [4.0]}),
+                             {"recipe": "a", "snapshot": "e2"})  # replaces a/e2 only
+    assert sorted(zip(table.recipe, table.snapshot, table.FID)) == [("a", "e1", 1.0), ("a", "e2", 4.0), ("b", "e1", 3.0)]
+    assert pd.read_csv(out).shape == (3, 3)

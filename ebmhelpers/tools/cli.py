@@ -10,6 +10,10 @@ import argparse
 import sys
 
 
+class CommandError(ValueError):
+    """Arguments that cannot work together; printed as one line, without a traceback."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m ebmhelpers", description=__doc__)
@@ -33,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="instead: score every kept epoch snapshot of the profile's baseline on validation digits")
     study.add_argument("--chain", metavar="SNAPSHOT",
                        help="instead: compare generation chains for one snapshot (e.g. epoch8) on validation digits")
+    study.add_argument("--long", type=int, metavar="EPOCHS",
+                       help="instead: train --recipe for EPOCHS epochs with a snapshot after each (resumable, kept "
+                            "apart from the profile's baseline)")
+    study.add_argument("--recipe", help="with --long, --training-length or --chain: that recipe's long run "
+                                        "(default for the last two: the profile's baseline run)")
 
     export = sub.add_parser("export-pretrained", help="write ebmhelpers/pretrained/<profile>.pt from the trained baseline")
     export.add_argument("--profile", default="cpu")
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(args)
-    except (ProfileError, NoSuchNotebook) as err:
+    except (ProfileError, NoSuchNotebook, CommandError) as err:
         print(f"{parser.prog} {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
@@ -98,14 +107,25 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.training_length:
+        from .recipe_study import RECIPES
+
+        if args.recipe is not None and args.recipe not in RECIPES:
+            raise CommandError(f"unknown recipe {args.recipe!r}; the recipes are: {'; '.join(RECIPES)}")
+        if args.long:
+            from .recipe_study import long_run
+
+            if not args.recipe:
+                raise CommandError("--long needs --recipe NAME (the recipe to train)")
+            trainer = long_run(args.recipe, args.long, args.profile)
+            print(f"{args.recipe}: {trainer.step} iterations, {len(trainer.rollbacks)} rollbacks, in {trainer.ckpt_path.parent}")
+        elif args.training_length:
             from .recipe_study import training_length_study
 
-            print(training_length_study(args.profile).to_string(index=False))
+            print(training_length_study(args.profile, args.recipe).to_string(index=False))
         elif args.chain:
             from .recipe_study import generation_chain_study
 
-            print(generation_chain_study(args.chain, args.profile).to_string(index=False))
+            print(generation_chain_study(args.chain, args.profile, args.recipe).to_string(index=False))
         else:
             print(run_study(args.profile, args.recipes).to_string(index=False))
     elif args.command == "export-pretrained":

@@ -13,6 +13,12 @@ fixed chain, :data:`STUDY_CHAIN` (the profile's generation chain when the study 
 chain study chose a shorter one, so recipes added later are scored like the first), the short-run recipe with exactly its training
 chain (K steps), the capped recipe with N x K steps (no chain in training ran longer). Each is
 also run 4x and 16x longer, to see whether quality holds or drifts into saturated minima.
+
+Then training length and the generation chain, on the same validation digits: ``--long EPOCHS
+--recipe NAME`` trains one recipe for longer with a snapshot per epoch, in its own checkpoint folder
+(the profile's baseline is never replaced); ``--training-length`` scores every epoch snapshot of a
+run (the profile's, or ``--recipe``'s long run) and ``--chain epochN`` one snapshot under several
+generation chains. Rows are labelled with their recipe, so runs of several recipes share one table.
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from ..metrics import (
 )  # fmt: skip
 from ..models import build_baseline
 from ..profiles import Profile, SGLDConfig, get_profile
-from ..runtime import Context, get_device, seed_everything
+from ..runtime import Context, checkpoint_dir, get_device, seed_everything
 from ..sampling import generate
-from ..training import DivergenceError, PCDTrainer, load_or_train_classifier
+from ..training import DivergenceError, PCDTrainer, load_or_train_baseline, load_or_train_classifier
 
 # name -> (profile changes, generation: "profile" (STUDY_CHAIN) or a multiple of the training chain K
 # at the training step size)
@@ -169,27 +175,73 @@ def run_study(profile: str | None = None, names: list[str] | None = None, progre
     return table
 
 
-# ---- the chosen recipe: training length and generation chain, on validation digits ------------
+# ---- training length and generation chain, on validation digits ---------------------------
 LENGTH_N = 500  # digits per snapshot in the training-length study
 CHAIN_STEPS = (32, 64, 128, 256)  # generation chains compared for the chosen snapshot ...
-CHAIN_SCALES = (4.0, 16.0)  # ... at these multiples of the training step (same temperature)
+CHAIN_SCALES = (4.0, 16.0)  # ... at these multiples of the profile's training step (same temperature)
 CHAIN_N = 1_000
 
 
-def training_length_study(profile: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Every kept epoch snapshot of the profile's baseline run, scored on validation digits from
-    noise (the profile's generation chain) and from its replay buffer: where does quality from
-    noise stop improving, and does the buffer keep improving? Writes ``training_length_study.csv``."""
+def recipe_name(profile: Profile) -> str:
+    """The study's name for the recipe ``profile`` trains with: the recipe whose changes the profile
+    matches, the most specific one when several do (their changes nest), else ``"profile"``."""
+    fits = [(len(ch), name) for name, (ch, _) in RECIPES.items() if all(getattr(profile, k) == v for k, v in ch.items())]
+    return max(fits)[1] if fits else "profile"
+
+
+def long_run_context(profile: str | None, recipe: str | None = None, epochs: int | None = None) -> Context:
+    """Where a long run lives: the profile's own baseline run (``recipe`` None), or one recipe of
+    :data:`RECIPES` trained for ``epochs`` epochs with a snapshot after each, kept in its own
+    checkpoint folder so it never replaces the profile's baseline."""
+    base = get_profile(profile or "cpu")
+    if recipe is None:
+        return Context(base, get_device())
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; the recipes are: {', '.join(RECIPES)}")
+    p = recipe_profile(base, recipe)
+    if epochs is not None:
+        p = p.replace(epochs=epochs, snapshot_epochs=tuple(range(1, epochs + 1)))
+    return Context(p, get_device(), checkpoint_dir(base) / "recipe_study" / f"{slug(recipe)}_long")
+
+
+def long_run(recipe: str, epochs: int, profile: str | None = None, progress: bool = True) -> PCDTrainer:
+    """Train (or resume) one recipe for ``epochs`` epochs of the profile's digits, keeping every
+    epoch's snapshot for :func:`training_length_study`; the profile's own baseline is not touched."""
+    return load_or_train_baseline(long_run_context(profile, recipe, epochs), progress=progress, train=True)
+
+
+def _keep_other_rows(out: Path, table: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """``table`` written to ``out`` with the rows already there whose ``keys`` differ kept."""
+    if out.exists():
+        old = pd.read_csv(out)
+        same = pd.Series(True, index=old.index)
+        for col, value in keys.items():
+            same &= old[col] == value
+        table = pd.concat([old[~same], table], ignore_index=True)
+    table.to_csv(out, index=False)
+    return table
+
+
+def training_length_study(profile: str | None = None, recipe: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every kept epoch snapshot of the profile's baseline run (or of ``recipe``'s long run, see
+    :func:`long_run`), scored on validation digits from noise (the profile's generation chain, the
+    same for every recipe) and from its replay buffer: where does quality from noise stop improving,
+    and does the buffer keep improving? Writes ``training_length_study.csv``, keeping other recipes' rows."""
     from ..checkpoints import load_checkpoint
     from ..pretrained import decode_uint8
 
     ctx = Context(get_profile(profile or "cpu"), get_device())
+    runs = long_run_context(profile, recipe)
+    label = recipe or recipe_name(ctx.profile)
     p = ctx.profile
     classifier, _ = load_or_train_classifier(ctx, progress=progress)
     scorer = ValidationScorer(ctx, classifier)
     rows = []
-    paths = sorted(ctx.checkpoints.glob("baseline_epoch*.pt"), key=lambda q: int(q.stem.removeprefix("baseline_epoch")))
-    for path in [q for q in paths if ".prev" not in q.name]:
+    paths = [q for q in runs.checkpoints.glob("baseline_epoch*.pt") if q.stem.removeprefix("baseline_epoch").isdigit()]
+    paths.sort(key=lambda q: int(q.stem.removeprefix("baseline_epoch")))
+    if not paths:
+        raise FileNotFoundError(f"no epoch snapshots in {runs.checkpoints}: train them first")
+    for path in paths:
         state = load_checkpoint(path)
         model = build_baseline(p.baseline)
         model.load_state_dict(state["model"])
@@ -197,30 +249,32 @@ def training_length_study(profile: str | None = None, progress: bool = True) -> 
         t0 = time.perf_counter()
         cfg = p.gen_sgld_config()
         x = generate(model.eval(), LENGTH_N, cfg, batch_size=LENGTH_N, progress=progress).cpu()
-        base = {"snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
+        base = {"recipe": label, "snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
         rows.append({**base, "samples": "from noise", "gen_steps": cfg.steps, "gen_step_size": cfg.step_size,
                      "n": LENGTH_N, **scorer(x),
                      "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
         buffer = decode_uint8(state["buffer_uint8"])[:LENGTH_N]
         rows.append({**base, "samples": "replay buffer", "n": len(buffer), **scorer(buffer)})
         print(pd.DataFrame(rows[-2:])[["snapshot", "samples", "IS", "FID", "confident", "entropy_bits"]].to_string(index=False))
-    table = pd.DataFrame(rows)
-    table.to_csv(ctx.results / "training_length_study.csv", index=False)
-    return table
+    return _keep_other_rows(ctx.results / "training_length_study.csv", pd.DataFrame(rows), {"recipe": label})
 
 
-def generation_chain_study(snapshot: str, profile: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """One snapshot's digits from noise under every chain of :data:`CHAIN_STEPS` x
-    :data:`CHAIN_SCALES` (at the training temperature), scored on validation digits, with the
-    seconds per 1,000 digits. Writes its rows to ``generation_chain_study.csv``, keeping those of other snapshots."""
+def generation_chain_study(snapshot: str, profile: str | None = None, recipe: str | None = None,
+                           progress: bool = True) -> pd.DataFrame:
+    """One snapshot's digits from noise (of the profile's run, or of ``recipe``'s long run) under
+    every chain of :data:`CHAIN_STEPS` x :data:`CHAIN_SCALES` (at the training temperature),
+    scored on validation digits, with the seconds per 1,000 digits. Writes its rows to
+    ``generation_chain_study.csv``, keeping those of other snapshots and recipes."""
     from ..checkpoints import load_checkpoint
 
     ctx = Context(get_profile(profile or "cpu"), get_device())
+    runs = long_run_context(profile, recipe)
+    label = recipe or recipe_name(ctx.profile)
     p = ctx.profile
     classifier, _ = load_or_train_classifier(ctx, progress=progress)
     scorer = ValidationScorer(ctx, classifier)
     model = build_baseline(p.baseline)
-    model.load_state_dict(load_checkpoint(ctx.checkpoints / f"baseline_{snapshot}.pt")["model"])
+    model.load_state_dict(load_checkpoint(runs.checkpoints / f"baseline_{snapshot}.pt")["model"])
     model.eval()
     rows = []
     for scale in CHAIN_SCALES:
@@ -229,14 +283,9 @@ def generation_chain_study(snapshot: str, profile: str | None = None, progress: 
             seed_everything(p.seed + 1009)
             t0 = time.perf_counter()
             x = generate(model, CHAIN_N, cfg, batch_size=500, progress=False).cpu()
-            rows.append({"snapshot": snapshot, "steps": steps, "step_scale": scale, "step_size": cfg.step_size,
-                         "noise_std": cfg.noise_std, "n": CHAIN_N, **scorer(x),
+            rows.append({"recipe": label, "snapshot": snapshot, "steps": steps, "step_scale": scale,
+                         "step_size": cfg.step_size, "noise_std": cfg.noise_std, "n": CHAIN_N, **scorer(x),
                          "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / CHAIN_N})  # fmt: skip
             print(pd.DataFrame(rows[-1:])[["steps", "step_scale", "IS", "FID", "confident", "saturation"]].to_string(index=False))
-    table = pd.DataFrame(rows)
-    out = ctx.results / "generation_chain_study.csv"
-    if out.exists():  # keep the rows of the other snapshots studied
-        old = pd.read_csv(out)
-        table = pd.concat([old[old.snapshot != snapshot], table], ignore_index=True)
-    table.to_csv(out, index=False)
-    return table
+    return _keep_other_rows(ctx.results / "generation_chain_study.csv", pd.DataFrame(rows),
+                            {"recipe": label, "snapshot": snapshot})
