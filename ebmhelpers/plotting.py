@@ -156,6 +156,25 @@ def quality_vs_steps(
     return finish(fig, title, save)
 
 
+def training_length(study: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
+    """Validation FID and IS against training compute (iterations x K, the SGLD steps of a training
+    batch, so that recipes with different K compare at equal cost), one colour per recipe, solid for
+    digits generated from noise and dashed for the replay buffer (a ``training_length_study.csv`` table)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    colours = {name: f"C{i}" for i, name in enumerate(study.recipe.unique())}
+    for ax, metric in zip(axes, ("FID", "IS")):
+        for (recipe, samples), part in study.groupby(["recipe", "samples"], sort=False):
+            part = part.sort_values("step")
+            ax.plot(part.step * part.K / 1000, part[metric], marker="o", ms=4, color=colours[recipe],
+                    ls="-" if samples == "from noise" else "--", label=f"{recipe}: {samples}")  # fmt: skip
+        ax.set(xlabel="training compute: iterations x K (thousand SGLD steps of a batch)", ylabel=f"{metric} (validation digits)")
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=7, loc="best")
+    axes[0].set_title("FID (lower is better)", fontsize=9)
+    axes[1].set_title("Inception Score (higher is better)", fontsize=9)
+    return finish(fig, title, save)
+
+
 def labelled_grids(
     grids: dict[str, torch.Tensor], nrow: int = 10, n: int = 30, title: str | None = None,
     save: str | Path | None = None,

@@ -280,7 +280,9 @@ PROFILES: dict[str, Profile] = {
         reinit_frac=0.25,  # 25% fresh chains: the probe (shared/probes) and the recipe study
         # 9 epochs: validation FID from noise 988, 922, 627, 492, 469, 514, 312, 664, 318, 430 after epochs 1-10
         # (training_length_study.csv, 500 digits each); on 1,000 digits epochs 7 and 9 tie (FID 320 and 318 with
-        # this chain, generation_chain_study.csv) and epoch 9 has the higher IS and confident fraction
+        # this chain, generation_chain_study.csv) and epoch 9 has the higher IS and confident fraction. The recipe
+        # study's equal-budget winner (K=30 of 2x step) trained 10 epochs drew worse digits from noise (best 422 on
+        # 1,000 digits, epoch 5): not adopted
         epochs=9,
         snapshot_epochs=(2,),  # notebook 02 compares epoch 2 with the final model
         # 64 steps of 16x the training step at the training temperature: the lowest validation FID of the chains

@@ -36,3 +36,16 @@ def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ti
     assert "pruning" in lat_ax.get_legend_handles_labels()[1]
     assert [x.get_text() for x in size_ax.get_xticklabels() if x.get_text()] and not [
         x.get_text() for x in size_ax.get_xticklabels(minor=True) if x.get_text()]
+
+
+def test_training_length_draws_one_line_per_recipe_and_sample_source_in_step_order():
+    rows = [{"recipe": r, "K": k, "samples": s, "step": step, "FID": fid, "IS": 10 - fid / 100}
+            for r, k in (("a", 60), ("b", 30)) for s in ("from noise", "replay buffer")
+            for step, fid in ((1000, 500.0), (500, 900.0))]  # fmt: skip
+    fig = plotting.training_length(pd.DataFrame(rows))
+    fid_ax = fig.axes[0]
+    assert len(fid_ax.lines) == 4
+    xs = [list(line.get_xdata()) for line in fid_ax.lines]
+    assert xs == [[30, 60]] * 2 + [[15, 30]] * 2  # sorted by step, scaled by K: thousands of SGLD steps
+    assert {line.get_color() for line in fid_ax.lines[:2]} != {line.get_color() for line in fid_ax.lines[2:]}
+    assert [line.get_linestyle() for line in fid_ax.lines[:2]] == ["-", "--"]

@@ -249,7 +249,8 @@ def training_length_study(profile: str | None = None, recipe: str | None = None,
         t0 = time.perf_counter()
         cfg = p.gen_sgld_config()
         x = generate(model.eval(), LENGTH_N, cfg, batch_size=LENGTH_N, progress=progress).cpu()
-        base = {"recipe": label, "snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"])}
+        base = {"recipe": label, "snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"]),
+                "K": runs.profile.sgld_steps}  # iterations x K: the training compute, comparable across recipes
         rows.append({**base, "samples": "from noise", "gen_steps": cfg.steps, "gen_step_size": cfg.step_size,
                      "n": LENGTH_N, **scorer(x),
                      "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
