@@ -23,6 +23,7 @@ generation chains. Rows are labelled with their recipe, so runs of several recip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -72,7 +73,7 @@ def generation_config(base: Profile, name: str, multiple: int = 1) -> SGLDConfig
     _, gen = RECIPES[name]
     steps, scale = STUDY_CHAIN
     cfg = base.sgld_config(steps).scaled(scale) if gen == "profile" else p.sgld_config(p.sgld_steps * int(gen))
-    return cfg.__class__(**{**cfg.__dict__, "steps": cfg.steps * multiple})
+    return dataclasses.replace(cfg, steps=cfg.steps * multiple)
 
 
 class ValidationScorer:
