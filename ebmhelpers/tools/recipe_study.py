@@ -223,6 +223,14 @@ def _keep_other_rows(out: Path, table: pd.DataFrame, keys: dict[str, str]) -> pd
     return table
 
 
+def _study_setup(profile: str | None, recipe: str | None, progress: bool) -> tuple[Context, Context, str, ValidationScorer]:
+    """The profile's context (classifier, results), the run's (its checkpoints), the run's recipe
+    label and the validation scorer, for the training-length and chain studies."""
+    ctx = Context(get_profile(profile or "cpu"), get_device())
+    classifier, _ = load_or_train_classifier(ctx, progress=progress)
+    return ctx, long_run_context(profile, recipe), recipe or recipe_name(ctx.profile), ValidationScorer(ctx, classifier)
+
+
 def training_length_study(profile: str | None = None, recipe: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Every kept epoch snapshot of the profile's baseline run (or of ``recipe``'s long run, see
     :func:`long_run`), scored on validation digits from noise (the profile's generation chain, the
@@ -231,12 +239,8 @@ def training_length_study(profile: str | None = None, recipe: str | None = None,
     from ..checkpoints import load_checkpoint
     from ..pretrained import decode_uint8
 
-    ctx = Context(get_profile(profile or "cpu"), get_device())
-    runs = long_run_context(profile, recipe)
-    label = recipe or recipe_name(ctx.profile)
+    ctx, runs, label, scorer = _study_setup(profile, recipe, progress)
     p = ctx.profile
-    classifier, _ = load_or_train_classifier(ctx, progress=progress)
-    scorer = ValidationScorer(ctx, classifier)
     rows = []
     paths = [q for q in runs.checkpoints.glob("baseline_epoch*.pt") if q.stem.removeprefix("baseline_epoch").isdigit()]
     paths.sort(key=lambda q: int(q.stem.removeprefix("baseline_epoch")))
@@ -269,12 +273,8 @@ def generation_chain_study(snapshot: str, profile: str | None = None, recipe: st
     ``generation_chain_study.csv``, keeping those of other snapshots and recipes."""
     from ..checkpoints import load_checkpoint
 
-    ctx = Context(get_profile(profile or "cpu"), get_device())
-    runs = long_run_context(profile, recipe)
-    label = recipe or recipe_name(ctx.profile)
+    ctx, runs, label, scorer = _study_setup(profile, recipe, progress)
     p = ctx.profile
-    classifier, _ = load_or_train_classifier(ctx, progress=progress)
-    scorer = ValidationScorer(ctx, classifier)
     model = build_baseline(p.baseline)
     model.load_state_dict(load_checkpoint(runs.checkpoints / f"baseline_{snapshot}.pt")["model"])
     model.eval()
