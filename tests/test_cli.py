@@ -66,6 +66,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     (["run", "--only", "09"], "the notebooks are: 00_ebm_theory, 01_train_baseline"),
     (["run", "--profile", "paper"], "EBM_ALLOW_SLOW=1"),
     (["recipe-study", "--long", "2"], "--long needs --recipe NAME"),
+    (["recipe-study", "--recipe", "25% fresh"], "--recipe goes with --long, --training-length or --chain"),
     (["recipe-study", "--training-length", "--recipe", "nonsense"], "unknown recipe 'nonsense'; the recipes are: paper"),
 ])  # fmt: skip
 def test_command_line_mistakes_are_one_line_and_exit_status_2(args, expected):

@@ -127,6 +127,9 @@ def _run(args: argparse.Namespace) -> int:
 
             print(generation_chain_study(args.chain, args.profile, args.recipe).to_string(index=False))
         else:
+            if args.recipe:
+                raise CommandError("--recipe goes with --long, --training-length or --chain; "
+                                   "the study's subset of recipes is --recipes")
             print(run_study(args.profile, args.recipes).to_string(index=False))
     elif args.command == "export-pretrained":
         from ..pretrained import export
