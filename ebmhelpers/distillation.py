@@ -452,6 +452,10 @@ class Distiller(LoopTrainer):
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
 
+    @property
+    def trained_model(self) -> nn.Module:
+        return self.student
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "step": self.step,

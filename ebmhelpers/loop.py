@@ -248,6 +248,8 @@ class LoopTrainer(abc.ABC):
     ckpt_path: Path | None
     _history: list[list[float]]
     _good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint (KEEP_LAST_GOOD)
+    seconds: float = 0.0  # wall time spent training, over every call and resumed process (kept in checkpoints)
+    _clock: float | None = None  # time.monotonic() when ``seconds`` was last brought up to date (during a fit)
 
     # ---- the position -----------------------------------------------------------------
     @property
@@ -292,10 +294,41 @@ class LoopTrainer(abc.ABC):
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         """Raise ``ValueError`` when ``state`` (read from ``ckpt_path``) belongs to another run."""
 
+    @property
+    @abc.abstractmethod
+    def trained_model(self) -> torch.nn.Module:
+        """The network this run trains."""
+
+    def weights_state(self) -> dict[str, Any]:
+        """What a committed weight file keeps of the run (:mod:`ebmhelpers.pretrained`): the weights
+        (pruning masks as booleans), the position, the history and the training seconds."""
+        from .pretrained import encode_masks
+
+        return {"model": encode_masks(self.trained_model.state_dict()), "step": self.step,
+                "history": [list(r) for r in self._history], "seconds": self._elapsed()}  # fmt: skip
+
+    def install(self, state: dict[str, Any]) -> None:
+        """Take over a committed run (:meth:`weights_state`) in memory: weights, position, history and
+        seconds. Nothing trains on from it and no checkpoint is written."""
+        from .pretrained import decode_masks
+
+        self.trained_model.load_state_dict(decode_masks(state["model"]))
+        self.loop.resume_at(int(state["step"]))
+        self._history = [list(r) for r in state["history"]]
+        self.seconds = float(state["seconds"])
+
+    def _elapsed(self) -> float:
+        """:attr:`seconds`, brought up to date while a fit runs."""
+        if self._clock is not None:
+            now = time.monotonic()
+            self.seconds += now - self._clock
+            self._clock = now
+        return self.seconds
+
     def save(self) -> None:
         """Remember this state as the last good one (with :attr:`KEEP_LAST_GOOD`) and, with a
-        path, write it atomically."""
-        state = self.state_dict()
+        path, write it atomically (with the training seconds so far)."""
+        state = self.state_dict() | {"seconds": self._elapsed()}
         if self.KEEP_LAST_GOOD:
             self._good = {k: clone_state(v) for k, v in state.items()}
         if self.ckpt_path is not None:
@@ -308,6 +341,7 @@ class LoopTrainer(abc.ABC):
         state = load_checkpoint(self.ckpt_path, self.device)
         self.check_checkpoint(state)
         self.load_state_dict(state)
+        self.seconds = float(state.get("seconds", 0.0))
         if self.KEEP_LAST_GOOD:
             self._good = {k: clone_state(v) for k, v in state.items()}
         return True
@@ -324,8 +358,13 @@ class LoopTrainer(abc.ABC):
         :attr:`KEEP_LAST_GOOD`, the state before the first iteration counts as good when no
         checkpoint was saved or loaded yet."""
         limits = Limits(max_steps, time_budget_s)
-        if self.KEEP_LAST_GOOD and self._good is None:
-            self.save()
-        self.loop.run(train_step, on_checkpoint, after_step=after_step, postfix=postfix, limits=limits,
-                      progress=progress, desc=desc)  # fmt: skip
+        self._clock = time.monotonic()
+        try:
+            if self.KEEP_LAST_GOOD and self._good is None:
+                self.save()
+            self.loop.run(train_step, on_checkpoint, after_step=after_step, postfix=postfix, limits=limits,
+                          progress=progress, desc=desc)  # fmt: skip
+        finally:
+            self._elapsed()
+            self._clock = None
         return self.history

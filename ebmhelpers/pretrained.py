@@ -1,17 +1,30 @@
-"""Committed, pretrained baselines: "load if trained, else train", as tutorial 8 does.
+"""Committed trained weights: train once, read fast, as tutorial 8 does.
 
-A profile whose baseline takes longer to train than its notebooks should (the ``cpu`` profile's
-CNN: about 75 minutes on one CPU thread) ships the trained result in ``ebmhelpers/pretrained/``:
-the weights, the replay buffer rounded to 8 bits (the data's own resolution), the training history
-and rollbacks, the kept snapshots' weights, and the metric classifier. :func:`install` turns them
-into the ordinary checkpoints that :func:`~ebmhelpers.training.load_or_train_baseline` loads
-(with fresh Adam moments: nothing trains on from them), unless the reader asks to train
-(``EBM_TRAIN=1`` or ``train=True``). ``python -m ebmhelpers export-pretrained`` writes them.
+Every model the notebooks of a profile train (the baseline, each fine-tuned pruned model, each
+lottery-ticket round, each student) can be committed in ``ebmhelpers/pretrained/<profile>/`` with
+a human-readable ``manifest.json``: one entry per model with its ``name``, ``kind``, ``file``,
+``sha256``, ``architecture``, ``iterations``, training ``seconds``, ``hardware``, the ``command``
+that trained it and the git ``commit`` of the code. ``python -m ebmhelpers train`` writes them
+(:func:`commit`); the notebooks read them through the same functions that would otherwise train
+(:func:`load`), so a reader's run scores and plots without training, unless ``EBM_TRAIN=1`` asks.
+
+A file whose sha256 differs from its manifest entry, or whose architecture differs from the one
+the profile builds, is refused with a one-line :class:`WeightsError` that names the file and the
+command that regenerates it: never a silent retrain, never a silent mismatch.
+
+The baseline's file holds the weights, the replay buffer rounded to 8 bits (the data's own
+resolution), the training history and rollbacks, the snapshots the notebooks use and the metric
+classifier; the others hold weights (pruning masks as booleans), the run's history and rollbacks.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +33,151 @@ import torch
 from .checkpoints import atomic_save, load_checkpoint
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-TRAIN_ENV = "EBM_TRAIN"  # "1": train the baseline even when pretrained weights are committed
+MANIFEST = "manifest.json"
+TRAIN_ENV = "EBM_TRAIN"  # "1": train every model even when committed weights exist
+KINDS = ("baseline", "finetuned", "lottery", "student")
 
 
-def path_for(profile_name: str) -> Path:
-    """The committed pretrained file of a profile (it may not exist)."""
-    return PRETRAINED_DIR / f"{profile_name}.pt"
+class WeightsError(RuntimeError):
+    """A committed weight file that is missing, altered or built for another architecture. One line."""
+
+
+def folder(profile_name: str) -> Path:
+    """The folder of a profile's committed weights (it may not exist)."""
+    return PRETRAINED_DIR / profile_name
+
+
+def path_for(profile_name: str, name: str = "baseline") -> Path:
+    """The committed file of model ``name`` of a profile (it may not exist)."""
+    return folder(profile_name) / f"{name}.pt"
+
+
+def retrain_command(profile_name: str, name: str) -> str:
+    """The command that (re)trains and commits model ``name``."""
+    return f"python -m ebmhelpers train --profile {profile_name} --model {name}"
 
 
 def wants_training(train: bool | None = None) -> bool:
-    """Whether to train instead of installing the pretrained baseline: ``train`` if given, else ``EBM_TRAIN``."""
+    """Whether to train instead of loading committed weights: ``train`` if given, else ``EBM_TRAIN``."""
     return train if train is not None else os.environ.get(TRAIN_ENV, "") == "1"
+
+
+def read_manifest(profile_name: str) -> dict[str, dict[str, Any]]:
+    """The manifest of a profile, ``name -> entry`` ({} when nothing is committed)."""
+    path = folder(profile_name) / MANIFEST
+    if not path.exists():
+        return {}
+    return {entry["name"]: entry for entry in json.loads(path.read_text())["models"]}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Parameter names and shapes: what a committed file must share with the model it loads into."""
+    return {k: list(v.shape) for k, v in state_dict.items()}
+
+
+def parent_of(profile_name: str) -> str | None:
+    """The sha256 of the profile's committed baseline, which every pruned model and student derives
+    from (their entries record it as ``parent``); None when no baseline is committed."""
+    entry = read_manifest(profile_name).get("baseline")
+    return entry["sha256"] if entry else None
+
+
+def load(profile_name: str, name: str = "baseline", architecture: str | None = None,
+         model: torch.nn.Module | None = None, parent: str | None = None) -> dict[str, Any] | None:
+    """The committed state of model ``name`` of a profile, or None when the manifest has no entry.
+
+    Verified first: the file exists, its sha256 is the manifest's, its manifest ``architecture``
+    is ``architecture`` (when given), it derives from the baseline whose sha256 is ``parent`` (when
+    given) and its weights have ``model``'s names and shapes (when given); otherwise :class:`WeightsError`."""
+    entry = read_manifest(profile_name).get(name)
+    if entry is None:
+        return None
+    path = folder(profile_name) / entry["file"]
+    again = f"regenerate it with `{retrain_command(profile_name, name)}`"
+    if not path.exists():
+        raise WeightsError(f"{path} is listed in {MANIFEST} but missing; {again}")
+    if sha256(path) != entry["sha256"]:
+        raise WeightsError(f"{path} does not match its sha256 in {MANIFEST} (altered or damaged); {again}")
+    if architecture is not None and entry.get("architecture") != architecture:
+        raise WeightsError(f"{path} holds a {entry.get('architecture')!r} but profile {profile_name!r} builds "
+                           f"{architecture!r}; {again}")
+    if parent is not None and entry.get("parent") != parent:
+        raise WeightsError(f"{path} was trained from another baseline than the committed one; {again}")
+    state = load_checkpoint(path)
+    if model is not None:
+        expected = architecture_of({k: v for k, v in model.state_dict().items()})
+        found = architecture_of(decode_masks(state["model"]))
+        if expected != found:
+            differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            raise WeightsError(f"{path} has other weights than the model it loads into ({', '.join(differ[:3])}"
+                               f"{'...' if len(differ) > 3 else ''}); {again}")
+    return state
+
+
+def encode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with pruning masks (``*_mask``, 0/1 floats) stored as booleans, a quarter of the bytes."""
+    return {k: v.bool() if k.endswith("_mask") else v.detach().cpu().contiguous() for k, v in state_dict.items()}
+
+
+def decode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`encode_masks`."""
+    return {k: v.float() if k.endswith("_mask") else v for k, v in state_dict.items()}
+
+
+def hardware() -> str:
+    """The CPU or GPU this process trains on, for the manifest."""
+    from .runtime import device_name, get_device
+
+    return device_name(get_device())
+
+
+def git_commit() -> str:
+    """The commit of the package's checkout (with ``+changes`` when its files differ), or ``unknown``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "ebmhelpers"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def commit(profile_name: str, name: str, kind: str, state: dict[str, Any], *, architecture: str, iterations: int,
+           seconds: float, command: str, **extra: Any) -> dict[str, Any]:
+    """Write ``state`` as the committed file of model ``name`` (replacing an older one) and its entry in
+    the manifest (``extra`` adds fields, e.g. the seed or the pruning ratio); returns the entry."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    path = path_for(profile_name, name)
+    atomic_save(state, path, keep_previous=False)
+    entry = {"name": name, "kind": kind, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
+             "architecture": architecture, "iterations": int(iterations), "seconds": round(float(seconds), 1),
+             "hardware": hardware(), "command": command, "commit": git_commit(),
+             "date": datetime.date.today().isoformat(), **extra}  # fmt: skip
+    models = read_manifest(profile_name) | {name: entry}
+    _write_json(folder(profile_name) / MANIFEST, {"profile": profile_name,
+                                                  "models": [models[k] for k in sorted(models)]})
+    return entry
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (a temporary file renamed over ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def encode_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -43,39 +190,34 @@ def decode_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def export(checkpoints: Path, profile_name: str, snapshot: str | None, note: dict[str, Any],
-           out: Path | None = None) -> Path:
-    """Write the pretrained file of ``profile_name`` from its checkpoint folder: the final
-    ``baseline.pt``, or the kept snapshot ``baseline_<snapshot>.pt`` (e.g. ``epoch7``, chosen on
-    validation digits), whose history is cut at its step. ``note`` records how it was trained."""
+def baseline_state(checkpoints: Path, profile_name: str, snapshot: str | None, weights: str = "trained",
+                   keep: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The committed baseline's state from a training checkpoint folder: the final ``baseline.pt``,
+    or the kept snapshot ``baseline_<snapshot>.pt`` (chosen on validation digits), with the trained
+    weights or one of its weight averages (``weights``, e.g. ``ema0.998``); the history is cut at its
+    step, and the snapshots taken before it are kept (those tagged in ``keep``, when given)."""
     full = load_checkpoint(checkpoints / "baseline.pt")
     snaps = {p.stem.removeprefix("baseline_"): p for p in checkpoints.glob("baseline_*.pt") if ".prev" not in p.name}
     if snapshot is not None:
         chosen = load_checkpoint(snaps[snapshot])
-        step, model, buffer = int(chosen["step"]), chosen["model"], chosen["buffer_uint8"]
+        step, buffer = int(chosen["step"]), chosen["buffer_uint8"]
     else:
-        step, model, buffer = int(full["step"]), full["model"], encode_uint8(full["buffer"]["samples"])
+        chosen = full
+        step, buffer = int(full["step"]), encode_uint8(full["buffer"]["samples"])
+    model = chosen["model"] if weights == "trained" else {**chosen["model"], **chosen["averages"][weights]}
     kept = {}
-    for tag, path in snaps.items():
-        state = load_checkpoint(path)
-        if int(state["step"]) <= step:
-            kept[tag] = {"model": state["model"], "step": int(state["step"])}
+    for tag in snaps if keep is None else keep:
+        if tag in snaps:
+            state = load_checkpoint(snaps[tag])
+            if int(state["step"]) <= step:
+                kept[tag] = {"model": state["model"], "step": int(state["step"])}
     history = [row for row in full["history"] if row[0] < step]
     per_epoch = len([r for r in full["history"] if r[1] == 0]) or 1
-    state = {"profile": profile_name, "model": model, "buffer_uint8": buffer, "step": step,
-             "epoch": step // per_epoch, "it": step % per_epoch, "history": history,
-             "rollbacks": [r for r in full["rollbacks"] if r["resumed_from_step"] < step],
-             "snapshots": kept, "note": {k: str(v) for k, v in note.items()}}  # fmt: skip
+    state = {"profile": profile_name, "model": {k: v.contiguous() for k, v in model.items()}, "buffer_uint8": buffer,
+             "step": step, "epoch": step // per_epoch, "it": step % per_epoch, "history": history,
+             "rollbacks": [r for r in full["rollbacks"] if r["resumed_from_step"] < step], "snapshots": kept,
+             "weights": weights}  # fmt: skip
     classifier = checkpoints / "classifier.pt"
     if classifier.exists():
         state["classifier"] = load_checkpoint(classifier)["model"]
-    out = out or path_for(profile_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, out, keep_previous=False)
-    return out
-
-
-def load(profile_name: str) -> dict[str, Any] | None:
-    """The pretrained state of a profile, or None when none is committed."""
-    path = path_for(profile_name)
-    return load_checkpoint(path) if path.exists() else None
+    return state

@@ -130,6 +130,10 @@ class Profile:
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 5
     snapshot_epochs: tuple[int, ...] = ()  # epochs after which the baseline's weights are also kept
+    # Exponential moving averages of the weights kept beside them during training, one per decay
+    # (training.WeightAverages); snapshots keep them too, so validation digits can choose between the
+    # trained and the averaged weights
+    ema_decays: tuple[float, ...] = ()
     amp_dtype: str | None = None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
     # SGLD speed-ups on CUDA devices (speedups.py; ignored on a CPU, where compile measured slower). Their
     # GPU rungs are unmeasured, so all are off; turn one on only after `python -m ebmhelpers bench --speedups`
@@ -165,6 +169,10 @@ class Profile:
     finetune_epochs: int = 7
     finetune_iters: int | None = None  # iterations per fine-tuning epoch (None = a full pass)
     lottery_rounds: int = 5
+    # Training seeds of the fine-tuned Conv2d-only models at these ratios (the rows that carry a
+    # verdict), so their spread includes training variance; every other fine-tuned model has one
+    training_seeds: int = 1
+    seeded_ratios: tuple[float, ...] = (0.3, 0.6, 0.9)
 
     # ---- distillation (notebook 05) ---------------------------------------------------
     # Passes over the distillation set per student; None: half the baseline's epochs, as the paper's
@@ -190,9 +198,10 @@ class Profile:
         return self.sgld_config(self.gen_steps if steps is None else steps).scaled(self.gen_step_scale)
 
     def speedups(self, device: torch.device | str) -> Speedups:
-        """The SGLD speed-ups this profile turns on for ``device``: none on a CPU (see the fields)."""
+        """The SGLD speed-ups this profile turns on for ``device``: ``channels_last`` on any device,
+        ``compile`` and ``cuda_graph`` on CUDA devices only (see the fields)."""
         if torch.device(device).type != "cuda":
-            return Speedups()
+            return Speedups(channels_last=self.channels_last)
         return Speedups(channels_last=self.channels_last, compile=self.compile, cuda_graph=self.cuda_graph)
 
     def student_epochs(self) -> int:
@@ -300,10 +309,12 @@ PROFILES: dict[str, Profile] = {
         latency_repeats=20,
         n_calib=500,
         precision_n_gen=500,
-        prune_ratios=(0.1, 0.3, 0.5, 0.7, 0.9),  # and 0.6 (Figure 4), which notebook 04 always adds
-        finetune_epochs=1,
-        finetune_iters=50,
+        # the paper's protocol (§4.4): every ratio 10-90%; fine-tuning for 7/60 of the baseline's iterations,
+        # 2 x 226 = 452 of 3,870 (tests/test_profiles_data.py keeps the proportion), 3 training seeds at 30/60/90%
+        finetune_epochs=2,
+        finetune_iters=226,
         lottery_rounds=3,
+        training_seeds=3,
         budget_steps=(16, 32, 64, 128),
     ),
     "smoke": Profile(

@@ -38,7 +38,7 @@ from torch.nn.utils import prune
 from .progress import tqdm
 
 from . import metrics as metrics_mod
-from . import paper, results
+from . import paper, pretrained, results
 from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes
 from .models import count_parameters
 from .plotting import finish
@@ -277,18 +277,31 @@ def clone_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
 
 
 def finetune(
-    ctx: Context, model: nn.Module, data: torch.Tensor, buffer: ReplayBuffer, name: str, progress: bool = True
+    ctx: Context, model: nn.Module, data: torch.Tensor, buffer: ReplayBuffer, name: str, progress: bool = True,
+    seed: int = 0, train: bool | None = None, commit: dict | None = None,
 ) -> tuple[PCDTrainer, bool]:
-    """Fine-tune a (masked) model in place with the PCD trainer, checkpointed to
-    ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded, an interrupted one resumed).
+    """Fine-tune a (masked) model in place with the PCD trainer (training seed ``profile.seed + seed``).
+
+    The profile's committed weights of ``name`` (:mod:`ebmhelpers.pretrained`) are installed when
+    they exist, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train; otherwise the run is
+    checkpointed to ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded, an interrupted one
+    resumed) and, with ``commit`` (the manifest's ``kind`` and extra fields), committed when done.
 
     Returns the trainer (``.rollbacks`` lists the divergence-guard firings) and whether the run
     gave up after too many rollbacks; then the model holds its last good checkpoint.
     """
-    p = finetune_profile(ctx.profile)
+    p = finetune_profile(ctx.profile).replace(seed=ctx.profile.seed + seed)
     seed_everything(p.seed)
     path = ctx.checkpoints / f"{name}.pt"
-    trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer))
+    trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer),
+                         origin=pretrained.parent_of(ctx.profile.name) or "")
+    if not pretrained.wants_training(train):
+        state = pretrained.load(ctx.profile.name, name, architecture=ctx.profile.baseline, model=model,
+                                parent=pretrained.parent_of(ctx.profile.name))
+        if state is not None:
+            trainer.install(state)
+            trainer.model.eval()
+            return trainer, bool(state["diverged"])
     diverged = False
     if not (trainer.load() and trainer.done):
         try:
@@ -298,6 +311,11 @@ def finetune(
             trainer.load()
             diverged = True
     trainer.model.eval()
+    if commit is not None:
+        pretrained.commit(ctx.profile.name, name, commit["kind"], trainer.weights_state() | {"diverged": diverged},
+                          architecture=ctx.profile.baseline, iterations=trainer.step, seconds=trainer.seconds,
+                          command=pretrained.retrain_command(ctx.profile.name, name), seed=seed,
+                          parent=pretrained.parent_of(ctx.profile.name), **{k: v for k, v in commit.items() if k != "kind"})
     return trainer, diverged
 
 
@@ -381,6 +399,14 @@ def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> 
     never loaded as theirs."""
     norm = "_l1" if strategy.structured and strategy.norm == 1 else ""
     return f"{prefix}_{strategy.key}_{round(100 * ratio)}{norm}"
+
+
+def finetuned_name(strategy: Strategy, ratio: float, seed: int = 0) -> str:
+    """The name (checkpoint and committed file) of a fine-tuned pruned model; seeds after the first carry ``_s<seed>``."""
+    return checkpoint_name(strategy, ratio) + (f"_s{seed}" if seed else "")
+
+
+LOTTERY_STRATEGY = "unstructured_conv"  # iterative magnitude pruning of the Conv2d weights, as Frankle and Carbin's tickets
 
 
 def sweep_jobs(profile: Profile) -> list[tuple[Strategy, float]]:
@@ -472,19 +498,6 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFram
     return out
 
 
-def best_finetuned_strategy(pruning: pd.DataFrame, metric: str = "FID") -> str:
-    """The fine-tuned strategy with the best ``metric`` at the largest ratio (lower FID wins,
-    higher IS / AUROC, e.g. ``auroc_worst``, wins): the one the lottery-ticket experiment uses."""
-    tuned = pruning[pruning.finetuned & (pruning.method == "one-shot")]
-    if tuned.empty:
-        raise ValueError("no fine-tuned rows in the pruning table")
-    at = tuned[tuned.ratio == tuned.ratio.max()]
-    if (~at.diverged.astype(bool)).any():  # a run that gave up is no candidate while another finished
-        at = at[~at.diverged.astype(bool)]
-    best = at.loc[at[metric].idxmin() if metric == "FID" else at[metric].idxmax()]
-    return str(best.strategy)
-
-
 def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "ratio", "finetuned")) -> pd.DataFrame:
     """The pruning table as the notebook shows it: ``keys``, then :data:`TABLE_COLUMNS` - IS and
     FID with their spread over seeds, the AUROC of each of the paper's OOD transforms and the
@@ -523,7 +536,7 @@ def rewind(model: nn.Module, early: dict[str, torch.Tensor]) -> nn.Module:
 
 def lottery_ticket(
     ctx: Context, baseline: PCDTrainer, early: dict[str, torch.Tensor], strategy: str | Strategy, target: float,
-    data: torch.Tensor, progress: bool = True,
+    data: torch.Tensor, progress: bool = True, train: bool | None = None, commit: bool = False,
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Iterative magnitude pruning with rewinding (Frankle et al.) to sparsity ``target``.
 
@@ -535,6 +548,8 @@ def lottery_ticket(
     buffer, as one-shot pruning plus fine-tuning trains the model it is compared with; the earlier
     rounds only choose the mask. The baseline is the round-0 network. Returns the final (masked)
     model and one row per round (``iterations`` trained, the guard's ``rollbacks``/``diverged``).
+    Each round is a :func:`finetune` run (committed weights installed unless ``train``; with
+    ``commit`` each trained round is committed, kind ``lottery``).
     """
     s = get_strategy(strategy)
     rounds = ctx.profile.lottery_rounds
@@ -547,7 +562,9 @@ def lottery_ticket(
         apply_pruning(remove_masks(model), s, ratio)  # pruned weights are 0, so they are ranked first
         rewind(model, early)
         name = checkpoint_name(s, target, f"lottery_r{r}")
-        trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=False)
+        record = {"kind": "lottery", "strategy": s.key, "ratio": ratio, "round": r, "target": target} if commit else None
+        trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=progress and commit,
+                                     train=train, commit=record)
         model = trainer.model
         log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "iterations": trainer.step,
                     "rollbacks": len(trainer.rollbacks), "diverged": diverged,

@@ -57,6 +57,49 @@ class DivergenceError(RuntimeError):
     """Training kept diverging after the allowed number of rollbacks."""
 
 
+class WeightAverages:
+    """Exponential moving averages of a model's floating-point weights, one per decay ``d``:
+    ``avg <- d * avg + (1 - d) * w`` after every optimizer step. Tagged ``ema<d>`` (``ema0.999``);
+    an average starts from the weights it is first given (the start of training or of a resumed run)."""
+
+    def __init__(self, model: nn.Module, decays: tuple[float, ...]) -> None:
+        if any(not 0.0 < d < 1.0 for d in decays):
+            raise ValueError(f"EMA decays must lie in (0, 1), got {decays}")
+        self.model, self.decays = model, tuple(decays)
+        self.averages: dict[str, dict[str, torch.Tensor]] = {}
+        self.reset()
+
+    @staticmethod
+    def tag(decay: float) -> str:
+        return f"ema{decay:g}"
+
+    def reset(self) -> None:
+        """Start every average at the model's current weights."""
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        self.averages = {self.tag(d): {k: v.clone() for k, v in weights.items()} for d in self.decays}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        current = self.model.state_dict()
+        for d in self.decays:
+            for k, avg in self.averages[self.tag(d)].items():
+                avg.lerp_(current[k], 1.0 - d)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {tag: {k: v.clone() for k, v in avg.items()} for tag, avg in self.averages.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]] | None) -> None:
+        """Take saved averages; the decays a state lacks (none saved yet) start at the current weights."""
+        self.reset()
+        for tag, avg in (state or {}).items():
+            if tag in self.averages:
+                self.averages[tag] = {k: v.to(self.averages[tag][k].device).clone() for k, v in avg.items()}
+
+    def weights(self, tag: str) -> dict[str, torch.Tensor]:
+        """A full state dict of the model with the averaged weights of ``tag`` in place of the trained ones."""
+        return {**self.model.state_dict(), **self.averages[tag]}
+
+
 class PCDTrainer(LoopTrainer):
     """Persistent contrastive divergence with a replay buffer (the paper's Algorithm 2).
 
@@ -93,8 +136,10 @@ class PCDTrainer(LoopTrainer):
         buffer: ReplayBuffer | None = None,
         sgld_cfg: SGLDConfig | None = None,
         snapshots: dict[int, Path] | None = None,
+        origin: str = "",
     ) -> None:
         self.profile = p = profile
+        self.origin = origin  # what the run starts from (a fine-tuning: the committed baseline's sha256); checked on resume
         self.snapshots = dict(snapshots or {})  # step -> file that keeps the weights after that step
         self.device = torch.device(device) if device is not None else data.device
         self.model = model.to(self.device)
@@ -111,17 +156,32 @@ class PCDTrainer(LoopTrainer):
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
         self.loop = ResumableLoop(len(self.data), p.batch_size, training_iterations(p, len(self.data)), p.seed,
                                   p.ckpt_every, self.device, p.max_iters_per_epoch)  # fmt: skip
+        self.averages = WeightAverages(self.model, p.ema_decays)
+        self.installed_from: str | None = None  # sha256 of the committed file this run was installed from, until it trains
         self.rollbacks: list[dict[str, Any]] = []
         self._history: list[list[float]] = []  # rows: step, epoch, lr, *METRICS
         self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
 
     # ---- bookkeeping ------------------------------------------------------------------
+    @property
+    def trained_model(self) -> nn.Module:
+        return self.model
+
+    def weights_state(self) -> dict[str, Any]:
+        """The committed file's content (:meth:`LoopTrainer.weights_state`) with the rollbacks."""
+        return super().weights_state() | {"rollbacks": [dict(r) for r in self.rollbacks]}
+
+    def install(self, state: dict[str, Any]) -> None:
+        super().install(state)
+        self.rollbacks = [dict(r) for r in state["rollbacks"]]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "buffer": self.buffer.state_dict(),
+            "averages": self.averages.state_dict(),
             "rng": rng_state(),
             "epoch": self.epoch,
             "it": self.it,
@@ -129,6 +189,8 @@ class PCDTrainer(LoopTrainer):
             "rollbacks": [dict(r) for r in self.rollbacks],
             "history": [list(r) for r in self._history],
             "profile": self.profile.name,
+            "installed_from": self.installed_from or "",
+            "origin": self.origin,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -136,28 +198,35 @@ class PCDTrainer(LoopTrainer):
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.buffer.load_state_dict(state["buffer"])
+        self.averages.load_state_dict(state.get("averages"))
         set_rng_state(state["rng"])
         self.loop.resume_at(state["step"], state["epoch"], state["it"])
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
+        self.installed_from = state.get("installed_from") or None
 
     def save_snapshot(self, path: Path) -> None:
         """Keep the model's weights at this step (e.g. a lottery-ticket rewind point), with the
         replay buffer rounded to 8 bits (a quarter of its fp32 size), so that a snapshot chosen
         on validation data can become the baseline with its chains."""
         atomic_save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch + self.it / self.iters_per_epoch,
-                     "profile": self.profile.name, "buffer_uint8": encode_uint8(self.buffer.samples)}, path)  # fmt: skip
+                     "profile": self.profile.name, "buffer_uint8": encode_uint8(self.buffer.samples),
+                     "averages": self.averages.state_dict()}, path)  # fmt: skip
 
     def check_checkpoint(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint written by another profile."""
+        """Refuse a checkpoint written by another profile, or by a run that started from something else."""
         if state.get("profile") != self.profile.name:
             raise ValueError(f"{self.ckpt_path} was written by profile {state.get('profile')!r}, not {self.profile.name!r}")
+        if state.get("origin", "") != self.origin:
+            raise ValueError(f"{self.ckpt_path} belongs to a run that started from another baseline; delete it to "
+                             f"train this one")
 
-    def install_pretrained(self, state: dict[str, Any], snapshot_paths: dict[str, Path]) -> None:
-        """Take over a committed pretrained baseline (:mod:`ebmhelpers.pretrained`): its weights,
-        buffer, history, rollbacks and position, with fresh Adam moments, and write it (and its
-        kept snapshots, to ``snapshot_paths[tag]``) as ordinary checkpoints."""
+    def install_pretrained(self, state: dict[str, Any], snapshot_paths: dict[str, Path], sha256: str) -> None:
+        """Take over a committed baseline (:mod:`ebmhelpers.pretrained`, file hash ``sha256``): its
+        weights, buffer, history, rollbacks, position and seconds, with fresh Adam moments, and write it
+        (and its kept snapshots, to ``snapshot_paths[tag]``) as ordinary checkpoints."""
         self.model.load_state_dict(state["model"])
+        self.averages.reset()
         self.buffer.samples = decode_uint8(state["buffer_uint8"]).to(self.device)
         with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
             warnings.simplefilter("ignore", UserWarning)
@@ -166,6 +235,8 @@ class PCDTrainer(LoopTrainer):
         self.loop.resume_at(int(state["step"]), int(state["epoch"]), int(state["it"]))
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
+        self.seconds = float(state.get("seconds", 0.0))
+        self.installed_from = sha256
         for tag, snap in state["snapshots"].items():
             if tag in snapshot_paths:
                 atomic_save({"model": snap["model"], "step": snap["step"], "profile": self.profile.name}, snapshot_paths[tag])
@@ -185,6 +256,7 @@ class PCDTrainer(LoopTrainer):
         terms["loss"].backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
         self.opt.step()
+        self.averages.update()
         return torch.stack([terms[k].detach() for k in METRICS])
 
     def _healthy(self, window: torch.Tensor) -> str | None:
@@ -259,6 +331,7 @@ class PCDTrainer(LoopTrainer):
         # both of which come after the window's iterations.
         lr = self.opt.param_groups[0]["lr"]
         per_epoch = self.iters_per_epoch
+        self.installed_from = None  # trained here from now on
         self._history += [[s, s // per_epoch, lr, *v] for s, v in zip(window.steps, window.values.tolist())]
         if window.end_of_epoch:
             self.sched.step()
@@ -315,30 +388,50 @@ def load_snapshot(ctx: Context, tag: str) -> tuple[EnergyModel, int]:
 
 
 def load_or_train_baseline(ctx: Context, progress: bool = True, train: bool | None = None) -> PCDTrainer:
-    """The baseline EBM of ``ctx.profile`` (architecture ``profile.baseline``): loaded if fully
-    trained, else trained (or resumed) and checkpointed to ``ctx.checkpoints / 'baseline.pt'``.
+    """The baseline EBM of ``ctx.profile`` (architecture ``profile.baseline``): the committed weights
+    (:mod:`ebmhelpers.pretrained`) when the profile has them, installed as ordinary checkpoints in
+    ``ctx.checkpoints``; else (or when ``train``, default ``EBM_TRAIN=1``, asks) loaded if fully trained
+    there, and trained or resumed otherwise.
 
-    Without a checkpoint, a profile with committed pretrained weights (:mod:`ebmhelpers.pretrained`)
-    installs them instead of training, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train."""
+    A checkpoint trained here is never overwritten by an install: with committed weights and without
+    ``train`` it is a :class:`~ebmhelpers.pretrained.WeightsError` that says what to do."""
     p = ctx.profile
     images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
     seed_everything(p.seed)
     snapshots = baseline_snapshots(ctx, len(images))
     trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=ctx.checkpoints / "baseline.pt",
                          device=ctx.device, snapshots=snapshots)
-    if not trainer.ckpt_path.exists() and not pretrained.wants_training(train):
-        state = pretrained.load(p.name)
-        if state is not None:
-            tags = {path.stem.removeprefix("baseline_"): path for path in snapshots.values()}
-            trainer.install_pretrained(state, tags)
-            print(f"installed the committed pretrained baseline {pretrained.path_for(p.name)} "
-                  f"({state['note'].get('trained', 'see its note')}); set {pretrained.TRAIN_ENV}=1 to train it here instead")
+    if not pretrained.wants_training(train):
+        _install_committed(ctx, trainer, snapshots)
     if trainer.load() and trainer.done:
-        print(f"loaded trained baseline from {trainer.ckpt_path} ({trainer.step} iterations)")
+        source = f"installed from {pretrained.path_for(p.name)}" if trainer.installed_from else "trained here"
+        print(f"loaded the baseline ({source}): {trainer.step} iterations, from {trainer.ckpt_path}")
     else:
         trainer.fit(progress=progress)
     trainer.model.eval()
     return trainer
+
+
+def _install_committed(ctx: Context, trainer: PCDTrainer, snapshots: dict[int, Path]) -> None:
+    """Install the profile's committed baseline into ``trainer``'s checkpoints unless they already hold it."""
+    p = ctx.profile
+    entry = pretrained.read_manifest(p.name).get("baseline")
+    if entry is None:
+        return
+    if trainer.ckpt_path.exists():
+        installed = load_checkpoint(trainer.ckpt_path).get("installed_from", "")
+        if installed == entry["sha256"]:
+            return
+        if not installed:
+            raise pretrained.WeightsError(
+                f"{trainer.ckpt_path} was trained here, and profile {p.name!r} has committed weights: set "
+                f"{pretrained.TRAIN_ENV}=1 to use (or resume) the local run, or delete it to use the committed weights")
+    state = pretrained.load(p.name, "baseline", architecture=p.baseline, model=trainer.model)
+    tags = {path.stem.removeprefix("baseline_"): path for path in snapshots.values()}
+    trainer.install_pretrained(state, tags, entry["sha256"])
+    print(f"installed the committed baseline {pretrained.path_for(p.name)}: {entry['iterations']:,} iterations, "
+          f"{entry['seconds'] / 3600:.1f} h on {entry['hardware']} ({entry['command']}); set "
+          f"{pretrained.TRAIN_ENV}=1 to train it here instead")
 
 
 # ---- the classifier behind IS and FID ---------------------------------------------------
@@ -383,7 +476,7 @@ def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNIST
     p = ctx.profile
     path = ctx.checkpoints / "classifier.pt"
     test_x, test_y = data_mod.load_dataset("mnist", train=False, device=ctx.device)
-    committed = None if path.exists() or pretrained.wants_training() else pretrained.load(p.name)
+    committed = None if path.exists() or pretrained.wants_training() else pretrained.load(p.name, "baseline")
     if committed is not None and "classifier" in committed:
         atomic_save({"model": committed["classifier"]}, path)
     if path.exists():

@@ -60,3 +60,15 @@ def test_missing_data_offline_names_the_folder(tmp_path):
 def test_to_unit_range_rejects_floats():
     with pytest.raises(TypeError):
         data.to_unit_range(torch.zeros(1, 28, 28))
+
+
+def test_committed_profile_runs_the_papers_pruning_protocol():
+    """§4.4: every ratio 10-90%, fine-tuning for 7 of the baseline's 60 epochs (11.7%) of its iterations."""
+    from ebmhelpers import pruning, training
+
+    p = profiles.get_profile(profiles.DEFAULT_PROFILE)
+    n_fit = 60_000 - p.val_size
+    assert p.prune_ratios == pytest.approx(tuple(r / 10 for r in range(1, 10)))
+    share = training.training_iterations(pruning.finetune_profile(p), n_fit) / training.training_iterations(p, n_fit)
+    assert share == pytest.approx(7 / 60, abs=0.002)
+    assert p.training_seeds >= 3 and set(p.seeded_ratios) == {0.3, 0.6, 0.9}

@@ -147,8 +147,10 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     ctx = Context(p, torch.device("cpu"))
     trainer = training.load_or_train_baseline(ctx, progress=False, train=True)
     assert trainer.done and trainer.step == 16
-    out = pretrained.export(ctx.checkpoints, p.name, "epoch1", {"trained": "a test"})
-    assert out == pretrained.path_for(p.name)
+    state = pretrained.baseline_state(ctx.checkpoints, p.name, "epoch1", keep=("rewind", "epoch1", "epoch2"))
+    entry = pretrained.commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=state["step"],
+                              seconds=1.0, command="a test")
+    assert pretrained.folder(p.name) / entry["file"] == pretrained.path_for(p.name)
     snap = torch.load(ctx.checkpoints / "baseline_epoch1.pt", weights_only=True)
 
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "fresh"))

@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="folder for executed copies (default runs/<profile>/)")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 01")
 
-    train = sub.add_parser("train", help="train (or resume) the profile's baseline EBM and its metric classifier")
+    train = sub.add_parser("train", help="train once: train (or resume) and commit the profile's models with their manifest")
     train.add_argument("--profile", help="profile to train (default: EBM_PROFILE, else the committed one)")
+    which = train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every model not yet committed from the committed baseline")
+    which.add_argument("--model", nargs="+", metavar="NAME", help="(re)train these models (names: --list)")
+    which.add_argument("--list", action="store_true", help="every model of the profile and whether it is committed")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
     study = sub.add_parser("recipe-study", help="train the cpu baseline under several PCD recipes at equal budget, "
@@ -43,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--recipe", help="with --long, --training-length or --chain: that recipe's long run "
                                         "(default for the last two: the profile's baseline run)")
 
-    export = sub.add_parser("export-pretrained", help="write ebmhelpers/pretrained/<profile>.pt from the trained baseline")
+    export = sub.add_parser("export-pretrained", help="commit a trained baseline (or one of its snapshots) as the "
+                            "profile's baseline in ebmhelpers/pretrained/<profile>/ with its manifest entry")
     export.add_argument("--profile", default="cpu")
+    export.add_argument("--checkpoints", help="the run's checkpoint folder (default: the profile's)")
     export.add_argument("--snapshot", help="a kept snapshot to export instead of the final weights, e.g. epoch8")
-    export.add_argument("--trained", required=True, help="how it was trained: command, hardware, wall time")
+    export.add_argument("--weights", default="trained", help="'trained', or a weight average of the run, e.g. ema0.998")
+    export.add_argument("--trained", required=True, help="the command(s) that trained it")
+    export.add_argument("--seconds", type=float, required=True, help="training wall time up to the exported step")
     study.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
     bench = sub.add_parser("bench", help="SGLD and training throughput on this device")
@@ -91,15 +99,17 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         import torch
 
-        from ..runtime import start
-        from ..training import load_or_train_baseline, load_or_train_classifier
+        from .train_all import status, train
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        ctx = start(args.profile)
-        trainer = load_or_train_baseline(ctx, train=True)
-        _, acc = load_or_train_classifier(ctx)
-        print(f"baseline: {trainer.step} iterations, {len(trainer.rollbacks)} rollbacks; classifier test accuracy {acc:.4f}")
+        if args.list:
+            print(status(args.profile).to_string(index=False))
+        else:
+            try:
+                train(args.profile, args.model, everything=args.all)
+            except KeyError as err:
+                raise CommandError(err.args[0]) from None
     elif args.command == "recipe-study":
         import torch
 
@@ -107,9 +117,9 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        from .recipe_study import RECIPES
+        from .recipe_study import CONTINUED, RECIPES
 
-        if args.recipe is not None and args.recipe not in RECIPES:
+        if args.recipe is not None and args.recipe not in RECIPES and args.recipe != CONTINUED:
             raise CommandError(f"unknown recipe {args.recipe!r}; the recipes are: {'; '.join(RECIPES)}")
         if args.long:
             from .recipe_study import long_run
@@ -132,12 +142,19 @@ def _run(args: argparse.Namespace) -> int:
                                    "the study's subset of recipes is --recipes")
             print(run_study(args.profile, args.recipes).to_string(index=False))
     elif args.command == "export-pretrained":
-        from ..pretrained import export
-        from ..runtime import checkpoint_dir
-        from ..profiles import get_profile
+        from pathlib import Path
 
-        path = export(checkpoint_dir(get_profile(args.profile)), args.profile, args.snapshot, {"trained": args.trained})
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        from ..pretrained import baseline_state, commit
+        from ..profiles import get_profile
+        from ..runtime import checkpoint_dir
+
+        p = get_profile(args.profile)
+        folder = Path(args.checkpoints) if args.checkpoints else checkpoint_dir(p)
+        keep = ("rewind", *(f"epoch{e}" for e in p.snapshot_epochs))
+        state = baseline_state(folder, p.name, args.snapshot, args.weights, keep) | {"seconds": args.seconds}
+        entry = commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=state["step"],
+                       seconds=args.seconds, command=args.trained, weights=args.weights)
+        print(f"committed {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]})")
     elif args.command == "bench":
         from .bench import run_bench, run_speedup_bench
 

@@ -190,13 +190,25 @@ def recipe_name(profile: Profile) -> str:
     return max(fits)[1] if fits else "profile"
 
 
+CONTINUED = "continued"  # the profile's committed baseline trained on, with weight averages (long_run_context)
+CONTINUED_EMA_DECAYS = (0.998, 0.9995)  # averaging horizons of about 1 and 5 epochs of the cpu profile (430 iterations)
+
+
 def long_run_context(profile: str | None, recipe: str | None = None, epochs: int | None = None) -> Context:
-    """Where a long run lives: the profile's own baseline run (``recipe`` None), or one recipe of
-    :data:`RECIPES` trained for ``epochs`` epochs with a snapshot after each, kept in its own
-    checkpoint folder so it never replaces the profile's baseline."""
+    """Where a long run lives: the profile's own baseline run (``recipe`` None); one recipe of
+    :data:`RECIPES` trained for ``epochs`` epochs with a snapshot after each; or :data:`CONTINUED`,
+    the profile's committed baseline trained on to ``epochs`` epochs with exponential weight averages
+    (:data:`CONTINUED_EMA_DECAYS`) and NHWC weights, a snapshot after each new epoch. Long runs are
+    kept in their own checkpoint folder so they never replace the profile's baseline."""
     base = get_profile(profile or "cpu")
     if recipe is None:
         return Context(base, get_device())
+    if recipe == CONTINUED:
+        p = base
+        if epochs is not None:
+            p = base.replace(epochs=epochs, snapshot_epochs=tuple(range(base.epochs + 1, epochs + 1)),
+                             ema_decays=CONTINUED_EMA_DECAYS, channels_last=True)
+        return Context(p, get_device(), checkpoint_dir(base) / "recipe_study" / "continued")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; the recipes are: {', '.join(RECIPES)}")
     p = recipe_profile(base, recipe)
@@ -207,8 +219,10 @@ def long_run_context(profile: str | None, recipe: str | None = None, epochs: int
 
 def long_run(recipe: str, epochs: int, profile: str | None = None, progress: bool = True) -> PCDTrainer:
     """Train (or resume) one recipe for ``epochs`` epochs of the profile's digits, keeping every
-    epoch's snapshot for :func:`training_length_study`; the profile's own baseline is not touched."""
-    return load_or_train_baseline(long_run_context(profile, recipe, epochs), progress=progress, train=True)
+    epoch's snapshot for :func:`training_length_study`; the profile's own baseline is not touched.
+    :data:`CONTINUED` starts from the profile's committed weights, every other recipe from scratch."""
+    return load_or_train_baseline(long_run_context(profile, recipe, epochs), progress=progress,
+                                  train=recipe != CONTINUED)
 
 
 def _keep_other_rows(out: Path, table: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
@@ -247,21 +261,25 @@ def training_length_study(profile: str | None = None, recipe: str | None = None,
     if not paths:
         raise FileNotFoundError(f"no epoch snapshots in {runs.checkpoints}: train them first")
     for path in paths:
+        first = len(rows)
         state = load_checkpoint(path)
-        model = build_baseline(p.baseline)
-        model.load_state_dict(state["model"])
-        seed_everything(p.seed + 1009)
-        t0 = time.perf_counter()
-        cfg = p.gen_sgld_config()
-        x = generate(model.eval(), LENGTH_N, cfg, batch_size=LENGTH_N, progress=progress).cpu()
         base = {"recipe": label, "snapshot": path.stem.removeprefix("baseline_"), "step": int(state["step"]),
                 "K": runs.profile.sgld_steps}  # iterations x K: the training compute, comparable across recipes
-        rows.append({**base, "samples": "from noise", "gen_steps": cfg.steps, "gen_step_size": cfg.step_size,
-                     "n": LENGTH_N, **scorer(x),
-                     "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
+        weights = {"trained": state["model"]} | {tag: {**state["model"], **avg} for tag, avg in state.get("averages", {}).items()}
+        for tag, weight in weights.items():
+            model = build_baseline(p.baseline)
+            model.load_state_dict(weight)
+            seed_everything(p.seed + 1009)
+            t0 = time.perf_counter()
+            cfg = p.gen_sgld_config()
+            x = generate(model.eval(), LENGTH_N, cfg, batch_size=LENGTH_N, progress=progress).cpu()
+            rows.append({**base, "weights": tag, "samples": "from noise", "gen_steps": cfg.steps,
+                         "gen_step_size": cfg.step_size, "n": LENGTH_N, **scorer(x),
+                         "gen_seconds_per_1000": 1000 * (time.perf_counter() - t0) / LENGTH_N})  # fmt: skip
         buffer = decode_uint8(state["buffer_uint8"])[:LENGTH_N]
         rows.append({**base, "samples": "replay buffer", "n": len(buffer), **scorer(buffer)})
-        print(pd.DataFrame(rows[-2:])[["snapshot", "samples", "IS", "FID", "confident", "entropy_bits"]].to_string(index=False))
+        print(pd.DataFrame(rows[first:])[["snapshot", "weights", "samples", "IS", "FID", "confident", "entropy_bits"]]
+              .to_string(index=False))
     return _keep_other_rows(ctx.results / "training_length_study.csv", pd.DataFrame(rows), {"recipe": label})
 
 

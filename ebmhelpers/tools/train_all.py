@@ -1,0 +1,150 @@
+"""Train once: every model the notebooks of a profile use, trained and committed with its manifest entry.
+
+``python -m ebmhelpers train --profile cpu --all`` trains, in order, the baseline (with the metric
+classifier), each fine-tuned pruned model (Conv2d-only strategies at every ratio, the seeded ratios
+with ``training_seeds`` seeds) and the lottery ticket's rounds, and commits each one as it finishes
+(:mod:`ebmhelpers.pretrained`). It is resumable at two levels: a committed model whose entry derives
+from the committed baseline is skipped, and an interrupted one resumes from its checkpoint.
+``--model NAME`` (re)trains one model; ``--list`` shows every model and whether it is committed.
+
+The notebooks reach the same weights through the same functions (``training.load_or_train_baseline``,
+``pruning.finetune``, ``pruning.lottery_ticket``), which install committed weights instead of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import data as data_mod
+from .. import pretrained, pruning
+from ..pretrained import baseline_state, commit, parent_of, read_manifest, retrain_command
+from ..runtime import Context, start
+from ..training import load_or_train_baseline, load_or_train_classifier
+
+LOTTERY = "lottery"  # the job name of the lottery ticket's rounds
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to train: its manifest ``name`` (the lottery job names its rounds), ``kind`` and
+    the call that trains and commits it."""
+
+    name: str
+    kind: str
+    run: Callable[[Context, bool], None]  # (context, force: retrain what is committed)
+    members: tuple[str, ...] = ()  # the committed names a job writes, when they differ from its name
+
+
+def finetune_jobs(profile) -> list[tuple[str, pruning.Strategy, float, int]]:
+    """(name, strategy, ratio, seed) of every fine-tuned pruned model: the Conv2d-only strategies at
+    every ratio of the sweep, with ``training_seeds`` seeds at ``seeded_ratios`` and one elsewhere."""
+    out = []
+    for strategy, ratio in pruning.sweep_jobs(profile):
+        if not strategy.finetuned:
+            continue
+        seeded = any(abs(ratio - r) < 1e-9 for r in profile.seeded_ratios)
+        for seed in range(profile.training_seeds if seeded else 1):
+            out.append((pruning.finetuned_name(strategy, ratio, seed), strategy, ratio, seed))
+    return out
+
+
+def lottery_names(profile) -> tuple[str, ...]:
+    strategy = pruning.STRATEGIES[pruning.LOTTERY_STRATEGY]
+    target = max(profile.prune_ratios)
+    return tuple(pruning.checkpoint_name(strategy, target, f"lottery_r{r}") for r in range(1, profile.lottery_rounds + 1))
+
+
+def _baseline(ctx: Context, train: bool | None = None):
+    return load_or_train_baseline(ctx, train=train)
+
+
+def _train_baseline(ctx: Context, force: bool) -> None:
+    p = ctx.profile
+    trainer = load_or_train_baseline(ctx, train=True)
+    load_or_train_classifier(ctx)
+    state = baseline_state(ctx.checkpoints, p.name, None) | {"seconds": trainer.seconds}
+    entry = commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=trainer.step,
+                   seconds=trainer.seconds, command=retrain_command(p.name, "baseline"))
+    trainer.installed_from = entry["sha256"]  # this checkpoint is the committed baseline: no install over it
+    trainer.save()
+
+
+def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: int) -> Callable[[Context, bool], None]:
+    def run(ctx: Context, force: bool) -> None:
+        p = ctx.profile
+        baseline = _baseline(ctx)
+        images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
+        masked = pruning.apply_pruning(pruning.copy_model(baseline.model), strategy, ratio)
+        pruning.finetune(ctx, masked, images, baseline.buffer, name, train=True,
+                         commit={"kind": "finetuned", "strategy": strategy.key, "ratio": ratio}, seed=seed)
+
+    return run
+
+
+def _train_lottery(ctx: Context, force: bool) -> None:
+    p = ctx.profile
+    baseline = _baseline(ctx)
+    images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
+    early, _ = pruning.early_weights(ctx)
+    fresh = all(_is_fresh(p.name, name) for name in lottery_names(p) if name in read_manifest(p.name))
+    pruning.lottery_ticket(ctx, baseline, early, pruning.LOTTERY_STRATEGY, max(p.prune_ratios), images,
+                           train=True if force or not fresh else None, commit=True)
+
+
+def jobs(profile) -> list[Job]:
+    """Every model of ``profile`` in training order: baseline, fine-tunings (first seeds first), lottery."""
+    tuned = sorted(finetune_jobs(profile), key=lambda job: job[3])  # every ratio's first seed before extra seeds
+    return ([Job("baseline", "baseline", _train_baseline)]
+            + [Job(name, "finetuned", _train_finetuned(name, s, r, seed)) for name, s, r, seed in tuned]
+            + [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))])  # fmt: skip
+
+
+def _is_fresh(profile_name: str, name: str) -> bool:
+    """Whether ``name`` is committed and derives from the committed baseline (or is the baseline)."""
+    entry = read_manifest(profile_name).get(name)
+    if entry is None:
+        return False
+    return name == "baseline" or entry.get("parent") == parent_of(profile_name)
+
+
+def status(profile_name: str | None = None) -> pd.DataFrame:
+    """One row per model of the profile: kind, whether committed and fresh, iterations, seconds."""
+    ctx = start(profile_name, verbose=False)
+    manifest = read_manifest(ctx.profile.name)
+    rows = []
+    for job in jobs(ctx.profile):
+        for name in job.members or (job.name,):
+            entry = manifest.get(name, {})
+            rows.append({"name": name, "kind": job.kind, "committed": bool(entry),
+                         "fresh": _is_fresh(ctx.profile.name, name), "iterations": entry.get("iterations"),
+                         "seconds": entry.get("seconds")})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def train(profile_name: str | None = None, names: list[str] | None = None, everything: bool = False) -> list[str]:
+    """Train and commit the models ``names`` (always), or with ``everything`` each model that is not
+    committed fresh; returns the names of the jobs that ran. An unknown name is a ``KeyError``."""
+    ctx = start(profile_name)
+    by_name = {job.name: job for job in jobs(ctx.profile)}
+    by_name |= {member: job for job in by_name.values() for member in job.members}
+    unknown = [n for n in names or [] if n not in by_name]
+    if unknown:
+        raise KeyError(f"unknown model(s) {', '.join(unknown)} of profile {ctx.profile.name!r}; "
+                       f"`python -m ebmhelpers train --list` shows them")
+    if everything:
+        todo = [job for job in jobs(ctx.profile)
+                if not all(_is_fresh(ctx.profile.name, n) for n in job.members or (job.name,))]
+    else:
+        todo = list(dict.fromkeys(by_name[n] for n in names or []))
+    done = []
+    for i, job in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] training {job.name} ({job.kind})", flush=True)
+        job.run(ctx, not everything)
+        done.append(job.name)
+    total = sum(e["seconds"] for e in read_manifest(ctx.profile.name).values())
+    print(f"{len(done)} job(s) trained; the manifest lists {len(read_manifest(ctx.profile.name))} models, "
+          f"{total / 3600:.1f} h of training in all ({pretrained.folder(ctx.profile.name)})")
+    return done

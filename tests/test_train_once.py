@@ -1,0 +1,163 @@
+"""Train once, read fast: the training job commits every model with a manifest entry, the notebooks'
+functions install those weights instead of training, a killed job resumes, and a tampered or
+mismatched file is refused by name."""
+
+import json
+
+import pytest
+import torch
+
+from ebmhelpers import data as data_mod
+from ebmhelpers import pretrained, pruning, training
+from ebmhelpers.profiles import PROFILES, get_profile
+from ebmhelpers.runtime import Context, get_device
+from ebmhelpers.tools import train_all
+
+TINY = "tiny-train-once"
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A profile small enough to train every model in seconds, with its committed weights, checkpoints
+    and results in a temporary folder (the checkout's committed weights are never touched)."""
+    p = get_profile("smoke").replace(
+        name=TINY, baseline="cnn_tutorial8", train_subset=96, val_size=32, batch_size=16, sgld_steps=2, buffer_size=64,
+        epochs=2, max_iters_per_epoch=3, ckpt_every=2, snapshot_epochs=(1,), clf_epochs=1, clf_train_subset=256,
+        prune_ratios=(0.5,), seeded_ratios=(0.5,), training_seeds=2, finetune_epochs=1, finetune_iters=3,
+        lottery_rounds=2,
+    )
+    monkeypatch.setitem(PROFILES, TINY, p)
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.delenv(pretrained.TRAIN_ENV, raising=False)
+    return p
+
+
+def reader_context(p, tmp_path, monkeypatch, folder="reader"):
+    """A reader's fresh checkout: no checkpoints of their own, the committed weights only."""
+    monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / folder))
+    return Context(p, get_device("cpu"))
+
+
+def test_train_all_commits_every_model_with_its_manifest_entry(tiny):
+    ran = train_all.train(TINY, everything=True)
+    # every ratio's first seed, Figure 4's unstructured 60% (the profile lacks 60%), extra seeds, the lottery
+    assert ran == ["baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
+                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", train_all.LOTTERY]
+    manifest = pretrained.read_manifest(TINY)
+    expected = {"baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
+                "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", "lottery_r1_unstructured_conv_50",
+                "lottery_r2_unstructured_conv_50"}
+    assert set(manifest) == expected
+    base = manifest["baseline"]
+    for name, entry in manifest.items():
+        for field in ("name", "kind", "iterations", "seconds", "hardware", "file", "sha256", "command", "commit"):
+            assert entry[field] not in (None, ""), (name, field)
+        assert entry["sha256"] == pretrained.sha256(pretrained.folder(TINY) / entry["file"])
+        assert f"--model {name}" in entry["command"]
+        if name != "baseline":
+            assert entry["parent"] == base["sha256"]  # derived from the committed baseline
+    ft_iters = training.training_iterations(pruning.finetune_profile(tiny), 64)
+    assert manifest["prune_unstructured_conv_50_s1"]["iterations"] == ft_iters
+    assert manifest["prune_unstructured_conv_50_s1"]["seed"] == 1
+    assert base["iterations"] == tiny.epochs * tiny.max_iters_per_epoch
+    # the manifest is plain JSON a person can read, and a second run has nothing left to do
+    assert json.loads((pretrained.folder(TINY) / pretrained.MANIFEST).read_text())["profile"] == TINY
+    assert train_all.train(TINY, everything=True) == []
+    assert train_all.status(TINY).fresh.all()
+
+
+def test_notebooks_install_committed_weights_instead_of_training(tiny, tmp_path, monkeypatch):
+    train_all.train(TINY, everything=True)
+    committed = pretrained.load(TINY, "prune_structured_conv_50_l1_s1")
+    ctx = reader_context(tiny, tmp_path, monkeypatch)
+    baseline = training.load_or_train_baseline(ctx, progress=False)
+    assert baseline.installed_from == pretrained.read_manifest(TINY)["baseline"]["sha256"]
+    images = data_mod.load_training_split("fit", tiny.val_size, tiny.train_subset, tiny.seed, ctx.device)
+    masked = pruning.apply_pruning(pruning.copy_model(baseline.model), "structured_conv", 0.5)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a committed model was trained again")
+
+    monkeypatch.setattr(training.PCDTrainer, "fit", no_training)
+    trainer, diverged = pruning.finetune(ctx, masked, images, baseline.buffer, "prune_structured_conv_50_l1_s1", seed=1)
+    assert not diverged and trainer.done
+    for key, value in pretrained.decode_masks(committed["model"]).items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+    assert not (ctx.checkpoints / "prune_structured_conv_50_l1_s1.pt").exists()  # read, not trained or copied
+
+
+def test_a_tampered_or_mismatched_file_is_refused_by_name(tiny, tmp_path, monkeypatch):
+    train_all.train(TINY, ["baseline", "prune_unstructured_conv_50"])
+    ctx = reader_context(tiny, tmp_path, monkeypatch)
+    baseline = training.load_or_train_baseline(ctx, progress=False)
+    images = data_mod.load_training_split("fit", tiny.val_size, tiny.train_subset, tiny.seed, ctx.device)
+    name = "prune_unstructured_conv_50"
+    path = pretrained.path_for(TINY, name)
+
+    def finetune():
+        masked = pruning.apply_pruning(pruning.copy_model(baseline.model), "unstructured_conv", 0.5)
+        return pruning.finetune(ctx, masked, images, baseline.buffer, name)
+
+    finetune()  # intact: installs
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(pretrained.WeightsError, match=f"{path}.*sha256.*train --profile {TINY} --model {name}"):
+        finetune()
+    # the manifest says another architecture than the profile builds
+    train_all.train(TINY, [name])  # regenerated: the file is whole again
+    finetune()
+    manifest_path = pretrained.folder(TINY) / pretrained.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["models"]:
+        if entry["name"] == name:
+            entry["architecture"] = "resnet18"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(pretrained.WeightsError, match=f"{path}.*'resnet18'.*--model {name}"):
+        finetune()
+    # a model trained from another baseline is refused, never used with the new one
+    train_all.train(TINY, [name])
+    monkeypatch.setattr(pretrained, "parent_of", lambda profile_name: "0" * 64)
+    with pytest.raises(pretrained.WeightsError, match="another baseline"):
+        finetune()
+
+
+def test_a_killed_training_job_resumes_where_it_stopped(tiny, monkeypatch):
+    train_all.train(TINY, ["baseline"])
+    calls = {"windows": 0}
+    original = training.PCDTrainer._end_window
+
+    def killed_after_first_checkpoint(self, window, on_window):
+        kept = original(self, window, on_window)
+        calls["windows"] += 1
+        if calls["windows"] == 1:
+            raise KeyboardInterrupt  # the process dies right after its first checkpoint
+        return kept
+
+    monkeypatch.setattr(training.PCDTrainer, "_end_window", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_all.train(TINY, everything=True)
+    assert "prune_unstructured_conv_50" not in pretrained.read_manifest(TINY)
+    ckpt = Context(tiny, get_device("cpu")).checkpoints / "prune_unstructured_conv_50.pt"
+    stopped_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < stopped_at < training.training_iterations(pruning.finetune_profile(tiny), 64)
+
+    starts = []
+    original_fit = training.PCDTrainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        starts.append(self.step)
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.PCDTrainer, "fit", recording_fit)
+    train_all.train(TINY, everything=True)
+    assert starts[0] == stopped_at  # continued from its checkpoint, not from the start
+    entry = pretrained.read_manifest(TINY)["prune_unstructured_conv_50"]
+    assert entry["iterations"] == training.training_iterations(pruning.finetune_profile(tiny), 64)
+    assert train_all.status(TINY).fresh.all()
+
+
+def test_unknown_model_is_a_one_line_error(tiny):
+    with pytest.raises(KeyError, match="unknown model.*nonsense.*--list"):
+        train_all.train(TINY, ["nonsense"])
