@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import torch
 
@@ -27,6 +29,19 @@ PRODUCERS = {
 SAMPLE_PRODUCERS = {
     "baseline": "02_evaluation", "quantization": "03_quantization", "pruning": "04_pruning", "student": "05_distillation",
 }
+
+
+COMMITTED_RESULTS = Path(__file__).resolve().parents[1] / "results"  # the checkout's committed tables
+
+
+def find(ctx: Context, filename: str) -> Path | None:
+    """A results file of the profile: the reader's own (``ctx.results``, under ``EBM_HOME`` or
+    ``EBM_RESULTS_DIR``) when there is one, else the checkout's committed copy (the studies behind
+    a profile's settings, which a reader's run does not redo), else None."""
+    for folder in (ctx.results, COMMITTED_RESULTS / ctx.profile.name):
+        if (folder / filename).exists():
+            return folder / filename
+    return None
 
 
 class MissingResultsError(FileNotFoundError):

@@ -252,3 +252,20 @@ def test_committed_notebooks_hold_no_progress_bar_widgets(path):
     """A saved tqdm widget renders as a bar at "0%" on GitHub; headless runs write text bars.
     (Notebook 00's ipywidgets.interact_manual control is a widget on purpose and allowed.)"""
     assert _progress_widgets(path) == [], f"{path.name}: re-run it with `python -m ebmhelpers run --inplace`"
+
+
+def test_committed_study_tables_are_found_when_outputs_go_elsewhere(monkeypatch, tmp_path):
+    """On Colab with Drive, EBM_HOME moves every output; the studies committed in the checkout are still
+    read (notebook 01's recipe, training-length and chain tables), and a reader's own copy wins."""
+    from ebmhelpers import results
+    from ebmhelpers.runtime import Context
+
+    monkeypatch.delenv("EBM_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("EBM_HOME", str(tmp_path / "drive"))
+    ctx = Context(get_profile("cpu"), torch.device("cpu"))
+    assert ctx.results == (tmp_path / "drive" / "results" / "cpu").resolve()
+    committed = results.find(ctx, "recipe_study.csv")
+    assert committed == results.COMMITTED_RESULTS / "cpu" / "recipe_study.csv" and committed.exists()
+    (ctx.results / "recipe_study.csv").write_text("recipe\nmine\n")
+    assert results.find(ctx, "recipe_study.csv") == ctx.results / "recipe_study.csv"
+    assert results.find(ctx, "no_such_table.csv") is None
