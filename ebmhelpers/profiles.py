@@ -282,8 +282,8 @@ PROFILES: dict[str, Profile] = {
         description="Readers without a GPU: tutorial 8's small CNN (77,578 parameters) as the baseline, NOT the "
         "paper's ResNet18; the paper profile's sampler, loss and optimizer with 25% fresh chains, 9 epochs, "
         "generation with 64 steps of 16x the training step (chosen on validation digits: "
-        "python -m ebmhelpers recipe-study). Its baseline trained in about 2 hours on one CPU thread; the series "
-        "installs the committed weights (ebmhelpers/pretrained/cpu.pt) unless EBM_TRAIN=1.",
+        "python -m ebmhelpers recipe-study). Every model it trains is trained once and committed "
+        "(ebmhelpers/pretrained/cpu/manifest.json, python -m ebmhelpers train --all); the series installs them unless EBM_TRAIN=1.",
         baseline="cnn_tutorial8",
         val_size=5_000,  # held-out training digits: the stopping epoch and the generation chain are chosen on them
         reinit_frac=0.25,  # 25% fresh chains: the issue's probe (shared/probes) and the recipe study

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--long", type=int, metavar="EPOCHS",
                        help="instead: train --recipe for EPOCHS epochs with a snapshot after each (resumable, kept "
                             "apart from the profile's baseline)")
+    study.add_argument("--select", nargs="+", metavar="SNAPSHOT",
+                       help="score these snapshots of --recipe's long run (epochN or epochN@ema<decay>) against the "
+                       "committed baseline on validation digits, and name the one the selection rule adopts")
     study.add_argument("--recipe", help="with --long, --training-length or --chain: that recipe's long run "
                                         "(default for the last two: the profile's baseline run)")
 
@@ -132,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
             from .recipe_study import training_length_study
 
             print(training_length_study(args.profile, args.recipe).to_string(index=False))
+        elif args.select:
+            from .recipe_study import baseline_selection
+
+            print(baseline_selection(args.select, args.profile, args.recipe or CONTINUED).to_string(index=False))
         elif args.chain:
             from .recipe_study import generation_chain_study
 

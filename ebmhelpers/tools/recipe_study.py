@@ -283,18 +283,31 @@ def training_length_study(profile: str | None = None, recipe: str | None = None,
     return _keep_other_rows(ctx.results / "training_length_study.csv", pd.DataFrame(rows), {"recipe": label})
 
 
+def snapshot_weights(runs: Context, snapshot: str) -> dict:
+    """The weights of a kept snapshot of a run: ``epochN`` (as trained) or ``epochN@ema0.998`` (one
+    of the run's weight averages at that snapshot)."""
+    from ..checkpoints import load_checkpoint
+
+    tag, _, weights = snapshot.partition("@")
+    state = load_checkpoint(runs.checkpoints / f"baseline_{tag}.pt")
+    if not weights:
+        return state["model"]
+    if weights not in state.get("averages", {}):
+        raise ValueError(f"snapshot {tag} keeps no weight average {weights!r} (it keeps: {sorted(state.get('averages', {}))})")
+    return {**state["model"], **state["averages"][weights]}
+
+
 def generation_chain_study(snapshot: str, profile: str | None = None, recipe: str | None = None,
                            progress: bool = True) -> pd.DataFrame:
-    """One snapshot's digits from noise (of the profile's run, or of ``recipe``'s long run) under
+    """One snapshot's digits from noise (of the profile's run, or of ``recipe``'s long run; ``epochN`` or
+    ``epochN@ema<decay>``, see :func:`snapshot_weights`) under
     every chain of :data:`CHAIN_STEPS` x :data:`CHAIN_SCALES` (at the training temperature),
     scored on validation digits, with the seconds per 1,000 digits. Writes its rows to
     ``generation_chain_study.csv``, keeping those of other snapshots and recipes."""
-    from ..checkpoints import load_checkpoint
-
     ctx, runs, label, scorer = _study_setup(profile, recipe, progress)
     p = ctx.profile
     model = build_baseline(p.baseline)
-    model.load_state_dict(load_checkpoint(runs.checkpoints / f"baseline_{snapshot}.pt")["model"])
+    model.load_state_dict(snapshot_weights(runs, snapshot))
     model.eval()
     rows = []
     for scale in CHAIN_SCALES:
@@ -309,3 +322,45 @@ def generation_chain_study(snapshot: str, profile: str | None = None, recipe: st
             print(pd.DataFrame(rows[-1:])[["steps", "step_scale", "IS", "FID", "confident", "saturation"]].to_string(index=False))
     return _keep_other_rows(ctx.results / "generation_chain_study.csv", pd.DataFrame(rows),
                             {"recipe": label, "snapshot": snapshot})
+
+
+SELECTION_N = 1_000  # validation digits per generation seed in the baseline selection
+SELECTION_SEEDS = 3
+
+
+def baseline_selection(candidates: list[str], profile: str | None = None, recipe: str | None = CONTINUED,
+                       progress: bool = True) -> pd.DataFrame:
+    """The committed baseline against ``candidates`` (snapshots of ``recipe``'s long run, ``epochN`` or
+    ``epochN@ema<decay>``), each generating :data:`SELECTION_SEEDS` x :data:`SELECTION_N` digits from
+    noise with the profile's chain, scored on validation digits (mean and std over the seeds).
+
+    The rule, fixed before the scores: a candidate replaces the committed baseline only when its mean
+    validation FID is lower by more than the two spreads together (``FID + FID_std`` of the candidate
+    below ``FID - FID_std`` of the committed one); among such candidates the lowest mean FID wins.
+    Writes ``baseline_selection.csv`` with a ``chosen`` column."""
+    from .. import pretrained
+
+    ctx, runs, label, scorer = _study_setup(profile, recipe, progress)
+    p = ctx.profile
+    committed = pretrained.load(p.name, "baseline", architecture=p.baseline)
+    weights = {"committed": committed["model"]} | {c: snapshot_weights(runs, c) for c in candidates}
+    rows = []
+    for name, state in weights.items():
+        model = build_baseline(p.baseline)
+        model.load_state_dict(state)
+        scores = []
+        for k in range(SELECTION_SEEDS):
+            seed_everything(p.seed + 1009 + k)
+            scores.append(scorer(generate(model.eval(), SELECTION_N, p.gen_sgld_config(), batch_size=500, progress=False).cpu()))
+        table = pd.DataFrame(scores)
+        rows.append({"candidate": name, "recipe": "committed" if name == "committed" else label, "n": SELECTION_N,
+                     "seeds": SELECTION_SEEDS, **table.mean().to_dict(),
+                     **{f"{k}_std": v for k, v in table.std().to_dict().items()}})  # fmt: skip
+        print(pd.DataFrame(rows[-1:])[["candidate", "IS", "FID", "FID_std", "confident", "nearest_train"]].to_string(index=False))
+    out = pd.DataFrame(rows)
+    base = out.iloc[0]
+    better = out[(out.FID + out.FID_std < base.FID - base.FID_std) & (out.candidate != "committed")]
+    winner = better.loc[better.FID.idxmin(), "candidate"] if len(better) else "committed"
+    out["chosen"] = out.candidate == winner
+    out.to_csv(ctx.results / "baseline_selection.csv", index=False)
+    return out
