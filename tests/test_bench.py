@@ -75,3 +75,24 @@ def test_a_rung_that_fails_is_reported_and_the_ladder_goes_on(monkeypatch, capsy
     assert len(failed) >= 1 and (failed.error == "RuntimeError: no kernel for this layout").all()
     assert table[table.speedups == "eager"].img_steps_per_s.gt(0).all()
     assert "FAILED: RuntimeError: no kernel for this layout" in capsys.readouterr().out
+
+
+def test_interleaved_speedups_time_every_variant_and_report_failures(monkeypatch):
+    """eager, channels_last and compile are timed against each other on the profile's chain; a variant
+    that cannot run here is a row with its error, never a crash or a silent omission."""
+    from ebmhelpers import speedups
+    from ebmhelpers.tools import bench
+
+    def broken_compile(model, backend="inductor"):
+        raise RuntimeError("no compiler on this machine")
+
+    from ebmhelpers.profiles import PROFILES, get_profile
+
+    tiny = get_profile("smoke").replace(name="tiny-bench", baseline="cnn_tutorial8", batch_size=8, sgld_steps=2)
+    monkeypatch.setitem(PROFILES, "tiny-bench", tiny)
+    monkeypatch.setattr(speedups, "compiled", broken_compile)
+    table = bench.run_interleaved_speedups("tiny-bench", repeats=5).set_index("model")
+    assert table.loc["eager", "speedup"] == 1.0
+    assert table.loc["channels_last", "median_s"] > 0 and table.loc["channels_last", "n"] >= 5
+    assert table.loc["channels_last", "speedup_lo"] <= table.loc["channels_last", "speedup"] <= table.loc["channels_last", "speedup_hi"]
+    assert "no compiler" in table.loc["compile", "error"]

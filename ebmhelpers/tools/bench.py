@@ -278,3 +278,38 @@ def target_lines(
             f"[bench] target: paper profile training, {iters:,} PCD iterations x "
             f"{1e3 / train['train_iters_per_s']:.1f} ms = {train_min:.1f} min projected "
             f"(target <= {TARGET_TRAIN_MIN:.0f} min: {verdict(train_min <= TARGET_TRAIN_MIN)})")
+
+
+def run_interleaved_speedups(profile: str | None = None, repeats: int = 7, out: str | None = None) -> pd.DataFrame:
+    """The profile's training chain (batch, K steps) on the profile's baseline, eager fp32 against
+    ``channels_last`` and ``torch.compile`` (inductor), timed interleaved (:func:`metrics.interleaved_times`:
+    warm-up, then rounds that run each once in rotating order), so a slow stretch of a shared machine
+    falls on all alike. Rows: median seconds per chain with quartiles and extremes, and the speed-up
+    over eager with the range it takes between the quartiles. A variant that fails is a row with its error."""
+    from ..metrics import interleaved_times
+
+    p = get_profile(profile)
+    device = get_device()
+    cfg = p.sgld_config()
+    x = torch.rand(p.batch_size, 1, 28, 28, device=device) * 2 - 1
+    reference = build_baseline(p.baseline).to(device).eval()
+    fns, failed = {}, {}
+    for label, speedups in (("eager", Speedups()), ("channels_last", Speedups(channels_last=True)),
+                            ("compile", Speedups(compile=True))):  # fmt: skip
+        model = build_baseline(p.baseline).to(device).eval()
+        model.load_state_dict(reference.state_dict())
+        try:
+            runner = SGLDRunner(model, speedups)
+            runner(x, cfg)  # first call: compilation happens here, outside the timings
+            fns[label] = (lambda r: lambda: r(x, cfg))(runner)
+        except Exception as err:  # a variant this machine cannot run is reported, not fatal
+            failed[label] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    table = interleaved_times(fns, device, repeats=repeats)
+    eager = table.set_index("model").loc["eager"]
+    table["speedup"] = eager.median_s / table.median_s
+    table["speedup_lo"], table["speedup_hi"] = eager.q1_s / table.q3_s, eager.q3_s / table.q1_s
+    table = pd.concat([table, pd.DataFrame([{"model": k, "error": v} for k, v in failed.items()])], ignore_index=True)
+    table.insert(1, "chain", f"batch {p.batch_size} x {cfg.steps} SGLD steps, {p.baseline}, {torch.get_num_threads()} threads")
+    if out:
+        table.to_csv(out, index=False)
+    return table

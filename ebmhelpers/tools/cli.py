@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--models", nargs="*", help="subset of models to measure")
     bench.add_argument("--out", help="write the table as CSV here")
+    bench.add_argument("--interleaved", action="store_true",
+                       help="eager against channels_last and torch.compile on the profile's training chain, timed interleaved")
     bench.add_argument("--speedups", action="store_true",
                        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
                        "unmeasured and off in every profile) and issue 12's targets")
@@ -165,7 +167,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "bench":
         from .bench import run_bench, run_speedup_bench
 
-        if args.speedups:
+        if args.interleaved:
+            from .bench import run_interleaved_speedups
+
+            table = run_interleaved_speedups(args.profile, repeats=max(args.repeats, 7))
+        elif args.speedups:
             table = run_speedup_bench(args.profile, repeats=args.repeats)
         else:
             table = run_bench(args.profile, batch=args.batch, repeats=args.repeats, models=args.models)
