@@ -10,7 +10,7 @@ from ebmhelpers import notebooks
 NOTEBOOK_01 = next(p for p in notebooks.notebook_paths() if p.name.startswith("01_"))
 SHOWN_IN_01 = {("sampling", "sgld_step"), ("training", "PCDTrainer.train_step"), ("sampling", "ReplayBuffer.sample"),
                ("sampling", "ReplayBuffer.update"), ("training", "pcd_loss")}  # fmt: skip
-# Each central algorithm is shown once, on the page that teaches it (issue 20, section 3): notebook
+# Each central algorithm is shown once, on the page that teaches it: notebook
 # prefix -> the exact set of (module, definition) its package-code cells show, and per definition
 # strings its shown source must contain (what the page's markdown explains).
 SHOWN = {

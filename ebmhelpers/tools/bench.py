@@ -2,7 +2,7 @@
 
 ``python -m ebmhelpers bench --speedups`` measures the SGLD speed-ups instead (:func:`run_speedup_bench`):
 the baseline under each rung of :func:`ladder` with its agreement with eager fp32 chains, and
-issue 12's targets. Its GPU rungs (channels_last, compile, CUDA graphs on a GPU) have not been
+the speed targets (:data:`TARGET_GEN`, :data:`TARGET_TRAIN_MIN`). Its GPU rungs (channels_last, compile, CUDA graphs on a GPU) have not been
 measured yet, so every profile keeps those speed-ups off; this is the command that would measure them.
 
 For each model: SGLD image-steps per second (the cost of sampling and of PCD training), the
@@ -145,11 +145,11 @@ def run_bench(
     return table
 
 
-# ---- the speed-up ladder (``python -m ebmhelpers bench --speedups``, issue 12) ---------------------
+# ---- the speed-up ladder (``python -m ebmhelpers bench --speedups``) -------------------------------
 LADDER_STEPS = 16  # SGLD steps per timed chain: long enough to amortise a launch, short enough to repeat
 AGREEMENT_BATCH = 16  # chains compared with eager fp32 (noise off) per rung
 BIG_BATCH = 4096  # a batch that fills an H100 with 28x28 digits
-TARGET_GEN = (10_000, 256)  # issue 12: 10,000 digits of 256 SGLD steps ...
+TARGET_GEN = (10_000, 256)  # 10,000 digits of 256 SGLD steps ...
 TARGET_GEN_S = 30.0  # ... in under 30 seconds
 TARGET_TRAIN_MIN = 30.0  # the paper profile's training projected at most this many minutes
 LADDER_BUDGET_S = 420.0  # stop adding rows after this long (a device command has 600 s)
@@ -200,7 +200,7 @@ def run_speedup_bench(
 ) -> pd.DataFrame:
     """The profile baseline's SGLD under each rung of :func:`ladder` at the training batch, with its
     agreement with eager fp32 chains; on a GPU the fastest rung again at the generation batch and at
-    :data:`BIG_BATCH`; then issue 12's two targets with the fastest rung: ``target`` = (digits,
+    :data:`BIG_BATCH`; then the two speed targets with the fastest rung: ``target`` = (digits,
     steps) generated and timed (default :data:`TARGET_GEN` on a GPU, skipped on a CPU, where it
     would take hours), and the paper profile's training time projected from a measured iteration."""
     p = get_profile(profile)
@@ -254,7 +254,7 @@ def target_lines(
     p: Profile, make: Callable[[], nn.Module], amp: str | None, sp: Speedups, batch: int, device: torch.device,
     target: tuple[int, int] = TARGET_GEN,
 ) -> str:
-    """Issue 12's targets, measured with one rung: generation of ``target`` = (digits, steps) from
+    """The speed targets, measured with one rung: generation of ``target`` = (digits, steps) from
     noise with the paper's sampler (timed whole) and the paper profile's training time (PCD
     iteration time x its iterations)."""
     n, steps = target

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="eager against channels_last and torch.compile on the profile's training chain, timed interleaved")
     bench.add_argument("--speedups", action="store_true",
                        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
-                       "unmeasured and off in every profile) and issue 12's targets")
+                       "unmeasured and off in every profile) and the speed targets")
 
     est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
     est.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")

@@ -1,4 +1,4 @@
-"""The recipe study behind the ``cpu`` profile's baseline (issue 18): tutorial 8's CNN trained
+"""The recipe study behind the ``cpu`` profile's baseline: tutorial 8's CNN trained
 under several PCD recipes for the same compute budget, each scored on held-out validation digits.
 
 ``python -m ebmhelpers recipe-study`` (resumable: every recipe's run is checkpointed, every
