@@ -365,6 +365,5 @@ class LoopTrainer(abc.ABC):
             self.loop.run(train_step, on_checkpoint, after_step=after_step, postfix=postfix, limits=limits,
                           progress=progress, desc=desc)  # fmt: skip
         finally:
-            self._elapsed()
-            self._clock = None
+            self._clock = None  # the time counted is the time up to the last checkpoint, as a resumed run sees it
         return self.history

@@ -90,6 +90,16 @@ def parent_of(profile_name: str) -> str | None:
     return entry["sha256"] if entry else None
 
 
+def is_fresh(profile_name: str, name: str, parent: str | None = None) -> bool:
+    """Whether ``name`` is committed, its file matches its sha256, and (for a derived model) it was
+    trained from ``parent`` (default: the committed baseline)."""
+    entry = read_manifest(profile_name).get(name)
+    path = folder(profile_name) / entry["file"] if entry else None
+    if entry is None or not path.exists() or sha256(path) != entry["sha256"]:
+        return False
+    return entry["kind"] == "baseline" or entry.get("parent") == (parent or parent_of(profile_name))
+
+
 def load(profile_name: str, name: str = "baseline", architecture: str | None = None,
          model: torch.nn.Module | None = None, parent: str | None = None) -> dict[str, Any] | None:
     """The committed state of model ``name`` of a profile, or None when the manifest has no entry.
@@ -124,7 +134,7 @@ def load(profile_name: str, name: str = "baseline", architecture: str | None = N
 
 def encode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with pruning masks (``*_mask``, 0/1 floats) stored as booleans, a quarter of the bytes."""
-    return {k: v.bool() if k.endswith("_mask") else v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    return {k: (v.bool() if k.endswith("_mask") else v.detach()).cpu().contiguous() for k, v in state_dict.items()}
 
 
 def decode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,8 +154,9 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "ebmhelpers"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "ebmhelpers",
+                                ":(exclude)ebmhelpers/pretrained"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()  # the committed weights are this job's output, not code
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
@@ -220,4 +231,9 @@ def baseline_state(checkpoints: Path, profile_name: str, snapshot: str | None, w
     classifier = checkpoints / "classifier.pt"
     if classifier.exists():
         state["classifier"] = load_checkpoint(classifier)["model"]
+    else:  # a run kept in its own folder (a long run) is scored by the profile's classifier
+        committed = load(profile_name, "baseline")
+        if committed is None or "classifier" not in committed:
+            raise WeightsError(f"no metric classifier in {checkpoints} and none committed for profile {profile_name!r}")
+        state["classifier"] = committed["classifier"]
     return state

@@ -278,14 +278,16 @@ def clone_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
 
 def finetune(
     ctx: Context, model: nn.Module, data: torch.Tensor, buffer: ReplayBuffer, name: str, progress: bool = True,
-    seed: int = 0, train: bool | None = None, commit: dict | None = None,
+    seed: int = 0, train: bool | None = None, commit: dict | None = None, parent: str = "",
 ) -> tuple[PCDTrainer, bool]:
     """Fine-tune a (masked) model in place with the PCD trainer (training seed ``profile.seed + seed``).
 
-    The profile's committed weights of ``name`` (:mod:`ebmhelpers.pretrained`) are installed when
-    they exist, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train; otherwise the run is
-    checkpointed to ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded, an interrupted one
-    resumed) and, with ``commit`` (the manifest's ``kind`` and extra fields), committed when done.
+    ``parent`` names the baseline the model was pruned from (:attr:`PCDTrainer.identity`). The
+    profile's committed weights of ``name`` (:mod:`ebmhelpers.pretrained`) are installed when they
+    exist, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train; they must derive from ``parent``.
+    Otherwise the run is checkpointed to ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded,
+    an interrupted one resumed; a checkpoint of another parent is refused) and, with ``commit`` (the
+    manifest's ``kind`` and extra fields), committed when done.
 
     Returns the trainer (``.rollbacks`` lists the divergence-guard firings) and whether the run
     gave up after too many rollbacks; then the model holds its last good checkpoint.
@@ -293,11 +295,10 @@ def finetune(
     p = finetune_profile(ctx.profile).replace(seed=ctx.profile.seed + seed)
     seed_everything(p.seed)
     path = ctx.checkpoints / f"{name}.pt"
-    trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer),
-                         origin=pretrained.parent_of(ctx.profile.name) or "")
+    trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer), origin=parent)
     if not pretrained.wants_training(train):
         state = pretrained.load(ctx.profile.name, name, architecture=ctx.profile.baseline, model=model,
-                                parent=pretrained.parent_of(ctx.profile.name))
+                                parent=parent or None)
         if state is not None:
             trainer.install(state)
             trainer.model.eval()
@@ -314,8 +315,8 @@ def finetune(
     if commit is not None:
         pretrained.commit(ctx.profile.name, name, commit["kind"], trainer.weights_state() | {"diverged": diverged},
                           architecture=ctx.profile.baseline, iterations=trainer.step, seconds=trainer.seconds,
-                          command=pretrained.retrain_command(ctx.profile.name, name), seed=seed,
-                          parent=pretrained.parent_of(ctx.profile.name), **{k: v for k, v in commit.items() if k != "kind"})
+                          command=pretrained.retrain_command(ctx.profile.name, name), seed=seed, parent=parent,
+                          **{k: v for k, v in commit.items() if k != "kind"})
     return trainer, diverged
 
 
@@ -474,7 +475,8 @@ def prune_sweep(
                           **interleaved_speedup(ev, baseline.model, phys)})  # fmt: skip
         if strategy.finetuned:
             name = checkpoint_name(strategy, ratio)
-            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, name, progress=False)
+            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, name, progress=False,
+                                         parent=baseline.identity)
             rows.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged))
             if phys is not None:  # same masks, so the same architecture: check the function again
                 tuned = physically_prune(trainer.model)
@@ -564,7 +566,7 @@ def lottery_ticket(
         name = checkpoint_name(s, target, f"lottery_r{r}")
         record = {"kind": "lottery", "strategy": s.key, "ratio": ratio, "round": r, "target": target} if commit else None
         trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=progress and commit,
-                                     train=train, commit=record)
+                                     train=train, commit=record, parent=baseline.identity)
         model = trainer.model
         log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "iterations": trainer.step,
                     "rollbacks": len(trainer.rollbacks), "diverged": diverged,

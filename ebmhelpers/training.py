@@ -45,6 +45,17 @@ def pcd_loss(e_real: torch.Tensor, e_fake: torch.Tensor, alpha: float) -> dict[s
 COLLAPSE_GAP_FRACTION = 0.5
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short sha256 of a model's weights (names, shapes and values)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def energy_gap_bound(profile: Profile) -> float:
     """The window-mean ``E(x-) - E(x+)`` above which training counts as collapsed:
     ``profile.max_energy_gap``, or :data:`COLLAPSE_GAP_FRACTION` / ``alpha`` when that is None."""
@@ -80,6 +91,8 @@ class WeightAverages:
 
     @torch.no_grad()
     def update(self) -> None:
+        if not self.decays:
+            return
         current = self.model.state_dict()
         for d in self.decays:
             for k, avg in self.averages[self.tag(d)].items():
@@ -158,6 +171,7 @@ class PCDTrainer(LoopTrainer):
                                   p.ckpt_every, self.device, p.max_iters_per_epoch)  # fmt: skip
         self.averages = WeightAverages(self.model, p.ema_decays)
         self.installed_from: str | None = None  # sha256 of the committed file this run was installed from, until it trains
+        self.continued_from: str | None = None  # sha256 of the committed file this run started from (kept while it trains)
         self.rollbacks: list[dict[str, Any]] = []
         self._history: list[list[float]] = []  # rows: step, epoch, lr, *METRICS
         self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
@@ -190,6 +204,7 @@ class PCDTrainer(LoopTrainer):
             "history": [list(r) for r in self._history],
             "profile": self.profile.name,
             "installed_from": self.installed_from or "",
+            "continued_from": self.continued_from or "",
             "origin": self.origin,
         }
 
@@ -204,6 +219,15 @@ class PCDTrainer(LoopTrainer):
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
         self.installed_from = state.get("installed_from") or None
+        self.continued_from = state.get("continued_from") or None
+
+    @property
+    def identity(self) -> str:
+        """What the models derived from this run (fine-tunings, students) record as their parent: the
+        sha256 of the committed file it was installed from, else ``local:`` and a hash of its weights."""
+        if self.installed_from:
+            return self.installed_from
+        return "local:" + weights_fingerprint(self.model)
 
     def save_snapshot(self, path: Path) -> None:
         """Keep the model's weights at this step (e.g. a lottery-ticket rewind point), with the
@@ -236,7 +260,7 @@ class PCDTrainer(LoopTrainer):
         self.rollbacks = [dict(r) for r in state["rollbacks"]]
         self._history = [list(r) for r in state["history"]]
         self.seconds = float(state.get("seconds", 0.0))
-        self.installed_from = sha256
+        self.installed_from = self.continued_from = sha256
         for tag, snap in state["snapshots"].items():
             if tag in snapshot_paths:
                 atomic_save({"model": snap["model"], "step": snap["step"], "profile": self.profile.name}, snapshot_paths[tag])
@@ -419,13 +443,14 @@ def _install_committed(ctx: Context, trainer: PCDTrainer, snapshots: dict[int, P
     if entry is None:
         return
     if trainer.ckpt_path.exists():
-        installed = load_checkpoint(trainer.ckpt_path).get("installed_from", "")
-        if installed == entry["sha256"]:
-            return
+        saved = load_checkpoint(trainer.ckpt_path)
+        installed, continued = saved.get("installed_from", ""), saved.get("continued_from", "")
+        if installed == entry["sha256"] or (not installed and continued == entry["sha256"]):
+            return  # the committed baseline, installed, or trained on from it (a continued run resumes)
         if not installed:
             raise pretrained.WeightsError(
-                f"{trainer.ckpt_path} was trained here, and profile {p.name!r} has committed weights: set "
-                f"{pretrained.TRAIN_ENV}=1 to use (or resume) the local run, or delete it to use the committed weights")
+                f"{trainer.ckpt_path} was trained here, and profile {p.name!r} has committed weights: delete it "
+                f"to use the committed weights, or set {pretrained.TRAIN_ENV}=1 to use (or resume) the local run")
     state = pretrained.load(p.name, "baseline", architecture=p.baseline, model=trainer.model)
     tags = {path.stem.removeprefix("baseline_"): path for path in snapshots.values()}
     trainer.install_pretrained(state, tags, entry["sha256"])

@@ -51,8 +51,9 @@ def test_train_all_commits_every_model_with_its_manifest_entry(tiny):
     assert set(manifest) == expected
     base = manifest["baseline"]
     for name, entry in manifest.items():
-        for field in ("name", "kind", "iterations", "seconds", "hardware", "file", "sha256", "command", "commit"):
+        for field in ("name", "kind", "hardware", "file", "sha256", "command", "commit"):
             assert entry[field] not in (None, ""), (name, field)
+        assert entry["iterations"] > 0 and entry["seconds"] > 0, name
         assert entry["sha256"] == pretrained.sha256(pretrained.folder(TINY) / entry["file"])
         assert f"--model {name}" in entry["command"]
         if name != "baseline":
@@ -95,9 +96,9 @@ def test_a_tampered_or_mismatched_file_is_refused_by_name(tiny, tmp_path, monkey
     name = "prune_unstructured_conv_50"
     path = pretrained.path_for(TINY, name)
 
-    def finetune():
+    def finetune(parent=None):
         masked = pruning.apply_pruning(pruning.copy_model(baseline.model), "unstructured_conv", 0.5)
-        return pruning.finetune(ctx, masked, images, baseline.buffer, name)
+        return pruning.finetune(ctx, masked, images, baseline.buffer, name, parent=parent or baseline.identity)
 
     finetune()  # intact: installs
     raw = bytearray(path.read_bytes())
@@ -118,9 +119,9 @@ def test_a_tampered_or_mismatched_file_is_refused_by_name(tiny, tmp_path, monkey
         finetune()
     # a model trained from another baseline is refused, never used with the new one
     train_all.train(TINY, [name])
-    monkeypatch.setattr(pretrained, "parent_of", lambda profile_name: "0" * 64)
+    finetune()
     with pytest.raises(pretrained.WeightsError, match="another baseline"):
-        finetune()
+        finetune(parent="local:" + "0" * 16)
 
 
 def test_a_killed_training_job_resumes_where_it_stopped(tiny, monkeypatch):
@@ -161,3 +162,45 @@ def test_a_killed_training_job_resumes_where_it_stopped(tiny, monkeypatch):
 def test_unknown_model_is_a_one_line_error(tiny):
     with pytest.raises(KeyError, match="unknown model.*nonsense.*--list"):
         train_all.train(TINY, ["nonsense"])
+
+
+def test_a_run_continued_from_the_committed_baseline_resumes_and_a_local_one_is_not_overwritten(tiny, tmp_path,
+                                                                                             monkeypatch):
+    train_all.train(TINY, ["baseline"])
+    sha = pretrained.read_manifest(TINY)["baseline"]["sha256"]
+    longer = Context(tiny.replace(epochs=3), get_device("cpu"), tmp_path / "continued")
+    first = training.load_or_train_baseline(longer, progress=False)  # installs, then trains epoch 3
+    assert first.done and first.continued_from == sha and first.installed_from is None
+    assert first.seconds > 0 and torch.load(first.ckpt_path, weights_only=True)["seconds"] == pytest.approx(first.seconds)
+    again = training.load_or_train_baseline(longer, progress=False)  # resumes (here: loads), no refusal
+    assert again.step == first.step and again.seconds == pytest.approx(first.seconds)
+    # a baseline trained here, not from the committed one, is never overwritten by an install
+    local = reader_context(tiny, tmp_path, monkeypatch, "local")
+    training.load_or_train_baseline(local, progress=False, train=True)
+    with pytest.raises(pretrained.WeightsError, match="was trained here.*delete it"):
+        training.load_or_train_baseline(local, progress=False)
+
+
+def test_weight_averages_follow_the_ema_rule_and_survive_a_checkpoint(tiny, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    averages = training.WeightAverages(model, (0.9, 0.5))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    averages.update()
+    assert torch.allclose(averages.averages["ema0.9"]["weight"], start["weight"] + 0.1)
+    assert torch.allclose(averages.averages["ema0.5"]["weight"], start["weight"] + 0.5)
+    assert torch.equal(averages.weights("ema0.5")["bias"], averages.averages["ema0.5"]["bias"])
+    p = tiny.replace(ema_decays=(0.9,))
+    images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed)
+    trainer = training.PCDTrainer(training.build_baseline(p.baseline), p, images, ckpt_path=tmp_path / "ema.pt")
+    trainer.fit(progress=False)
+    kept = trainer.averages.state_dict()["ema0.9"]
+    assert any(not torch.equal(kept[k], v) for k, v in trainer.model.state_dict().items())  # it averaged
+    resumed = training.PCDTrainer(training.build_baseline(p.baseline), p, images, ckpt_path=tmp_path / "ema.pt")
+    assert resumed.load()
+    for k, v in kept.items():
+        assert torch.equal(resumed.averages.averages["ema0.9"][k], v)
+    with pytest.raises(ValueError, match="decays"):
+        training.WeightAverages(model, (1.0,))

@@ -20,9 +20,10 @@ import pandas as pd
 
 from .. import data as data_mod
 from .. import pretrained, pruning
-from ..pretrained import baseline_state, commit, parent_of, read_manifest, retrain_command
+from ..checkpoints import load_checkpoint
+from ..pretrained import baseline_state, commit, is_fresh, read_manifest, retrain_command
 from ..runtime import Context, start
-from ..training import load_or_train_baseline, load_or_train_classifier
+from ..training import load_or_train_baseline, load_or_train_classifier, training_iterations
 
 LOTTERY = "lottery"  # the job name of the lottery ticket's rounds
 
@@ -57,12 +58,37 @@ def lottery_names(profile) -> tuple[str, ...]:
     return tuple(pruning.checkpoint_name(strategy, target, f"lottery_r{r}") for r in range(1, profile.lottery_rounds + 1))
 
 
-def _baseline(ctx: Context, train: bool | None = None):
-    return load_or_train_baseline(ctx, train=train)
+def _baseline(ctx: Context):
+    """The committed baseline, installed: what every derived model starts from."""
+    trainer = load_or_train_baseline(ctx)
+    if trainer.installed_from is None:
+        raise pretrained.WeightsError(f"the baseline in {trainer.ckpt_path} is not the committed one; commit it first "
+                                      f"(`{retrain_command(ctx.profile.name, 'baseline')}`)")
+    return trainer
+
+
+def _start_over(path, force: bool, total: int, parent: str | None = None) -> None:
+    """Remove the checkpoint at ``path`` when its run must start over: ``force`` (a retrain was asked)
+    and the run is installed or finished (an unfinished run of ``total`` iterations resumes instead),
+    or it was trained from another ``parent`` than the one given."""
+    if not path.exists():
+        return
+    state = load_checkpoint(path)
+    stale = parent is not None and state.get("origin", "") != parent
+    finished = bool(state.get("installed_from")) or int(state["step"]) >= total
+    if stale or (force and finished):
+        print(f"starting {path.name} over ({'trained from another baseline' if stale else 'retrain asked'})")
+        path.unlink()
+
+
+def _fit_digits(ctx: Context):
+    p = ctx.profile
+    return data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
 
 
 def _train_baseline(ctx: Context, force: bool) -> None:
     p = ctx.profile
+    _start_over(ctx.checkpoints / "baseline.pt", force, training_iterations(p, len(_fit_digits(ctx))))
     trainer = load_or_train_baseline(ctx, train=True)
     load_or_train_classifier(ctx)
     state = baseline_state(ctx.checkpoints, p.name, None) | {"seconds": trainer.seconds}
@@ -72,13 +98,18 @@ def _train_baseline(ctx: Context, force: bool) -> None:
     trainer.save()
 
 
+def _finetune_iterations(ctx: Context, images) -> int:
+    return training_iterations(pruning.finetune_profile(ctx.profile), len(images))
+
+
 def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: int) -> Callable[[Context, bool], None]:
     def run(ctx: Context, force: bool) -> None:
         p = ctx.profile
         baseline = _baseline(ctx)
-        images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
+        images = _fit_digits(ctx)
+        _start_over(ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images), baseline.identity)
         masked = pruning.apply_pruning(pruning.copy_model(baseline.model), strategy, ratio)
-        pruning.finetune(ctx, masked, images, baseline.buffer, name, train=True,
+        pruning.finetune(ctx, masked, images, baseline.buffer, name, train=True, parent=baseline.identity,
                          commit={"kind": "finetuned", "strategy": strategy.key, "ratio": ratio}, seed=seed)
 
     return run
@@ -87,11 +118,15 @@ def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: 
 def _train_lottery(ctx: Context, force: bool) -> None:
     p = ctx.profile
     baseline = _baseline(ctx)
-    images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
+    images = _fit_digits(ctx)
     early, _ = pruning.early_weights(ctx)
-    fresh = all(_is_fresh(p.name, name) for name in lottery_names(p) if name in read_manifest(p.name))
+    names = lottery_names(p)
+    fresh = all(is_fresh(p.name, name) for name in names if name in read_manifest(p.name))
+    retrain = force or not fresh
+    for name in names:
+        _start_over(ctx.checkpoints / f"{name}.pt", retrain, _finetune_iterations(ctx, images), baseline.identity)
     pruning.lottery_ticket(ctx, baseline, early, pruning.LOTTERY_STRATEGY, max(p.prune_ratios), images,
-                           train=True if force or not fresh else None, commit=True)
+                           train=True if retrain else None, commit=True)
 
 
 def jobs(profile) -> list[Job]:
@@ -100,14 +135,6 @@ def jobs(profile) -> list[Job]:
     return ([Job("baseline", "baseline", _train_baseline)]
             + [Job(name, "finetuned", _train_finetuned(name, s, r, seed)) for name, s, r, seed in tuned]
             + [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))])  # fmt: skip
-
-
-def _is_fresh(profile_name: str, name: str) -> bool:
-    """Whether ``name`` is committed and derives from the committed baseline (or is the baseline)."""
-    entry = read_manifest(profile_name).get(name)
-    if entry is None:
-        return False
-    return name == "baseline" or entry.get("parent") == parent_of(profile_name)
 
 
 def status(profile_name: str | None = None) -> pd.DataFrame:
@@ -119,7 +146,7 @@ def status(profile_name: str | None = None) -> pd.DataFrame:
         for name in job.members or (job.name,):
             entry = manifest.get(name, {})
             rows.append({"name": name, "kind": job.kind, "committed": bool(entry),
-                         "fresh": _is_fresh(ctx.profile.name, name), "iterations": entry.get("iterations"),
+                         "fresh": is_fresh(ctx.profile.name, name), "iterations": entry.get("iterations"),
                          "seconds": entry.get("seconds")})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -136,7 +163,7 @@ def train(profile_name: str | None = None, names: list[str] | None = None, every
                        f"`python -m ebmhelpers train --list` shows them")
     if everything:
         todo = [job for job in jobs(ctx.profile)
-                if not all(_is_fresh(ctx.profile.name, n) for n in job.members or (job.name,))]
+                if not all(is_fresh(ctx.profile.name, n) for n in job.members or (job.name,))]
     else:
         todo = list(dict.fromkeys(by_name[n] for n in names or []))
     done = []
