@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--long", type=int, metavar="EPOCHS",
                        help="instead: train --recipe for EPOCHS epochs with a snapshot after each (resumable, kept "
                             "apart from the profile's baseline)")
+    study.add_argument("--targets", action="store_true",
+                       help="the committed baseline on test digits against its targets (IS, FID, confident, memorisation)")
     study.add_argument("--select", nargs="+", metavar="SNAPSHOT",
                        help="score these snapshots of --recipe's long run (epochN or epochN@ema<decay>) against the "
                        "committed baseline on validation digits, and name the one the selection rule adopts")
@@ -137,6 +139,10 @@ def _run(args: argparse.Namespace) -> int:
             from .recipe_study import training_length_study
 
             print(training_length_study(args.profile, args.recipe).to_string(index=False))
+        elif args.targets:
+            from .recipe_study import baseline_targets
+
+            print(baseline_targets(args.profile).to_string(index=False))
         elif args.select:
             from .recipe_study import baseline_selection
 
