@@ -217,11 +217,14 @@ def baseline_state(checkpoints: Path, profile_name: str, snapshot: str | None, w
         step, buffer = int(full["step"]), encode_uint8(full["buffer"]["samples"])
     model = chosen["model"] if weights == "trained" else {**chosen["model"], **chosen["averages"][weights]}
     kept = {}
+    committed = (load(profile_name, "baseline") or {}).get("snapshots", {})  # a continued run's earlier snapshots
     for tag in snaps if keep is None else keep:
         if tag in snaps:
             state = load_checkpoint(snaps[tag])
             if int(state["step"]) <= step:
                 kept[tag] = {"model": state["model"], "step": int(state["step"])}
+        elif tag in committed and int(committed[tag]["step"]) <= step:
+            kept[tag] = committed[tag]
     history = [row for row in full["history"] if row[0] < step]
     per_epoch = len([r for r in full["history"] if r[1] == 0]) or 1
     state = {"profile": profile_name, "model": {k: v.contiguous() for k, v in model.items()}, "buffer_uint8": buffer,

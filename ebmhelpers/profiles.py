@@ -135,9 +135,10 @@ class Profile:
     # trained and the averaged weights
     ema_decays: tuple[float, ...] = ()
     amp_dtype: str | None = None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
-    # SGLD speed-ups on CUDA devices (speedups.py; ignored on a CPU, where compile measured slower). Their
-    # GPU rungs are unmeasured, so all are off; turn one on only after `python -m ebmhelpers bench --speedups`
-    # measured it on a GPU:
+    # SGLD speed-ups (speedups.py). channels_last applies on any device (the cpu profile turns it on after
+    # `python -m ebmhelpers bench --interleaved` measured it, results/cpu/bench_interleaved.csv); compile and
+    # cuda_graph on CUDA devices only, and their GPU rungs are unmeasured, so every profile keeps them off
+    # until `python -m ebmhelpers bench --speedups` has measured them on a GPU
     channels_last: bool = False  # NHWC weights and activations
     compile: bool = False  # torch.compile of the energy network (SGLD's forward and its input gradient)
     cuda_graph: bool = False  # one step captured as a CUDA graph, replayed K times
@@ -280,25 +281,24 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         description="Readers without a GPU: tutorial 8's small CNN (77,578 parameters) as the baseline, NOT the "
-        "paper's ResNet18; the paper profile's sampler, loss and optimizer with 25% fresh chains, 9 epochs, "
+        "paper's ResNet18; the paper profile's sampler, loss and optimizer with 25% fresh chains, 10 epochs, "
         "generation with 64 steps of 16x the training step (chosen on validation digits: "
         "python -m ebmhelpers recipe-study). Every model it trains is trained once and committed "
         "(ebmhelpers/pretrained/cpu/manifest.json, python -m ebmhelpers train --all); the series installs them unless EBM_TRAIN=1.",
         baseline="cnn_tutorial8",
         val_size=5_000,  # held-out training digits: the stopping epoch and the generation chain are chosen on them
         reinit_frac=0.25,  # 25% fresh chains: the issue's probe (shared/probes) and the recipe study
-        # 9 epochs: validation FID from noise 988, 922, 627, 492, 469, 514, 312, 664, 318, 430 after epochs 1-10
-        # (training_length_study.csv, 500 digits each); on 1,000 digits epochs 7 and 9 tie (FID 320 and 318 with
-        # this chain, generation_chain_study.csv) and epoch 9 has the higher IS and confident fraction. The recipe
-        # study's equal-budget winner (K=30 of 2x step) trained 10 epochs drew worse digits from noise (best 422 on
-        # 1,000 digits, epoch 5): not adopted
-        epochs=9,
+        # 10 epochs: the 9-epoch run trained on with weight averages (recipe-study --long 18 --recipe continued,
+        # stopped after epoch 14 at the 3-CPU-hour budget); the epoch-10 snapshot as trained won on validation
+        # digits over the epoch-9 baseline and the weight averages (recipe-study --select, baseline_selection.csv)
+        epochs=10,
         snapshot_epochs=(2,),  # notebook 02 compares epoch 2 with the final model
         # 64 steps of 16x the training step at the training temperature: the lowest validation FID of the chains
         # of at most 64 steps (generation_chain_study.csv); 128 steps of 4x score better (FID 259 against 318 for
         # epoch 9) at 1.45x the time, more than the series' 60 minutes allow
         gen_steps=64,
         gen_step_scale=16.0,
+        channels_last=True,  # 1.27x on the training chain, quartile range 1.16-1.45x (bench --interleaved, 2 threads)
         ckpt_every=100,
         study_steps=(16, 64, 256),  # a quarter, 1x and 4x the generation chain
         study_n=250,
@@ -310,9 +310,9 @@ PROFILES: dict[str, Profile] = {
         n_calib=500,
         precision_n_gen=500,
         # the paper's protocol (§4.4): every ratio 10-90%; fine-tuning for 7/60 of the baseline's iterations,
-        # 2 x 226 = 452 of 3,870 (tests/test_profiles_data.py keeps the proportion), 3 training seeds at 30/60/90%
+        # 2 x 251 = 502 of 4,300 (tests/test_profiles_data.py keeps the proportion), 3 training seeds at 30/60/90%
         finetune_epochs=2,
-        finetune_iters=226,
+        finetune_iters=251,
         lottery_rounds=3,
         training_seeds=3,
         budget_steps=(16, 32, 64, 128),
