@@ -20,6 +20,7 @@ classifier; the others hold weights (pruning masks as booleans), the run's histo
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -149,8 +150,10 @@ def hardware() -> str:
     return device_name(get_device())
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the package's checkout (with ``+changes`` when its files differ), or ``unknown``."""
+    """The commit of the package's checkout (with ``+changes`` when its code differs from it), or
+    ``unknown``; read once per process, so that it names the code the process imported."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()

@@ -155,6 +155,7 @@ def train(profile_name: str | None = None, names: list[str] | None = None, every
     """Train and commit the models ``names`` (always), or with ``everything`` each model that is not
     committed fresh; returns the names of the jobs that ran. An unknown name is a ``KeyError``."""
     ctx = start(profile_name)
+    pretrained.git_commit()  # the code this process runs, before anything else changes the checkout
     by_name = {job.name: job for job in jobs(ctx.profile)}
     by_name |= {member: job for job in by_name.values() for member in job.members}
     unknown = [n for n in names or [] if n not in by_name]
