@@ -200,9 +200,11 @@ def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> n
     Unstructured: l1 magnitude of single weights. Structured: the strategy's norm (l1, §3.3.2)
     over output channels (``dim=0``), bias included. Global strategies rank Conv2d and Linear weights together
     (see :func:`global_channel_masks` for channels); Conv2d-only ones prune each Conv2d layer
-    by ``ratio`` on its own and leave the Linear head dense. Returns ``model``.
+    by ``ratio`` on its own and leave the Linear head dense. Returns ``model``, its weights in the
+    contiguous layout (``torch.nn.utils.prune`` flattens them with ``view``, which NHWC weights refuse).
     """
     s = get_strategy(strategy)
+    model.to(memory_format=torch.contiguous_format)
     layers = layers_to_prune(model, s, ratio)
     if not s.structured and s.scope == "global":
         prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=ratio)

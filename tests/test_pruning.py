@@ -327,3 +327,13 @@ def test_layer_sparsity_names_layers_by_name_kind_and_size():
     names = [x.get_text() for x in fig.axes[0].get_xticklabels()]
     assert names == ["net.0\nConv2d\n1,600 weights", "net.9\nLinear\n20,000 weights"]
     assert all(x.get_rotation() == 0 for x in fig.axes[0].get_xticklabels())
+
+
+@pytest.mark.parametrize("key", sorted(pruning.STRATEGIES))
+def test_pruning_takes_nhwc_weights(key):
+    """A baseline trained with channels_last weights prunes like one in the default layout."""
+    dense = small_resnet()
+    nhwc = pruning.copy_model(dense).to(memory_format=torch.channels_last)
+    a, b = pruning.apply_pruning(dense, key, 0.5), pruning.apply_pruning(nhwc, key, 0.5)
+    for (name, x), (_, y) in zip(pruning.remove_masks(a).state_dict().items(), pruning.remove_masks(b).state_dict().items()):
+        assert torch.equal(x, y), name
