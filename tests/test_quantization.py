@@ -203,3 +203,27 @@ def test_compare_samplers_uses_same_starts_and_noise(tiny_energy):
     assert {"speedup", "speedup_lo", "speedup_hi", "speed_verdict"} <= set(table.columns)
     assert {"speedup_cpu", "speedup_lo", "speedup_hi", "speed_verdict", "latency_q1_ms"} <= set(cost.columns)
     assert cost.set_index("model").loc["fp32", "speed_verdict"] == "no difference"
+
+
+def test_a_channels_last_baseline_compresses_like_a_contiguous_one():
+    """The cpu profile trains with NHWC weights (channels_last): every compression of notebooks 03-04
+    takes such a model and gives the energies it gives for the default layout."""
+    import copy
+    import warnings
+
+    from ebmhelpers import models, pruning
+
+    torch.manual_seed(0)
+    m = models.build_baseline("cnn_tutorial8").eval()
+    nhwc = copy.deepcopy(m).to(memory_format=torch.channels_last)
+    x = torch.rand(32, 1, 28, 28) * 2 - 1
+    for bits in (8, 4):
+        a = quantization.weight_only_quantize(copy.deepcopy(m), bits)
+        b = quantization.weight_only_quantize(copy.deepcopy(nhwc), bits)
+        assert torch.allclose(a(x), b(x), atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(quantization.quantize_static(m, x)(x), quantization.quantize_static(nhwc, x)(x))
+    masked = pruning.apply_pruning(pruning.copy_model(nhwc), "structured_conv", 0.5).eval()
+    masked.to(memory_format=torch.channels_last)  # as a fine-tuned model leaves training
+    assert torch.allclose(pruning.physically_prune(masked)(x), masked(x), atol=1e-5)
