@@ -143,9 +143,10 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     monkeypatch.delenv(pretrained.TRAIN_ENV, raising=False)
     p = get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
                                      sgld_steps=2, epochs=2, max_iters_per_epoch=None, ckpt_every=4,
-                                     snapshot_epochs=(1, 2))  # fmt: skip
+                                     snapshot_epochs=(1, 2), clf_train_subset=256)  # fmt: skip
     ctx = Context(p, torch.device("cpu"))
     trainer = training.load_or_train_baseline(ctx, progress=False, train=True)
+    training.load_or_train_classifier(ctx, progress=False)  # the committed baseline carries the metric classifier
     assert trainer.done and trainer.step == 16
     state = pretrained.baseline_state(ctx.checkpoints, p.name, "epoch1", keep=("rewind", "epoch1", "epoch2"))
     entry = pretrained.commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=state["step"],
