@@ -427,12 +427,13 @@ METHODS = ("one-shot", "lottery")
 
 def score_variant(
     ev: Evaluator, model: nn.Module, strategy: Strategy, ratio: float, finetuned: bool, rollbacks: int = 0,
-    diverged: bool = False, method: str = "one-shot",
+    diverged: bool = False, method: str = "one-shot", keep_samples: bool = True,
 ) -> dict:
     """``Evaluator.score`` of a pruned model (masks made permanent on a copy, so size and
     latency are those of the dense model with zeros) plus the pruning columns, among them the
     divergence guard's record of its fine-tuning (``rollbacks``, ``diverged``); its first
-    samples are kept with :func:`results.save_samples` under the name in column ``samples``.
+    samples are kept with :func:`results.save_samples` under the name in column ``samples`` (unless
+    ``keep_samples`` is False: a second training seed of the same model).
     A thin wrapper: the seeds and settings are the evaluator's, as for every other model.
 
     Lottery tickets get the strategy key ``lottery_<strategy>``, so a table grouped by strategy
@@ -448,7 +449,7 @@ def score_variant(
     columns = {"strategy": key, "ratio": ratio, "sparsity": sparsity(dense), "finetuned": finetuned,
                "rollbacks": rollbacks, "diverged": diverged, "method": method, "samples": sample_name}  # fmt: skip
     row, _, samples = ev.score(dense, name, columns=columns)
-    if samples is not None:
+    if samples is not None and keep_samples:
         results.save_samples(ev.ctx, sample_name, samples)
     return row
 
@@ -476,14 +477,44 @@ def prune_sweep(
                           "max_abs_energy_diff": max_energy_difference(masked, phys, check_x),
                           **interleaved_speedup(ev, baseline.model, phys)})  # fmt: skip
         if strategy.finetuned:
-            name = checkpoint_name(strategy, ratio)
-            trainer, diverged = finetune(ctx, masked, data, baseline.buffer, name, progress=False,
-                                         parent=baseline.identity)
-            rows.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged))
+            seeded = []
+            for seed in range(training_seeds(p, ratio)):
+                trainer, diverged = finetune(ctx, copy_model(masked), data, baseline.buffer,
+                                             finetuned_name(strategy, ratio, seed), progress=False, seed=seed,
+                                             parent=baseline.identity)  # fmt: skip
+                seeded.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged,
+                                            keep_samples=seed == 0) | {"training_seed": seed})
+            rows.append(combine_training_seeds(pd.DataFrame(seeded)))
             if phys is not None:  # same masks, so the same architecture: check the function again
                 tuned = physically_prune(trainer.model)
                 speed[-1]["max_abs_energy_diff_finetuned"] = max_energy_difference(trainer.model, tuned, check_x)
-    return pd.DataFrame(rows), pd.DataFrame(speed)
+    return pd.DataFrame(rows).assign(training_seeds=lambda t: t.training_seeds.fillna(1).astype(int)), pd.DataFrame(speed)
+
+
+def training_seeds(profile: Profile, ratio: float) -> int:
+    """How many training seeds the fine-tuned models at ``ratio`` have: ``profile.training_seeds`` at
+    the ``seeded_ratios`` (the rows that carry a verdict), else one."""
+    return profile.training_seeds if any(abs(ratio - r) < 1e-9 for r in profile.seeded_ratios) else 1
+
+
+def combine_training_seeds(rows: pd.DataFrame) -> dict:
+    """One row for the same pruned model fine-tuned with several training seeds (one scored row each):
+    numeric columns averaged, ``IS_std``/``FID_std`` the spread over training *and* generation seeds
+    (law of total variance: the mean generation variance plus the variance of the per-seed means),
+    ``IS_train_std``/``FID_train_std`` the spread of the per-seed means alone, the guard's rollbacks
+    summed and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds."""
+    out = rows.iloc[0].to_dict()
+    for col in rows.select_dtypes("number").columns:
+        out[col] = float(rows[col].mean())
+    for metric in ("IS", "FID"):
+        between = float(rows[metric].var(ddof=0)) if len(rows) > 1 else 0.0
+        out[f"{metric}_std"] = float((rows[f"{metric}_std"].pow(2).mean() + between) ** 0.5)
+        out[f"{metric}_train_std"] = float(rows[metric].std(ddof=1)) if len(rows) > 1 else float("nan")
+    out["rollbacks"] = int(rows.rollbacks.sum())
+    out["diverged"] = bool(rows.diverged.any())
+    out["training_seeds"] = len(rows)
+    out.pop("training_seed", None)
+    return out
 
 
 def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFrame) -> pd.DataFrame:
@@ -504,9 +535,10 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFram
 
 def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "ratio", "finetuned")) -> pd.DataFrame:
     """The pruning table as the notebook shows it: ``keys``, then :data:`TABLE_COLUMNS` - IS and
-    FID with their spread over seeds, the AUROC of each of the paper's OOD transforms and the
-    worst of them, ``inverted`` naming the transforms whose AUROC is below chance, and the
-    divergence guard's record (``rollbacks``, ``diverged``)."""
+    FID with their spread over seeds (training seeds included where ``training_seeds`` > 1), the
+    AUROC of each of the paper's OOD transforms and the worst of them, ``inverted`` naming the
+    transforms whose AUROC is below chance, and the divergence guard's record (``rollbacks``,
+    ``diverged``), then ``training_seeds`` when the rows have it."""
     out = rows.copy()
     aurocs = [f"auroc_{s}" for s in PAPER_OOD_SETS]
     out["inverted"] = [", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if a < CHANCE_AUROC)
@@ -514,7 +546,8 @@ def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "rati
     for col in ("rollbacks", "diverged"):
         if col not in out:
             out[col] = 0 if col == "rollbacks" else False
-    return out[[*keys, *TABLE_COLUMNS]].reset_index(drop=True)
+    seeds = ["training_seeds"] if "training_seeds" in out else []
+    return out[[*keys, *TABLE_COLUMNS, *seeds]].reset_index(drop=True)
 
 
 # ---- lottery tickets --------------------------------------------------------------------

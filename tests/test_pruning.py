@@ -337,3 +337,64 @@ def test_pruning_takes_nhwc_weights(key):
     a, b = pruning.apply_pruning(dense, key, 0.5), pruning.apply_pruning(nhwc, key, 0.5)
     for (name, x), (_, y) in zip(pruning.remove_masks(a).state_dict().items(), pruning.remove_masks(b).state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_training_seeds_combine_by_the_law_of_total_variance():
+    """Three fine-tunings of one pruned model: the row's mean is the mean of the seeds' means and its
+    spread includes the spread between training seeds, not only the generation seeds'."""
+    seeds = pd.DataFrame({"strategy": ["unstructured_conv"] * 3, "ratio": [0.6] * 3, "finetuned": [True] * 3,
+                          "FID": [100.0, 110.0, 120.0], "FID_std": [2.0, 2.0, 2.0], "IS": [5.0, 5.0, 5.0],
+                          "IS_std": [0.1, 0.1, 0.1], "auroc_noise": [0.9, 0.8, 0.7], "rollbacks": [0, 1, 0],
+                          "diverged": [False, False, True], "training_seed": [0, 1, 2]})
+    row = pruning.combine_training_seeds(seeds)
+    assert row["FID"] == pytest.approx(110.0) and row["auroc_noise"] == pytest.approx(0.8)
+    assert row["FID_std"] == pytest.approx((4.0 + 200.0 / 3) ** 0.5)  # generation variance + between-seed variance
+    assert row["FID_train_std"] == pytest.approx(10.0)
+    assert row["IS_std"] == pytest.approx(0.1) and row["training_seeds"] == 3
+    assert row["rollbacks"] == 1 and row["diverged"] and "training_seed" not in row
+    one = pruning.combine_training_seeds(seeds.iloc[:1])
+    assert one["FID_std"] == pytest.approx(2.0) and one["training_seeds"] == 1
+
+
+def test_only_the_seeded_ratios_get_several_training_seeds():
+    p = get_profile("cpu")
+    assert [pruning.training_seeds(p, r) for r in (0.1, 0.3, 0.6, 0.9)] == [1, 3, 3, 3]
+    assert pruning.training_seeds(get_profile("smoke"), 0.6) == 1
+
+
+def test_the_sweep_fine_tunes_every_training_seed_and_keeps_one_row_per_model(monkeypatch):
+    """At a seeded ratio each Conv2d-only model is fine-tuned once per training seed, under its own
+    committed name and seed, and the sweep's table holds one combined row for it."""
+    from types import SimpleNamespace
+
+    p = get_profile("smoke").replace(baseline="cnn_tutorial8", prune_ratios=(0.6,), seeded_ratios=(0.6,),
+                                     training_seeds=2)
+    calls = []
+
+    def fake_finetune(ctx, model, data, buffer, name, progress=True, seed=0, train=None, commit=None, parent=""):
+        calls.append((name, seed, parent))
+        return SimpleNamespace(model=model, rollbacks=[]), False
+
+    def fake_score(ev, model, strategy, ratio, finetuned, rollbacks=0, diverged=False, method="one-shot",
+                   keep_samples=True):
+        return {"strategy": strategy.key, "ratio": ratio, "finetuned": finetuned, "FID": 100.0 + len(calls),
+                "FID_std": 1.0, "IS": 5.0, "IS_std": 0.1, "rollbacks": rollbacks, "diverged": diverged,
+                "method": method, "kept_samples": keep_samples}
+
+    monkeypatch.setattr(pruning, "finetune", fake_finetune)
+    monkeypatch.setattr(pruning, "score_variant", fake_score)
+    monkeypatch.setattr(pruning, "cost_row", lambda ev, m: {})
+    monkeypatch.setattr(pruning, "interleaved_speedup", lambda ev, a, b: {})
+    torch.manual_seed(0)
+    baseline = SimpleNamespace(model=tutorial8_cnn_energy(), buffer=None, identity="sha-of-baseline")
+    ev = SimpleNamespace(ood_x=torch.rand(8, 1, 28, 28) * 2 - 1)
+    rows, _ = pruning.prune_sweep(SimpleNamespace(profile=p, device=torch.device("cpu")), ev, baseline, None,
+                                  progress=False)
+    assert sorted(calls) == [("prune_structured_conv_60_l1", 0, "sha-of-baseline"),
+                             ("prune_structured_conv_60_l1_s1", 1, "sha-of-baseline"),
+                             ("prune_unstructured_conv_60", 0, "sha-of-baseline"),
+                             ("prune_unstructured_conv_60_s1", 1, "sha-of-baseline")]
+    tuned = rows[rows.finetuned]
+    assert len(tuned) == 2 and tuned.training_seeds.tolist() == [2, 2]
+    assert rows[~rows.finetuned].training_seeds.tolist() == [1, 1, 1, 1]
+    assert (tuned.FID_std > 1.0).all()  # the two seeds scored differently: training variance counted
