@@ -521,30 +521,54 @@ def teacher_fingerprint(teacher: nn.Module) -> float:
     return round(float(sum(p.detach().double().sum() for p in teacher.parameters())), 6)
 
 
+def student_file(name: str, run: str, seed: int = 0) -> str:
+    """The name (checkpoint and committed file) of a distilled student; seeds after the first carry ``_s<seed>``."""
+    return f"student_{name}_{run}" + (f"_s{seed}" if seed else "")
+
+
 def load_or_distill(
     ctx: Context, name: str, variant: str, targets: DistillSet, steps: int, teacher: nn.Module,
-    grad_weight: float = 0.0, progress: bool = True,
+    grad_weight: float = 0.0, progress: bool = True, seed: int = 0, train: bool | None = None, commit: bool = False,
+    parent: str = "",
 ) -> tuple[EnergyModel, pd.DataFrame]:
     """The student ``name`` distilled on the ``variant`` inputs (see :data:`VARIANT_INPUTS`) with
     its loss (:data:`VARIANT_BALANCED`: eq. 6's plain MSE for :data:`REPRODUCTION`, else the
-    balanced extension): loaded from ``ctx.checkpoints / 'student_<name>_<variant>[+grad].pt'``
-    when trained, else trained or resumed there. Returns the student (eval mode) and its loss history."""
+    balanced extension), initialised and shuffled with training seed ``profile.seed + seed``.
+
+    ``parent`` names the teacher (:attr:`PCDTrainer.identity <ebmhelpers.training.PCDTrainer>`). The
+    profile's committed student (:mod:`ebmhelpers.pretrained`, :func:`student_file`) is installed when
+    it exists, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train; it must derive from ``parent``.
+    Otherwise the student is loaded from its checkpoint in ``ctx.checkpoints`` when trained, else
+    trained or resumed there, and with ``commit`` committed when done. Returns the student (eval mode)
+    and its loss history."""
+    from . import pretrained
+
     if variant not in VARIANT_INPUTS:
         raise KeyError(f"unknown variant {variant!r}; choose one of {list(VARIANT_INPUTS)}")
     p = ctx.profile
     run = run_name(variant, grad_weight)
-    seed_everything(p.seed)
+    file = student_file(name, run, seed)
+    seed_everything(p.seed + seed)
     student = build_student(name)
     distiller = Distiller(
         student, targets.select(VARIANT_INPUTS[variant]), steps, p.distill_batch_size, grad_weight=grad_weight,
-        seed=p.seed, ckpt_path=ctx.checkpoints / f"student_{name}_{run}.pt", ckpt_every=p.ckpt_every,
+        seed=p.seed + seed, ckpt_path=ctx.checkpoints / f"{file}.pt", ckpt_every=p.ckpt_every,
         meta={"profile": p.name, "student": name, "variant": run, "teacher": teacher_fingerprint(teacher)},
         balanced=VARIANT_BALANCED[variant],
     )
+    if not pretrained.wants_training(train):
+        state = pretrained.load(p.name, file, architecture=name, model=student, parent=parent or None)
+        if state is not None:
+            distiller.install(state)
+            return distiller.student.eval(), distiller.history
     if distiller.load() and distiller.done:
         print(f"loaded distilled {name} ({run}, {distiller.step} steps) from {distiller.ckpt_path}")
     else:
         distiller.fit(progress=progress, desc=f"distilling {name} ({run})")
+    if commit:
+        pretrained.commit(p.name, file, "student", distiller.weights_state(), architecture=name,
+                          iterations=distiller.step, seconds=distiller.seconds,
+                          command=pretrained.retrain_command(p.name, file), seed=seed, parent=parent, variant=run)
     return distiller.student.eval(), distiller.history
 
 
@@ -572,12 +596,20 @@ def best_student_name(table: pd.DataFrame) -> str:
 
 
 def load_best_student(ctx: Context, table: pd.DataFrame) -> EnergyModel:
-    """The best student's weights from its distillation checkpoint (nothing is trained)."""
+    """The best student's weights (nothing is trained): its committed file when the profile has one
+    (:mod:`ebmhelpers.pretrained`, unless ``EBM_TRAIN=1``), else its distillation checkpoint."""
+    from . import pretrained
+
     row = best_student(table)
-    path = ctx.checkpoints / f"student_{row.student}_{row.variant}.pt"
+    file = student_file(row.student, row.variant)
+    student = build_student(row.student).to(ctx.device)
+    committed = None if pretrained.wants_training() else pretrained.load(ctx.profile.name, file, row.student, student)
+    if committed is not None:
+        student.load_state_dict(pretrained.decode_masks(committed["model"]))
+        return student.eval()
+    path = ctx.checkpoints / f"{file}.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}: run notebooks/05_distillation.ipynb with profile {ctx.profile.name!r}")
-    student = build_student(row.student).to(ctx.device)
     student.load_state_dict(load_checkpoint(path, ctx.device)["model"])
     return student.eval()
 

@@ -24,7 +24,7 @@ def tiny(tmp_path, monkeypatch):
         name=TINY, baseline="cnn_tutorial8", train_subset=96, val_size=32, batch_size=16, sgld_steps=2, buffer_size=64,
         epochs=2, max_iters_per_epoch=3, ckpt_every=2, snapshot_epochs=(1,), clf_epochs=1, clf_train_subset=256,
         prune_ratios=(0.5,), seeded_ratios=(0.5,), training_seeds=2, finetune_epochs=1, finetune_iters=3,
-        lottery_rounds=2,
+        lottery_rounds=2, distill_batch_size=32,
     )
     monkeypatch.setitem(PROFILES, TINY, p)
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
@@ -41,14 +41,19 @@ def reader_context(p, tmp_path, monkeypatch, folder="reader"):
 
 def test_train_all_commits_every_model_with_its_manifest_entry(tiny):
     ran = train_all.train(TINY, everything=True)
-    # every ratio's first seed, Figure 4's unstructured 60% (the profile lacks 60%), extra seeds, the lottery
+    # every ratio's first seed, Figure 4's unstructured 60% (the profile lacks 60%), extra seeds, the lottery,
+    # then the students: every eq. 6 student's first seed, the extensions, then the eq. 6 students' second seed
+    students = [job[0] for job in train_all.student_jobs(tiny)]
     assert ran == ["baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
-                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", train_all.LOTTERY]
+                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", train_all.LOTTERY,
+                   *[f for f in students if not f.endswith("_s1")], *[f for f in students if f.endswith("_s1")]]
+    assert {"student_cnn_20k_eq6", "student_cnn_20k_eq6_s1", "student_cnn_20k_mixed+grad"} <= set(students)
     manifest = pretrained.read_manifest(TINY)
     expected = {"baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
                 "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", "lottery_r1_unstructured_conv_50",
-                "lottery_r2_unstructured_conv_50"}
+                "lottery_r2_unstructured_conv_50", *students}
     assert set(manifest) == expected
+    assert {manifest[f]["kind"] for f in students} == {"student"}
     base = manifest["baseline"]
     for name, entry in manifest.items():
         for field in ("name", "kind", "hardware", "file", "sha256", "command", "commit"):
@@ -86,6 +91,19 @@ def test_notebooks_install_committed_weights_instead_of_training(tiny, tmp_path,
     for key, value in pretrained.decode_masks(committed["model"]).items():
         assert torch.equal(trainer.model.state_dict()[key], value), key
     assert not (ctx.checkpoints / "prune_structured_conv_50_l1_s1.pt").exists()  # read, not trained or copied
+    # a student the same way, through notebook 05's function
+    from ebmhelpers import distillation
+
+    monkeypatch.setattr(distillation.Distiller, "fit", no_training)
+    (train_x, train_kind), _ = distillation.distillation_inputs(tiny, baseline.buffer.samples, ctx.device)
+    targets = distillation.teacher_targets(baseline.model, train_x, train_kind, tiny.eval_batch_size)
+    student, history = distillation.load_or_distill(ctx, "cnn_20k", distillation.REPRODUCTION, targets,
+                                                    distillation.num_steps(tiny, len(targets)), baseline.model,
+                                                    seed=1, parent=baseline.identity)
+    committed_student = pretrained.load(TINY, "student_cnn_20k_eq6_s1")
+    for key, value in committed_student["model"].items():
+        assert torch.equal(student.state_dict()[key], value), key
+    assert len(history) == committed_student["step"]
 
 
 def test_a_tampered_or_mismatched_file_is_refused_by_name(tiny, tmp_path, monkeypatch):

@@ -2,13 +2,15 @@
 
 ``python -m ebmhelpers train --profile cpu --all`` trains, in order, the baseline (with the metric
 classifier), each fine-tuned pruned model (Conv2d-only strategies at every ratio, the seeded ratios
-with ``training_seeds`` seeds) and the lottery ticket's rounds, and commits each one as it finishes
+with ``training_seeds`` seeds), the lottery ticket's rounds and the distilled students (eq. 6 with
+``training_seeds`` seeds, the extensions once), and commits each one as it finishes
 (:mod:`ebmhelpers.pretrained`). It is resumable at two levels: a committed model whose entry derives
 from the committed baseline is skipped, and an interrupted one resumes from its checkpoint.
 ``--model NAME`` (re)trains one model; ``--list`` shows every model and whether it is committed.
 
 The notebooks reach the same weights through the same functions (``training.load_or_train_baseline``,
-``pruning.finetune``, ``pruning.lottery_ticket``), which install committed weights instead of training.
+``pruning.finetune``, ``pruning.lottery_ticket``, ``distillation.load_or_distill``), which install
+committed weights instead of training.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .. import data as data_mod
-from .. import pretrained, pruning
+from .. import distillation, pretrained, pruning
 from ..checkpoints import load_checkpoint
 from ..pretrained import baseline_state, commit, is_fresh, read_manifest, retrain_command
 from ..runtime import Context, start
+from ..models import build_baseline, count_parameters
 from ..training import load_or_train_baseline, load_or_train_classifier, training_iterations
 
 LOTTERY = "lottery"  # the job name of the lottery ticket's rounds
@@ -129,12 +132,62 @@ def _train_lottery(ctx: Context, force: bool) -> None:
                            train=True if retrain else None, commit=True)
 
 
+def student_jobs(profile) -> list[tuple[str, str, str, float, int]]:
+    """(file name, student, variant, gradient weight, seed) of every student notebook 05 distils: each
+    student with the paper's loss (eq. 6) with ``training_seeds`` seeds, and the extensions once (the
+    balanced loss, the real-only ablation, gradient matching)."""
+    teacher = build_baseline(profile.baseline)
+    students = distillation.students_with_paper_ratio(count_parameters(teacher), distillation.forward_flops(teacher))
+    runs = [(name, distillation.REPRODUCTION, 0.0, seed) for seed in range(profile.training_seeds) for name in students]
+    extension = distillation.extension_students(students)
+    runs += [(name, "mixed", 0.0, 0) for name in extension]
+    runs += [(extension[0], "real", 0.0, 0)] if extension else []
+    runs += [(name, "mixed", distillation.GRAD_WEIGHT, 0) for name in distillation.GRAD_MATCH_STUDENTS if name in students]
+    return [(distillation.student_file(name, distillation.run_name(v, g), seed), name, v, g, seed)
+            for name, v, g, seed in runs]  # fmt: skip
+
+
+_TARGETS: dict = {}  # the teacher's distillation targets, computed once per process and baseline
+
+
+def _distillation_targets(ctx: Context, baseline):
+    """The teacher's energies (and input gradients) on the distillation inputs, as notebook 05 makes them."""
+    key = (ctx.profile.name, baseline.identity)
+    if key not in _TARGETS:
+        p = ctx.profile
+        (train_x, train_kind), _ = distillation.distillation_inputs(p, baseline.buffer.samples, ctx.device)
+        targets = distillation.teacher_targets(baseline.model, train_x, train_kind, p.eval_batch_size)
+        _TARGETS.clear()
+        _TARGETS[key] = (targets, distillation.num_steps(p, len(targets)))
+    return _TARGETS[key]
+
+
+def _train_student(file: str, name: str, variant: str, grad_weight: float, seed: int) -> Callable[[Context, bool], None]:
+    def run(ctx: Context, force: bool) -> None:
+        baseline = _baseline(ctx)
+        targets, steps = _distillation_targets(ctx, baseline)
+        path = ctx.checkpoints / f"{file}.pt"
+        if path.exists():
+            state = load_checkpoint(path)
+            stale = state["meta"].get("teacher") != distillation.teacher_fingerprint(baseline.model)
+            if stale or (force and int(state["step"]) >= steps):
+                print(f"starting {path.name} over ({'distilled from another teacher' if stale else 'retrain asked'})")
+                path.unlink()
+        distillation.load_or_distill(ctx, name, variant, targets, steps, baseline.model, grad_weight=grad_weight,
+                                     seed=seed, train=True, commit=True, parent=baseline.identity)
+
+    return run
+
+
 def jobs(profile) -> list[Job]:
-    """Every model of ``profile`` in training order: baseline, fine-tunings (first seeds first), lottery."""
+    """Every model of ``profile`` in training order: baseline, fine-tunings (first seeds first), lottery,
+    students (first seeds first)."""
     tuned = sorted(finetune_jobs(profile), key=lambda job: job[3])  # every ratio's first seed before extra seeds
+    students = sorted(student_jobs(profile), key=lambda job: job[4])
     return ([Job("baseline", "baseline", _train_baseline)]
             + [Job(name, "finetuned", _train_finetuned(name, s, r, seed)) for name, s, r, seed in tuned]
-            + [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))])  # fmt: skip
+            + [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))]
+            + [Job(file, "student", _train_student(file, *rest)) for file, *rest in students])  # fmt: skip
 
 
 def status(profile_name: str | None = None) -> pd.DataFrame:
