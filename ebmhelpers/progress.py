@@ -8,7 +8,6 @@ stdout, refreshed at most every few seconds so that saved outputs stay short.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 

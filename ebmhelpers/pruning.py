@@ -45,7 +45,7 @@ from .plotting import finish
 from .profiles import Profile
 from .runtime import Context, seed_everything
 from .sampling import ReplayBuffer
-from .training import DivergenceError, PCDTrainer, load_snapshot, rewind_step
+from .training import DivergenceError, PCDTrainer, load_snapshot
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 STRUCTURED_NORM = 1  # Ln norm of an output channel: l1, as §3.3.2 names it (L2 is EXTRA_STRATEGIES' extra)

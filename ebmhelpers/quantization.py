@@ -31,7 +31,7 @@ from torch.ao.nn.quantized import FloatFunctional
 
 from . import data as data_mod
 from . import metrics as metrics_mod
-from .metrics import Evaluator, latency_ms, serialized_size_bytes, synchronize
+from .metrics import Evaluator, serialized_size_bytes
 from .models import BasicBlock, ConvEnergy, EnergyModel, ResNetEnergy, Swish
 from .profiles import Profile, SGLDConfig
 from .runtime import model_device, seed_everything

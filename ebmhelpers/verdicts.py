@@ -482,7 +482,7 @@ def _pruning_rows(base, pruning: pd.DataFrame) -> list[dict]:
         "not in this run" if pre60 is None or post60 is None else f"before: {_score(pre60)}; after: {_score(post60)}",
         "not comparable",
         "a visual judgement: see the grids of notebook 06's Figure 4" + (
-            f" (this profile's prune_ratios lack 60%: notebook 04 adds it as an extra variant)" if pre60 is None or post60 is None
+            " (this profile's prune_ratios lack 60%: notebook 04 adds it as an extra variant)" if pre60 is None or post60 is None
             else f"; by the scores, fine-tuned against one-shot: {compare_quality(post60, pre60)}")))
     return rows
 

@@ -19,7 +19,6 @@ from packaging.version import Version
 
 from ebmhelpers import notebooks, progress, runtime, sampling
 from ebmhelpers.tools import runner
-from ebmhelpers.models import ResNetEnergy
 from ebmhelpers.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]

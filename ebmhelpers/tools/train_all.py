@@ -107,7 +107,6 @@ def _finetune_iterations(ctx: Context, images) -> int:
 
 def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: int) -> Callable[[Context, bool], None]:
     def run(ctx: Context, force: bool) -> None:
-        p = ctx.profile
         baseline = _baseline(ctx)
         images = _fit_digits(ctx)
         _start_over(ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images), baseline.identity)
