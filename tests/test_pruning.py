@@ -153,10 +153,10 @@ def test_finetune_profile_and_rewind_step():
     paper = get_profile("paper")
     ft = pruning.finetune_profile(paper)
     assert ft.epochs == paper.finetune_epochs and ft.max_iters_per_epoch is None
-    assert pruning.rewind_step(paper, 60_000) == round(training.REWIND_FRACTION * 60 * 469)
+    assert training.rewind_step(paper, 60_000) == round(training.REWIND_FRACTION * 60 * 469)
     smoke = get_profile("smoke")
     assert pruning.finetune_profile(smoke).max_iters_per_epoch == smoke.finetune_iters
-    assert pruning.rewind_step(smoke, 512) >= 1
+    assert training.rewind_step(smoke, 512) >= 1
 
 
 @pytest.mark.parametrize("key", ["structured_global", "structured_conv"])
@@ -191,7 +191,7 @@ def test_lottery_ticket_rewinds_to_the_runs_snapshot_and_trains_like_one_shot(tm
     baseline = training.load_or_train_baseline(ctx, progress=False)  # keeps the rewind snapshot
     data = baseline.data
     early, k = pruning.early_weights(ctx)
-    assert k == pruning.rewind_step(ctx.profile, len(data)) and 0 < k < baseline.step
+    assert k == training.rewind_step(ctx.profile, len(data)) and 0 < k < baseline.step
     assert any(not torch.equal(early[n], t) for n, t in baseline.model.state_dict().items())  # not the final weights
     ticket, rounds = pruning.lottery_ticket(ctx, baseline, early, "unstructured_conv", 0.5, data, progress=False)
     pruned = pruning.apply_pruning(pruning.copy_model(baseline.model), "unstructured_conv", 0.5)
