@@ -158,14 +158,20 @@ def quality_vs_steps(
 def training_length(study: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
     """Validation FID and IS against training compute (iterations x K, the SGLD steps of a training
     batch, so that recipes with different K compare at equal cost), one colour per recipe, solid for
-    digits generated from noise and dashed for the replay buffer (a ``training_length_study.csv`` table)."""
+    digits generated from noise and dashed for the replay buffer (a ``training_length_study.csv`` table);
+    a run's weight averages (column ``weights``, e.g. ``ema0.9995``) from noise are dotted lines of their own."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = {name: f"C{i}" for i, name in enumerate(study.recipe.unique())}
+    study = study.assign(weights=study.get("weights", pd.Series(index=study.index, dtype=object)).fillna("trained"))
+    styles = {"trained": "-"}
     for ax, metric in zip(axes, ("FID", "IS")):
-        for (recipe, samples), part in study.groupby(["recipe", "samples"], sort=False):
+        for (recipe, samples, weights), part in study.groupby(["recipe", "samples", "weights"], sort=False):
             part = part.sort_values("step")
-            ax.plot(part.step * part.K / 1000, part[metric], marker="o", ms=4, color=colours[recipe],
-                    ls="-" if samples == "from noise" else "--", label=f"{recipe}: {samples}")  # fmt: skip
+            buffer = samples != "from noise"
+            ls = "--" if buffer else styles.setdefault(weights, ":" if len(styles) == 1 else "-.")
+            label = f"{recipe}: {samples}" + ("" if buffer or weights == "trained" else f", {weights}")
+            ax.plot(part.step * part.K / 1000, part[metric], marker="o", ms=4, color=colours[recipe], ls=ls,
+                    label=label)
         ax.set(xlabel="training compute: iterations x K (thousand SGLD steps of a batch)", ylabel=f"{metric} (validation digits)")
     axes[0].set_yscale("log")
     axes[1].legend(fontsize=7, loc="best")

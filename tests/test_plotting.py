@@ -49,3 +49,17 @@ def test_training_length_draws_one_line_per_recipe_and_sample_source_in_step_ord
     assert xs == [[30, 60]] * 2 + [[15, 30]] * 2  # sorted by step, scaled by K: thousands of SGLD steps
     assert {line.get_color() for line in fid_ax.lines[:2]} != {line.get_color() for line in fid_ax.lines[2:]}
     assert [line.get_linestyle() for line in fid_ax.lines[:2]] == ["-", "--"]
+
+
+def test_training_length_draws_weight_averages_as_lines_of_their_own():
+    """A run scored with its weight averages: one line per averaged weights from noise, one buffer line."""
+    rows = [{"recipe": "continued", "K": 60, "samples": "from noise", "weights": w, "step": step, "FID": fid, "IS": 7.0}
+            for w in ("trained", "ema0.998", "ema0.9995") for step, fid in ((4300, 300.0), (4730, 400.0))]
+    rows += [{"recipe": "continued", "K": 60, "samples": "replay buffer", "step": step, "FID": 350.0, "IS": 6.0}
+             for step in (4300, 4730)]  # the buffer has no weights column value
+    fig = plotting.training_length(pd.DataFrame(rows))
+    fid_ax = fig.axes[0]
+    assert len(fid_ax.lines) == 4
+    assert sorted(line.get_linestyle() for line in fid_ax.lines) == sorted(["-", ":", "-.", "--"])
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "continued: from noise, ema0.9995" in labels and "continued: replay buffer" in labels
