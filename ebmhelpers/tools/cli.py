@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
                        "unmeasured and off in every profile) and the speed targets")
 
+    report = sub.add_parser("report", help="the README's results section, generated from results/<profile>/ and the manifest")
+    report.add_argument("--profile", default="cpu")
+    report.add_argument("--write", action="store_true", help="replace the section between the README's markers")
+    report.add_argument("--check", action="store_true", help="exit 1 when the README's section differs")
+
     est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
     est.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")
     est.add_argument("--tflops", type=float, default=None, help="sustained TFLOP/s (default: an assumed T4 fp32 rate)")
@@ -184,6 +189,18 @@ def _run(args: argparse.Namespace) -> int:
         print(table.to_string(index=False))
         if args.out:
             table.to_csv(args.out, index=False)
+    elif args.command == "report":
+        from .report import current_section, render, write
+
+        if args.write:
+            print("README results section " + ("rewritten" if write(args.profile) else "already up to date"))
+        elif args.check:
+            if current_section() != render(args.profile):
+                print("README results section differs from the tables: python -m ebmhelpers report --write")
+                return 1
+            print("README results section agrees with the tables")
+        else:
+            print(render(args.profile))
     elif args.command == "estimate":
         from ..runtime import ASSUMED_T4_FLOPS_PER_S
         from .estimate import estimate

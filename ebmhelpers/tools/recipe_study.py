@@ -392,6 +392,7 @@ def baseline_targets(profile: str | None = None, progress: bool = True) -> pd.Da
                  "value": measured["nearest_train"], "std": None,
                  "met": measured["nearest_train"] >= measured["nearest_train_real_test"]})
     table = pd.DataFrame(rows).assign(n_seeds=quality["n_seeds"], digits_per_seed=p.n_gen,
-                                      chain=f"{p.gen_sgld_config().steps} x {p.gen_sgld_config().step_size:g}")
+                                      chain=f"{p.gen_sgld_config().steps} x {p.gen_sgld_config().step_size:g}",
+                                      baseline_iterations=baseline.step, baseline=baseline.identity)
     table.to_csv(ctx.results / "baseline_targets.csv", index=False)
     return table

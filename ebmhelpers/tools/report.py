@@ -1,0 +1,170 @@
+"""``python -m ebmhelpers report``: the README's results section, generated from a run's tables.
+
+Every number of the section comes from ``results/<profile>/`` (the tables the notebooks wrote) and
+``ebmhelpers/pretrained/<profile>/manifest.json`` (the models trained once), so a new run of the
+series updates the README with one command instead of hand edits. The section sits between
+:data:`START` and :data:`END` in ``README.md``; ``--write`` replaces it there and ``--check`` fails
+(exit status 1) when it differs from what the tables say (``tests/test_report.py`` runs the check on
+the committed results).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .. import pretrained
+from ..results import COMMITTED_RESULTS
+from ..verdicts import verdict_table
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _num(value, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits (at least the integer part), thousands separated."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    if value != 0 and abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    decimals = max(0, digits - 1 - (math.floor(math.log10(abs(value))) if value else 0))
+    return f"{value:,.{decimals}f}"
+
+
+def _pm(row: pd.Series, metric: str) -> str:
+    """``mean +- std`` of a metric and its spread column, or the mean alone."""
+    std = row.get(f"{metric}_std")
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return _num(row.get(metric))
+    return f"{_num(row[metric])} ± {_num(std, 2)}"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A pipe table of ``df`` (cells as they are: format them first)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    path = folder / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _missing(name: str) -> str:
+    return f"*`{name}.csv` not produced by this run.*"
+
+
+def _manifest(profile: str) -> str:
+    entries = list(pretrained.read_manifest(profile).values())
+    if not entries:
+        return "*No trained model committed for this profile.*"
+    table = pd.DataFrame(entries).groupby("kind", sort=False).agg(models=("name", "size"),
+                                                                 iterations=("iterations", "sum"),
+                                                                 hours=("seconds", lambda s: s.sum() / 3600))
+    table = table.reset_index().assign(iterations=lambda t: t.iterations.map(_num), hours=lambda t: t.hours.map(_num))
+    total = sum(e["seconds"] for e in entries) / 3600
+    return (f"**Trained once** (`manifest.json`): {len(entries)} models committed, {_num(total)} h of training "
+            f"in all.\n\n{markdown(table)}")
+
+
+def _times(folder: Path) -> str:
+    t = _read(folder, "notebook_times")
+    if t is None:
+        return _missing("notebook_times")
+    rows = t.assign(seconds=t.seconds.map(lambda s: _num(s, 4)))[["notebook", "seconds", "hardware"]]
+    return f"**Series time**: {_num(t.seconds.sum() / 60)} minutes in all.\n\n{markdown(rows)}"
+
+
+def _baseline(folder: Path) -> str:
+    b = _read(folder, "baseline")
+    if b is None:
+        return _missing("baseline")
+    r = b.iloc[0]
+    cols = {"parameters": _num(r.params), "IS": _pm(r, "IS"), "FID": _pm(r, "FID"), "confident": _num(r.confident),
+            "class entropy (bits)": _num(r.entropy_bits), "seeds": int(r.n_seeds),
+            **{f"AUROC {s}": _num(r[f"auroc_{s}"]) for s in ("noise", "flip", "reduced", "shrink_centre", "fashion", "uniform")
+               if f"auroc_{s}" in r}}  # fmt: skip
+    out = f"**Baseline** (`baseline.csv`, test digits):\n\n{markdown(pd.DataFrame([cols]))}"
+    t = _read(folder, "baseline_targets")
+    if t is not None:
+        rows = t.assign(value=[f"{_num(v)}" + (f" ± {_num(s, 2)}" if pd.notna(s) else "") for v, s in zip(t.value, t["std"])],
+                        met=t.met.map({True: "met", False: "missed"}))[["target", "rule", "value", "met"]]
+        which = (f"the baseline of {_num(t.baseline_iterations.iloc[0])} iterations, sha256 {t.baseline.iloc[0][:12]}"
+                 if "baseline" in t else "the committed baseline")
+        out += (f"\n\n**Baseline targets** (`baseline_targets.csv`: {which}; {int(t.n_seeds.iloc[0])} seeds x "
+                f"{_num(t.digits_per_seed.iloc[0])} test digits, chain {t.chain.iloc[0]}):\n\n{markdown(rows)}")
+    return out
+
+
+def _scored(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Key columns, then IS and FID with their spread and the worst AUROC of the paper's transforms."""
+    return pd.DataFrame({**{k: df[k] for k in keys}, "IS": [_pm(r, "IS") for _, r in df.iterrows()],
+                         "FID": [_pm(r, "FID") for _, r in df.iterrows()],
+                         "worst AUROC": [f"{_num(r.auroc_worst)} ({r.worst_set})" for _, r in df.iterrows()]})
+
+
+def _quantization(folder: Path) -> str:
+    q = _read(folder, "quantization")
+    if q is None:
+        return _missing("quantization")
+    q = q.assign(size_mb=q.size_mb.map(_num))
+    return f"**Quantization** (`quantization.csv`):\n\n{markdown(_scored(q, ['model', 'size_mb']))}"
+
+
+def _pruning(folder: Path) -> str:
+    p = _read(folder, "pruning")
+    if p is None:
+        return _missing("pruning")
+    p = p.assign(ratio=p.ratio.map(lambda r: f"{r:.0%}"), finetuned=p.finetuned.map({True: "yes", False: "no"}))
+    keys = ["method", "strategy", "ratio", "finetuned"] + (["training_seeds"] if "training_seeds" in p else [])
+    return f"**Pruning** (`pruning.csv`):\n\n{markdown(_scored(p, keys))}"
+
+
+def _distillation(folder: Path) -> str:
+    d = _read(folder, "distillation")
+    if d is None:
+        return _missing("distillation")
+    d = d.assign(params=d.params.map(_num))
+    return f"**Distillation** (`distillation.csv`):\n\n{markdown(_scored(d, ['student', 'variant', 'params']))}"
+
+
+def _verdicts(folder: Path) -> str:
+    try:
+        v = verdict_table(folder)
+    except FileNotFoundError as err:
+        return f"*No verdicts: {err}*"
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in v.verdict.value_counts().items())
+    return (f"**The paper's claims** (`verdicts.verdict_table`): {counts}.\n\n"
+            + markdown(v[["claim", "section", "verdict"]]))
+
+
+def render(profile: str = "cpu", folder: str | Path | None = None) -> str:
+    """The results section of ``profile`` (markers included) from its tables in ``folder``
+    (default: the checkout's ``results/<profile>/``)."""
+    folder = Path(folder) if folder is not None else COMMITTED_RESULTS / profile
+    parts = [f"*Generated by `python -m ebmhelpers report --profile {profile} --write` from `results/{profile}/` and "
+             f"`ebmhelpers/pretrained/{profile}/manifest.json`: a new run updates it, nothing here is typed.*",
+             _manifest(profile), _times(folder), _baseline(folder), _quantization(folder), _pruning(folder),
+             _distillation(folder), _verdicts(folder)]  # fmt: skip
+    return "\n\n".join([START, *parts, END])
+
+
+def current_section(readme: Path = README) -> str:
+    """The README's section between the markers (markers included); ValueError when they are missing."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} section")
+    return text[text.index(START) : text.index(END) + len(END)]
+
+
+def write(profile: str = "cpu", readme: Path = README) -> bool:
+    """Replace the README's section with :func:`render`; returns whether it changed."""
+    old, new = current_section(readme), render(profile)
+    if old != new:
+        readme.write_text(readme.read_text().replace(old, new))
+    return old != new
