@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 import torchvision
@@ -100,12 +101,21 @@ def energy_histograms(
 ) -> plt.Figure:
     """Densities of -E (higher = more digit-like) for several image sets, each with
     ``bins_per_set`` bins over its own range (not shared bins, in which sets lying far apart fall
-    into one bar each). Sets whose ranges overlap share a panel; sets far from the others (e.g.
-    uniform noise) get their own panel, with its own x axis, so that every distribution is
-    visible. With ``ax``, all sets are drawn there."""
+    into one bar each). Sets whose central ranges (5th to 95th percentile) overlap share a panel; sets
+    far from the others (e.g. uniform noise) get their own panel, with its own x axis, so that every
+    distribution is visible. With ``ax``, the sets that overlap the first one are drawn there and the
+    others are named in the legend with their median, off the axis, so that a far set does not
+    squeeze the rest into a spike."""
     values = {k: (-e).detach().float().cpu().numpy() for k, e in energies.items()}
     colours = {k: f"C{i}" for i, k in enumerate(values)}
-    groups = [list(values)] if ax is not None else _overlapping({k: (v.min(), v.max()) for k, v in values.items()})
+    central = {k: (float(np.percentile(v, 5)), float(np.percentile(v, 95))) for k, v in values.items()}
+    groups = _overlapping(central)
+    off_axis: list[str] = []
+    if ax is not None:
+        first = next(iter(values))
+        shown = next(g for g in groups if first in g)
+        off_axis = [k for k in values if k not in shown]
+        groups = [[k for k in values if k in shown]]
     if ax is None:
         widths = [1 + len(g) for g in groups]
         fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 2.5, 3.6), squeeze=False,
@@ -122,6 +132,8 @@ def energy_histograms(
                    histtype="stepfilled", alpha=0.35, color=colours[name], edgecolor=colours[name], lw=1.2,
                    label=f"{name} (n={len(v)}, median {float(pd.Series(v).median()):.3g})")
         a.set_xlabel("-E(x)  (higher = more digit-like)")
+        for name in off_axis:
+            a.plot([], [], " ", label=f"{name}: off this axis, median {float(np.median(values[name])):.3g}")
         a.legend(fontsize=7)
     axes[0].set_ylabel("density (per set)")
     return finish(fig, title, save)
@@ -182,14 +194,44 @@ def training_length(study: pd.DataFrame, title: str | None = None, save: str | P
 
 def labelled_grids(
     grids: dict[str, torch.Tensor], nrow: int = 10, n: int = 30, title: str | None = None,
-    save: str | Path | None = None,
+    save: str | Path | None = None, ncols: int = 3,
 ) -> plt.Figure:
-    """Side-by-side image grids, each with its label (e.g. its IS and FID) as a title."""
+    """Image grids, each with its label (e.g. its IS and FID) as a title, at most ``ncols`` side by
+    side and the rest in further rows, so that many grids make a readable page, not a long strip."""
     rows = -(-min(n, max(len(g) for g in grids.values())) // nrow)
-    fig, axes = plt.subplots(1, len(grids), figsize=(0.8 * nrow * len(grids), 0.8 * rows + 0.6), squeeze=False)
-    for ax, (label, images) in zip(axes[0], grids.items()):
+    cols = min(ncols, len(grids))
+    lines = -(-len(grids) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(0.5 * nrow * cols + 0.5, (0.5 * rows + 0.6) * lines), squeeze=False)
+    for ax in axes.flat[len(grids):]:
+        ax.axis("off")
+    for ax, (label, images) in zip(axes.flat, grids.items()):
         image_grid(images[:n], nrow=nrow, ax=ax)
-        ax.set_title(label, fontsize=9)
+        ax.set_title(label, fontsize=8)
+    return finish(fig, title, save)
+
+
+def sampling_budget(budget: pd.DataFrame, gen_steps: int, title: str | None = None, save: str | Path | None = None
+                    ) -> plt.Figure:
+    """FID (error bars: std over seeds) and the time of one chain against the SGLD steps K, for a
+    ``comparison.sampling_budget`` table: one colour per model in both panels, one line style per
+    step rule; a dotted line at the profile's ``gen_steps``."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    colours = {model: f"C{i}" for i, model in enumerate(budget.model.unique())}
+    styles = {rule: ("-", "--", ":", "-.")[i % 4] for i, rule in enumerate(budget.rule.unique())}
+    for (model, rule), g in budget.groupby(["model", "rule"], sort=False):
+        g = g.sort_values("K")
+        axes[0].errorbar(g.K, g.FID, yerr=g.FID_std.fillna(0), marker="o", capsize=2, color=colours[model],
+                         ls=styles[rule], label=f"{model}, {rule}")
+    for model, g in budget.drop_duplicates(["model", "K"]).groupby("model", sort=False):
+        g = g.sort_values("K")
+        axes[1].plot(g.K, g.seconds, marker="o", color=colours[model], label=model)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.axvline(gen_steps, color="gray", ls=":", lw=1)
+        ax.legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[0].set(xlabel="SGLD steps K", ylabel="FID")
+    axes[1].set(xlabel="SGLD steps K", ylabel="seconds per chain")
     return finish(fig, title, save)
 
 

@@ -17,6 +17,23 @@ def test_energy_histograms_give_each_set_its_own_bins_and_far_sets_their_own_pan
     assert all(len(p.get_path().vertices) > 20 for p in near.patches)  # many bars each, not one
 
 
+def test_energy_histograms_on_one_axis_name_far_sets_instead_of_squeezing_the_rest():
+    """Uniform noise far below the digits (and a tail that reaches them) must not flatten the digits'
+    histograms into a spike: on a given axis it is named in the legend, off the axis."""
+    import matplotlib.pyplot as plt
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.cat([10.0 + 0.1 * torch.randn(198, generator=g), torch.tensor([0.0, 0.05])])  # -E far below
+    e = {"test digits": 0.02 * torch.randn(200, generator=g), "flip": 0.03 + 0.02 * torch.randn(200, generator=g),
+         "uniform noise": noise}
+    fig, ax = plt.subplots()
+    plotting.energy_histograms(e, ax=ax)
+    assert len(ax.patches) == 2
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(lab.startswith("uniform noise: off this axis, median -10") for lab in labels)
+    assert ax.get_xlim()[0] > -1  # the axis spans the digits, not the noise
+
+
 def test_row_labelled_grid_labels_every_row():
     rows = {"test digits": torch.zeros(8, 1, 28, 28), "uniform noise": torch.rand(8, 1, 28, 28) * 2 - 1}
     fig = plotting.row_labelled_grid(rows)
@@ -63,3 +80,23 @@ def test_training_length_draws_weight_averages_as_lines_of_their_own():
     assert sorted(line.get_linestyle() for line in fid_ax.lines) == sorted(["-", ":", "-.", "--"])
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert "continued: from noise, ema0.9995" in labels and "continued: replay buffer" in labels
+
+
+def test_many_labelled_grids_wrap_into_rows_instead_of_a_strip():
+    grids = {f"recipe {i}": torch.zeros(20, 1, 28, 28) for i in range(7)}
+    fig = plotting.labelled_grids(grids, ncols=3)
+    width, height = fig.get_size_inches()
+    assert len([a for a in fig.axes if a.get_title()]) == 7 and width / height < 4  # 3 x 3 panels, 2 left empty
+
+
+def test_sampling_budget_gives_a_model_one_colour_in_both_panels():
+    budget = pd.DataFrame([{"model": m, "rule": r, "K": k, "FID": 300.0 + k, "FID_std": 5.0, "seconds": 0.01 * k}
+                           for m in ("baseline", "student") for r in ("fixed T", "fixed step") for k in (16, 64)])
+    fig = plotting.sampling_budget(budget, gen_steps=64)
+    fid_ax, time_ax = fig.axes[:2]
+    colour_of = {line.get_label(): line.get_color() for line in time_ax.get_lines() if not line.get_label().startswith("_")}
+    fid_lines = {c.get_label(): c.lines[0].get_color() for c in fid_ax.containers}
+    for label, colour in fid_lines.items():
+        assert colour == colour_of[label.split(",")[0]], label
+    styles = {c.get_label(): c.lines[0].get_linestyle() for c in fid_ax.containers}
+    assert styles["baseline, fixed T"] != styles["baseline, fixed step"]
