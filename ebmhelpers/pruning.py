@@ -611,7 +611,9 @@ def lottery_ticket(
 
 # ---- figures ----------------------------------------------------------------------------
 def _palette() -> dict[str, tuple]:
-    return dict(zip(STRATEGIES, sns.color_palette("colorblind", len(STRATEGIES))))
+    """One colour per strategy from the colour-blind palette, skipping its second orange (vermillion)."""
+    colours = sns.color_palette("colorblind", 10)
+    return dict(zip(STRATEGIES, [colours[i] for i in (0, 1, 2, 4)]))
 
 
 UNSTABLE_STYLE = {  # how fine-tuning runs the divergence guard had to act on are marked

@@ -398,3 +398,12 @@ def test_the_sweep_fine_tunes_every_training_seed_and_keeps_one_row_per_model(mo
     assert len(tuned) == 2 and tuned.training_seeds.tolist() == [2, 2]
     assert rows[~rows.finetuned].training_seeds.tolist() == [1, 1, 1, 1]
     assert (tuned.FID_std > 1.0).all()  # the two seeds scored differently: training variance counted
+
+
+def test_strategy_colours_are_four_distinct_hues():
+    """Figure 2's strategies: no two oranges (the colour-blind palette's orange and vermillion)."""
+    import colorsys
+
+    hues = sorted(colorsys.rgb_to_hsv(*c)[0] for c in pruning._palette().values())
+    gaps = [b - a for a, b in zip(hues, hues[1:])] + [1 + hues[0] - hues[-1]]
+    assert len(hues) == len(pruning.STRATEGIES) and min(gaps) > 0.08
