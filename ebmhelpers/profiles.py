@@ -5,9 +5,9 @@ The profiles share the same code paths and differ only in scale:
 * ``smoke``  - CI on 2 CPU cores; every notebook executes in a few minutes. Results are
   *not* meaningful digits; they only prove the pipeline runs end to end.
 * ``cpu``    - readers without a GPU: tutorial 8's small CNN as the baseline (not the paper's
-  ResNet18), the paper profile's sampler, buffer and optimizer settings with 25% fresh chains; the
-  series takes about an hour on 2 cores with the committed pretrained baseline (about 2 hours more on
-  one thread to train it with ``EBM_TRAIN=1``).
+  ResNet18), the paper profile's sampler, buffer and optimizer settings with 25% fresh chains; every
+  model it trains is trained once (``python -m ebmhelpers train --all``, hours) and committed, and the
+  series loads them on 2 cores within an hour (``EBM_TRAIN=1`` trains them instead).
 * ``colab``  - a Colab T4 session; ``python -m ebmhelpers estimate --profile colab`` counts its FLOPs
   (an estimate until timed on a T4).
 * ``gpu``    - one H100 for about 20 minutes, sized from counted FLOPs (an estimate until timed).
