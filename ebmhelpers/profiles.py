@@ -7,7 +7,7 @@ The profiles share the same code paths and differ only in scale:
 * ``cpu``    - readers without a GPU: tutorial 8's small CNN as the baseline (not the paper's
   ResNet18), the paper profile's sampler, buffer and optimizer settings with 25% fresh chains; every
   model it trains is trained once (``python -m ebmhelpers train --all``, hours) and committed, and the
-  series loads them on 2 cores within an hour (``EBM_TRAIN=1`` trains them instead).
+  series loads them (``EBM_TRAIN=1`` trains them instead) and aims at an hour on 2 cores.
 * ``colab``  - a Colab T4 session; ``python -m ebmhelpers estimate --profile colab`` counts its FLOPs
   (an estimate until timed on a T4).
 * ``gpu``    - one H100 for about 20 minutes, sized from counted FLOPs (an estimate until timed).
