@@ -302,19 +302,19 @@ class LoopTrainer(abc.ABC):
     def weights_state(self) -> dict[str, Any]:
         """What a committed weight file keeps of the run (:mod:`ebmhelpers.pretrained`): the weights
         (pruning masks as booleans), the position, the history and the training seconds."""
-        from .pretrained import encode_masks
+        from .pretrained import encode_masks, pack_history
 
         return {"model": encode_masks(self.trained_model.state_dict()), "step": self.step,
-                "history": [list(r) for r in self._history], "seconds": self._elapsed()}  # fmt: skip
+                "history": pack_history(self._history), "seconds": self._elapsed()}  # fmt: skip
 
     def install(self, state: dict[str, Any]) -> None:
         """Take over a committed run (:meth:`weights_state`) in memory: weights, position, history and
         seconds. Nothing trains on from it and no checkpoint is written."""
-        from .pretrained import decode_masks
+        from .pretrained import decode_masks, unpack_history
 
         self.trained_model.load_state_dict(decode_masks(state["model"]))
         self.loop.resume_at(int(state["step"]))
-        self._history = [list(r) for r in state["history"]]
+        self._history = unpack_history(state["history"])
         self.seconds = float(state["seconds"])
 
     def _elapsed(self) -> float:

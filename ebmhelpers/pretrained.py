@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoints import atomic_save, load_checkpoint
@@ -133,14 +134,43 @@ def load(profile_name: str, name: str = "baseline", architecture: str | None = N
     return state
 
 
+MASK_BITS = "::bits"  # a pruning mask packed 8 entries to a byte, with its shape under "<name>::shape"
+
+
 def encode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict with pruning masks (``*_mask``, 0/1 floats) stored as booleans, a quarter of the bytes."""
-    return {k: (v.bool() if k.endswith("_mask") else v.detach()).cpu().contiguous() for k, v in state_dict.items()}
+    """A state dict with pruning masks (``*_mask``, 0/1 floats) packed to one bit per entry, a 32nd of the bytes."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith("_mask"):
+            out[k + MASK_BITS] = torch.from_numpy(np.packbits(v.detach().bool().cpu().numpy().ravel()))
+            out[k + "::shape"] = torch.tensor(list(v.shape))
+        else:
+            out[k] = v.detach().cpu().contiguous()
+    return out
 
 
 def decode_masks(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`encode_masks`."""
-    return {k: v.float() if k.endswith("_mask") else v for k, v in state_dict.items()}
+    """The inverse of :func:`encode_masks` (boolean masks, an older way to store them, are read too)."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(MASK_BITS):
+            name = k.removesuffix(MASK_BITS)
+            shape = state_dict[name + "::shape"].tolist()
+            bits = np.unpackbits(v.numpy(), count=int(np.prod(shape)))
+            out[name] = torch.from_numpy(bits.astype(np.float32)).reshape(shape)
+        elif not k.endswith("::shape"):
+            out[k] = v.float() if k.endswith("_mask") else v
+    return out
+
+
+def pack_history(rows: list[list[float]]) -> torch.Tensor:
+    """A run's per-iteration history as one float32 tensor (a third of the bytes of pickled floats)."""
+    return torch.tensor(rows, dtype=torch.float32) if rows else torch.zeros(0)
+
+
+def unpack_history(history: torch.Tensor | list) -> list[list[float]]:
+    """The inverse of :func:`pack_history` (a plain list of rows is read as it is)."""
+    return history.tolist() if isinstance(history, torch.Tensor) else [list(r) for r in history]
 
 
 def hardware() -> str:
@@ -174,7 +204,7 @@ def commit(profile_name: str, name: str, kind: str, state: dict[str, Any], *, ar
     path = path_for(profile_name, name)
     atomic_save(state, path, keep_previous=False)
     entry = {"name": name, "kind": kind, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
-             "architecture": architecture, "iterations": int(iterations), "seconds": round(float(seconds), 1),
+             "architecture": architecture, "iterations": int(iterations), "seconds": round(float(seconds), 3),
              "hardware": hardware(), "command": command, "commit": git_commit(),
              "date": datetime.date.today().isoformat(), **extra}  # fmt: skip
     models = read_manifest(profile_name) | {name: entry}

@@ -222,3 +222,25 @@ def test_weight_averages_follow_the_ema_rule_and_survive_a_checkpoint(tiny, tmp_
         assert torch.equal(resumed.averages.averages["ema0.9"][k], v)
     with pytest.raises(ValueError, match="decays"):
         training.WeightAverages(model, (1.0,))
+
+
+def test_committed_files_pack_masks_to_bits_and_history_to_float32():
+    from ebmhelpers.models import tutorial8_cnn_energy
+
+    torch.manual_seed(0)
+    masked = pruning.apply_pruning(tutorial8_cnn_energy(), "unstructured_conv", 0.37)
+    state = masked.state_dict()
+    packed = pretrained.encode_masks(state)
+    mask_keys = [k for k in state if k.endswith("_mask")]
+    assert mask_keys and not any(k in packed for k in mask_keys)
+    decoded = pretrained.decode_masks(packed)
+    assert decoded.keys() == state.keys() and all(torch.equal(decoded[k], state[k]) for k in state)
+    packed_bytes = sum(v.numel() * v.element_size() for v in packed.values())
+    plain_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    assert packed_bytes < 0.6 * plain_bytes  # masks at one bit instead of 32
+    old_format = {k: v.bool() if k.endswith("_mask") else v for k, v in state.items()}  # booleans, as first committed
+    assert all(torch.equal(pretrained.decode_masks(old_format)[k], state[k]) for k in state)
+    rows = [[0, 0, 1e-4, 0.5, -0.25, 0.1], [1, 0, 1e-4, 0.25, -0.5, 0.2]]
+    unpacked = pretrained.unpack_history(pretrained.pack_history(rows))
+    assert [x for r in unpacked for x in r] == pytest.approx([x for r in rows for x in r])
+    assert pretrained.unpack_history(rows) == rows
