@@ -108,29 +108,28 @@ def _scored(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                          "worst AUROC": [f"{_num(r.auroc_worst)} ({r.worst_set})" for _, r in df.iterrows()]})
 
 
+def _scored_section(folder: Path, name: str, title: str, keys: list[str], formats: dict) -> str:
+    """A section of scored models from ``<name>.csv``: ``keys`` (formatted by ``formats``, column -> function),
+    then IS, FID and the worst AUROC (:func:`_scored`)."""
+    df = _read(folder, name)
+    if df is None:
+        return _missing(name)
+    df = df.assign(**{col: df[col].map(fmt) for col, fmt in formats.items()})
+    keys = [k for k in keys if k in df]
+    return f"**{title}** (`{name}.csv`):\n\n{markdown(_scored(df, keys))}"
+
+
 def _quantization(folder: Path) -> str:
-    q = _read(folder, "quantization")
-    if q is None:
-        return _missing("quantization")
-    q = q.assign(size_mb=q.size_mb.map(_num))
-    return f"**Quantization** (`quantization.csv`):\n\n{markdown(_scored(q, ['model', 'size_mb']))}"
+    return _scored_section(folder, "quantization", "Quantization", ["model", "size_mb"], {"size_mb": _num})
 
 
 def _pruning(folder: Path) -> str:
-    p = _read(folder, "pruning")
-    if p is None:
-        return _missing("pruning")
-    p = p.assign(ratio=p.ratio.map(lambda r: f"{r:.0%}"), finetuned=p.finetuned.map({True: "yes", False: "no"}))
-    keys = ["method", "strategy", "ratio", "finetuned"] + (["training_seeds"] if "training_seeds" in p else [])
-    return f"**Pruning** (`pruning.csv`):\n\n{markdown(_scored(p, keys))}"
+    return _scored_section(folder, "pruning", "Pruning", ["method", "strategy", "ratio", "finetuned", "training_seeds"],
+                           {"ratio": lambda r: f"{r:.0%}", "finetuned": {True: "yes", False: "no"}.get})
 
 
 def _distillation(folder: Path) -> str:
-    d = _read(folder, "distillation")
-    if d is None:
-        return _missing("distillation")
-    d = d.assign(params=d.params.map(_num))
-    return f"**Distillation** (`distillation.csv`):\n\n{markdown(_scored(d, ['student', 'variant', 'params']))}"
+    return _scored_section(folder, "distillation", "Distillation", ["student", "variant", "params"], {"params": _num})
 
 
 def _verdicts(folder: Path) -> str:
