@@ -49,8 +49,7 @@ def finetune_jobs(profile) -> list[tuple[str, pruning.Strategy, float, int]]:
     for strategy, ratio in pruning.sweep_jobs(profile):
         if not strategy.finetuned:
             continue
-        seeded = any(abs(ratio - r) < 1e-9 for r in profile.seeded_ratios)
-        for seed in range(profile.training_seeds if seeded else 1):
+        for seed in range(pruning.training_seeds(profile, ratio)):
             out.append((pruning.finetuned_name(strategy, ratio, seed), strategy, ratio, seed))
     return out
 
@@ -70,18 +69,24 @@ def _baseline(ctx: Context):
     return trainer
 
 
-def _start_over(path, force: bool, total: int, parent: str | None = None) -> None:
+def _start_over(path, force: bool, total: int, stale: Callable[[dict], bool] | None = None,
+                why: str = "trained from another baseline") -> None:
     """Remove the checkpoint at ``path`` when its run must start over: ``force`` (a retrain was asked)
     and the run is installed or finished (an unfinished run of ``total`` iterations resumes instead),
-    or it was trained from another ``parent`` than the one given."""
+    or ``stale(state)`` says it started from something else (``why``)."""
     if not path.exists():
         return
     state = load_checkpoint(path)
-    stale = parent is not None and state.get("origin", "") != parent
+    old = stale is not None and stale(state)
     finished = bool(state.get("installed_from")) or int(state["step"]) >= total
-    if stale or (force and finished):
-        print(f"starting {path.name} over ({'trained from another baseline' if stale else 'retrain asked'})")
+    if old or (force and finished):
+        print(f"starting {path.name} over ({why if old else 'retrain asked'})")
         path.unlink()
+
+
+def _other_parent(parent: str) -> Callable[[dict], bool]:
+    """Whether a PCD checkpoint was trained from another baseline than ``parent``."""
+    return lambda state: state.get("origin", "") != parent
 
 
 def _fit_digits(ctx: Context):
@@ -109,7 +114,8 @@ def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: 
     def run(ctx: Context, force: bool) -> None:
         baseline = _baseline(ctx)
         images = _fit_digits(ctx)
-        _start_over(ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images), baseline.identity)
+        _start_over(ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images),
+                    _other_parent(baseline.identity))
         masked = pruning.apply_pruning(pruning.copy_model(baseline.model), strategy, ratio)
         pruning.finetune(ctx, masked, images, baseline.buffer, name, train=True, parent=baseline.identity,
                          commit={"kind": "finetuned", "strategy": strategy.key, "ratio": ratio}, seed=seed)
@@ -126,7 +132,8 @@ def _train_lottery(ctx: Context, force: bool) -> None:
     fresh = all(is_fresh(p.name, name) for name in names if name in read_manifest(p.name))
     retrain = force or not fresh
     for name in names:
-        _start_over(ctx.checkpoints / f"{name}.pt", retrain, _finetune_iterations(ctx, images), baseline.identity)
+        _start_over(ctx.checkpoints / f"{name}.pt", retrain, _finetune_iterations(ctx, images),
+                    _other_parent(baseline.identity))
     pruning.lottery_ticket(ctx, baseline, early, pruning.LOTTERY_STRATEGY, max(p.prune_ratios), images,
                            train=True if retrain else None, commit=True)
 
@@ -165,13 +172,9 @@ def _train_student(file: str, name: str, variant: str, grad_weight: float, seed:
     def run(ctx: Context, force: bool) -> None:
         baseline = _baseline(ctx)
         targets, steps = _distillation_targets(ctx, baseline)
-        path = ctx.checkpoints / f"{file}.pt"
-        if path.exists():
-            state = load_checkpoint(path)
-            stale = state["meta"].get("teacher") != distillation.teacher_fingerprint(baseline.model)
-            if stale or (force and int(state["step"]) >= steps):
-                print(f"starting {path.name} over ({'distilled from another teacher' if stale else 'retrain asked'})")
-                path.unlink()
+        teacher = distillation.teacher_fingerprint(baseline.model)
+        _start_over(ctx.checkpoints / f"{file}.pt", force, steps, lambda state: state["meta"].get("teacher") != teacher,
+                    "distilled from another teacher")
         distillation.load_or_distill(ctx, name, variant, targets, steps, baseline.model, grad_weight=grad_weight,
                                      seed=seed, train=True, commit=True, parent=baseline.identity)
 
