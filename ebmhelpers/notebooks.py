@@ -1,5 +1,5 @@
 """The pages themselves: where the numbered notebooks are, the setup cell they share
-(:func:`write_setup_cells`) and the package code they show (:func:`sync_source`). The headless
+(:func:`write_setup_cells`) and :func:`show`, which displays the package's own source on a page. The headless
 runner that executes them is ``ebmhelpers.tools.runner``."""
 
 from __future__ import annotations
@@ -68,51 +68,33 @@ def write_setup_cells(paths: list[Path] | None = None) -> list[str]:
     return changed
 
 
-# ---- package code shown in notebooks (one source: the package; a test keeps the pages equal) ----
-SOURCE_NOTE = "(the package's code, kept equal by tests/test_notebook_source.py)"
-SOURCE_MARKER = re.compile(r"# ebmhelpers/(?P<module>\w+)\.py: (?P<name>[\w.]+) \(the package's code\b")
+# ---- package code shown on the pages -------------------------------------------------------
+SHOW_CALL = re.compile(r"^show\((?P<module>\w+)\.(?P<name>[\w.]+)\)$", re.M)
 
 
-def package_source(module: str, name: str) -> str:
-    """The dedented source of ``ebmhelpers.<module>.<name>`` (a function, a class or ``Class.method``)."""
-    obj = importlib.import_module(f"ebmhelpers.{module}")
-    for attr in name.split("."):
-        obj = getattr(obj, attr)
+def source_of(obj) -> tuple[str, str]:
+    """(``ebmhelpers/<module>.py: <qualified name>``, dedented source) of a package function, class or method."""
+    obj = inspect.unwrap(obj)
+    module = inspect.getmodule(obj)
+    if module is None or not module.__name__.startswith("ebmhelpers."):
+        raise ValueError(f"show() displays the package's own code; {obj!r} is not from ebmhelpers")
     text = textwrap.dedent(inspect.getsource(obj)).rstrip("\n")
-    if not re.match(rf"(@.*\n)*(async )?(def|class) {attr}\b", text):  # inspect reads lines by number
-        raise RuntimeError(f"ebmhelpers/{module}.py changed after it was imported; run again in a fresh process")
-    return text
+    name = obj.__qualname__
+    if not re.match(rf"(@.*\n)*(async )?(def|class) {name.split('.')[-1]}\b", text):  # inspect reads lines by number
+        raise RuntimeError(f"{module.__file__} changed after it was imported; restart the kernel and run again")
+    return f"{module.__name__.replace('.', '/')}.py: {name}", text
 
 
-def source_cell_text(module: str, name: str) -> str:
-    """What a notebook cell showing ``ebmhelpers.<module>.<name>`` must contain: the marker line, then the source."""
-    return f"# ebmhelpers/{module}.py: {name} {SOURCE_NOTE}\n{package_source(module, name)}"
+def show(obj):
+    """Display the package's own source of ``obj`` (the code that runs), highlighted, under a line
+    naming its file and definition: ``show(sampling.sgld_step)``. Plain text where no HTML renders."""
+    from IPython.display import Code
+
+    where, text = source_of(obj)
+    return Code(f"# {where}\n{text}", language="python")
 
 
-def source_cells(nb) -> list[tuple[int, str, str]]:
-    """(cell index, module, name) of every code cell whose first line is a :data:`SOURCE_MARKER`."""
-    found = []
-    for i, cell in enumerate(nb.cells):
-        m = SOURCE_MARKER.match(cell.source) if cell.cell_type == "code" else None
-        if m:
-            found.append((i, m["module"], m["name"]))
-    return found
-
-
-def sync_source(paths: list[Path] | None = None) -> list[str]:
-    """Rewrite every package-code cell of the notebooks (default: all numbered ones) from the
-    package's current source, clearing its outputs; returns ``"notebook: name"`` per cell changed.
-    Notebooks without a stale cell are not written."""
-    import nbformat
-
-    changed = []
-    for path in paths or notebook_paths():
-        nb = nbformat.read(path, as_version=4)
-        stale = [(i, m, n) for i, m, n in source_cells(nb) if nb.cells[i].source != source_cell_text(m, n)]
-        for i, module, name in stale:
-            cell = nb.cells[i]
-            cell.source, cell.outputs, cell.execution_count = source_cell_text(module, name), [], None
-            changed.append(f"{Path(path).name}: ebmhelpers/{module}.py {name}")
-        if stale:
-            nbformat.write(nb, path)
-    return changed
+def shown(nb) -> list[tuple[int, str, str]]:
+    """(cell index, module, name) of every ``show(module.name)`` line in the code cells of ``nb``."""
+    return [(i, m["module"], m["name"]) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for m in SHOW_CALL.finditer(cell.source)]  # fmt: skip

@@ -1,18 +1,22 @@
-"""The notebooks' package-code cells are the package's code (one source; ``sync-source`` rewrites them)."""
+"""Each central algorithm is shown once, on the page that teaches it, by ``show(module.name)``: the package's own source."""
 
-import shutil
+import importlib
+import inspect
+import re
+import textwrap
 
 import nbformat
 import pytest
 
 from ebmhelpers import notebooks
 
+MODULES = tuple(p.stem for p in (notebooks.CHECKOUT / "ebmhelpers").glob("*.py") if not p.stem.startswith("_"))
+
 NOTEBOOK_01 = next(p for p in notebooks.notebook_paths() if p.name.startswith("01_"))
 SHOWN_IN_01 = {("sampling", "sgld_step"), ("training", "PCDTrainer.train_step"), ("sampling", "ReplayBuffer.sample"),
                ("sampling", "ReplayBuffer.update"), ("training", "pcd_loss")}  # fmt: skip
-# Each central algorithm is shown once, on the page that teaches it: notebook
-# prefix -> the exact set of (module, definition) its package-code cells show, and per definition
-# strings its shown source must contain (what the page's markdown explains).
+# Notebook prefix -> the exact set of (module, definition) its `show` calls display, and per
+# definition strings its source must contain (what the page's markdown explains).
 SHOWN = {
     "00": {("toy", "metropolis_hastings"), ("toy", "mala"), ("toy", "nce_loss")},
     "01": SHOWN_IN_01,
@@ -40,76 +44,62 @@ CONTENT = {
     "Distiller._train_step": ["def _train_step(self, batch", "distill_loss(", "self.opt.step()"],
 }
 MAX_SHOWN_LINES = 40  # a shown definition is short enough to read; split a longer one in the package
-HOW_TO_UPDATE = "run `python -m ebmhelpers sync-source` to rewrite the cell from the package (never edit it by hand)"
-
-
-@pytest.mark.parametrize("path", notebooks.notebook_paths(), ids=lambda p: p.name)
-def test_package_code_cells_equal_the_package(path):
-    nb = nbformat.read(path, as_version=4)
-    for i, module, name in notebooks.source_cells(nb):
-        expected = notebooks.source_cell_text(module, name)
-        assert nb.cells[i].source == expected, (
-            f"{path.name}, cell {i}: the code shown differs from ebmhelpers/{module}.py {name}; {HOW_TO_UPDATE}")
-
-
-def test_every_notebook_is_listed():
-    assert {p.name[:2] for p in notebooks.notebook_paths()} == set(SHOWN)
-    assert set(CONTENT) == {n for shown in SHOWN.values() for _, n in shown}
+MIN_SHOWN = 22  # the series shows at least this many central algorithms
 
 
 @pytest.mark.parametrize("path", notebooks.notebook_paths(), ids=lambda p: p.name)
 def test_each_notebook_shows_its_algorithms(path):
     nb = nbformat.read(path, as_version=4)
-    cells = notebooks.source_cells(nb)
+    cells = notebooks.shown(nb)
     names = [(m, n) for _, m, n in cells]
     assert set(names) == SHOWN[path.name[:2]] and len(names) == len(set(names)), f"{path.name} shows {names}"
-    for i, _, name in cells:
-        text = nb.cells[i].source
+    for i, module, name in cells:
+        obj = importlib.import_module(f"ebmhelpers.{module}")
+        for attr in name.split("."):
+            obj = getattr(obj, attr)
+        where, text = notebooks.source_of(obj)
+        assert where == f"ebmhelpers/{module}.py: {name}"
         for needle in CONTENT[name]:
-            assert needle in text, f"{path.name}: the cell showing {name} lacks {needle!r}"
-        assert len(text.splitlines()) <= MAX_SHOWN_LINES + 1, f"{path.name}: {name} is too long to read on the page"
+            assert needle in text, f"{path.name}: the source shown for {name} lacks {needle!r}"
+        assert len(text.splitlines()) <= MAX_SHOWN_LINES, f"{path.name}: {name} is too long to read on the page"
         after = nb.cells[i + 1] if i + 1 < len(nb.cells) else None  # a sentence on what to notice, or the next definition
-        assert after is not None and (after.cell_type == "markdown" or notebooks.SOURCE_MARKER.match(after.source)), (
+        assert after is not None and (after.cell_type == "markdown" or notebooks.SHOW_CALL.search(after.source)), (
             f"{path.name}: {name} is not followed by a sentence on what to notice")
         if after.cell_type == "markdown":
             assert "notice" in after.source.lower(), f"{path.name}: the markdown after {name} says nothing to notice"
 
 
-def test_sync_source_leaves_every_notebook_unchanged(tmp_path):
-    copies = []
+def test_every_notebook_is_listed_and_enough_is_shown():
+    assert {p.name[:2] for p in notebooks.notebook_paths()} == set(SHOWN)
+    assert set(CONTENT) == {n for shown in SHOWN.values() for _, n in shown}
+    assert sum(len(s) for s in SHOWN.values()) >= MIN_SHOWN
+
+
+def test_no_page_copies_package_code():
+    """A page shows package code only through `show`: no cell redefines a function the package defines."""
     for path in notebooks.notebook_paths():
-        copies.append(tmp_path / path.name)
-        shutil.copy(path, copies[-1])
-    assert notebooks.sync_source(copies) == []
-    for path, copy in zip(notebooks.notebook_paths(), copies):
-        assert copy.read_bytes() == path.read_bytes()
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            for defined in re.findall(r"^(?:def|class) (\w+)", cell.source, re.M):
+                assert not any(hasattr(importlib.import_module(f"ebmhelpers.{m}"), defined) for m in MODULES), (
+                    f"{path.name} redefines {defined}, which the package defines: show it with show() instead")
 
 
-def test_package_source_of_a_method_is_dedented():
-    text = notebooks.package_source("training", "PCDTrainer.train_step")
-    assert text.startswith("def train_step(self") and not text.endswith("\n")
-    with pytest.raises(AttributeError):
-        notebooks.package_source("sampling", "no_such_function")
+def test_show_displays_the_package_source_and_refuses_other_code():
+    from ebmhelpers import sampling, training
+
+    shown = notebooks.show(training.PCDTrainer.train_step)
+    text = shown.data
+    assert text.startswith("# ebmhelpers/training.py: PCDTrainer.train_step\ndef train_step(self")
+    assert "<" in shown._repr_html_()  # highlighted
+    assert notebooks.source_of(sampling.sgld_step)[1] == textwrap.dedent(inspect.getsource(sampling.sgld_step)).rstrip()
+    with pytest.raises(ValueError, match="package's own code"):
+        notebooks.show(textwrap.dedent)
 
 
-def test_sync_source_rewrites_only_stale_cells(tmp_path):
-    path = tmp_path / NOTEBOOK_01.name
-    shutil.copy(NOTEBOOK_01, path)
-    original = nbformat.read(path, as_version=4)
-    (i, module, name), *_ = notebooks.source_cells(original)
-    stale = nbformat.read(path, as_version=4)
-    stale.cells[i].source += "\n    x.mul_(2)  # an edit by hand"
-    stale.cells[i].outputs = [nbformat.v4.new_output("stream", name="stdout", text="old\n")]
-    stale.cells[i].execution_count = 3
-    nbformat.write(stale, path)
-
-    with pytest.raises(AssertionError, match="sync-source"):
-        test_package_code_cells_equal_the_package(path)
-    assert notebooks.sync_source([path]) == [f"{path.name}: ebmhelpers/{module}.py {name}"]
-
-    synced = nbformat.read(path, as_version=4)
-    assert synced.cells[i].source == notebooks.source_cell_text(module, name) == original.cells[i].source
-    assert synced.cells[i].outputs == [] and synced.cells[i].execution_count is None
-    others = lambda nb: [c.source for j, c in enumerate(nb.cells) if j != i]  # noqa: E731
-    assert others(synced) == others(original)
-    assert notebooks.sync_source([path]) == []  # nothing stale left: not rewritten
+def test_show_calls_are_found_in_code_cells_only():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("show(pruning.finetune)"),
+                                         nbformat.v4.new_code_cell("x = 1\nshow(pruning.finetune)\nshow(toy.mala)")])
+    assert notebooks.shown(nb) == [(1, "pruning", "finetune"), (1, "toy", "mala")]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data,sync-source}``.
+"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data}``.
 
 A mistake of the caller (an unknown profile, a profile sized for a GPU on a CPU, a notebook that does
 not exist) is one line on stderr and exit status 2, never a traceback.
@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare-data", help="gunzip an offline copy of MNIST/Fashion-MNIST into the data root")
     prep.add_argument("source", help="folder with mnist/ and fashion-mnist/ *.gz files (e.g. ../shared/data)")
     prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
-
-    sub.add_parser("sync-source", help="rewrite the notebook cells that show package code from the package's source")
 
     args = parser.parse_args(argv)
     from ..profiles import ProfileError
@@ -213,11 +211,6 @@ def _run(args: argparse.Namespace) -> int:
         from ..data import install_offline_copy
 
         print(f"data root: {install_offline_copy(args.source, args.root)}")
-    elif args.command == "sync-source":
-        from ..notebooks import sync_source
-
-        changed = sync_source()
-        print("\n".join(f"rewrote {c}" for c in changed) or "every package-code cell already equals the package")
     return 0
 
 

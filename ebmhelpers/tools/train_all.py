@@ -1,9 +1,10 @@
 """Train once: every model the notebooks of a profile use, trained and committed with its manifest entry.
 
 ``python -m ebmhelpers train --profile cpu --all`` trains, in order, the baseline (with the metric
-classifier), each fine-tuned pruned model (Conv2d-only strategies at every ratio, the seeded ratios
-with ``training_seeds`` seeds), the lottery ticket's rounds and the distilled students (eq. 6 with
-``training_seeds`` seeds, the extensions once), and commits each one as it finishes
+classifier), each fine-tuned pruned model (Conv2d-only strategies at every ratio), the lottery
+ticket's rounds, the distilled students (eq. 6 and the extensions), and then the extra training seeds
+(``training_seeds`` of the fine-tunings at the seeded ratios and of the eq. 6 students), and commits
+each one as it finishes
 (:mod:`ebmhelpers.pretrained`). It is resumable at two levels: a committed model whose entry derives
 from the committed baseline is skipped, and an interrupted one resumes from its checkpoint.
 ``--model NAME`` (re)trains one model; ``--list`` shows every model and whether it is committed.
@@ -182,14 +183,18 @@ def _train_student(file: str, name: str, variant: str, grad_weight: float, seed:
 
 
 def jobs(profile) -> list[Job]:
-    """Every model of ``profile`` in training order: baseline, fine-tunings (first seeds first), lottery,
-    students (first seeds first)."""
-    tuned = sorted(finetune_jobs(profile), key=lambda job: job[3])  # every ratio's first seed before extra seeds
-    students = sorted(student_jobs(profile), key=lambda job: job[4])
-    return ([Job("baseline", "baseline", _train_baseline)]
-            + [Job(name, "finetuned", _train_finetuned(name, s, r, seed)) for name, s, r, seed in tuned]
-            + [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))]
-            + [Job(file, "student", _train_student(file, *rest)) for file, *rest in students])  # fmt: skip
+    """Every model of ``profile`` in training order: the baseline, then every model a notebook needs
+    once (first-seed fine-tunings, lottery rounds, first-seed students), then the extra training
+    seeds (fine-tunings, then students), so that a partial job already serves every notebook."""
+    tuned = [(seed, Job(name, "finetuned", _train_finetuned(name, s, r, seed)))
+             for name, s, r, seed in finetune_jobs(profile)]
+    students = [(seed, Job(file, "student", _train_student(file, *rest, seed)))
+                for file, *rest, seed in student_jobs(profile)]
+    first = [job for seed, job in tuned if seed == 0]
+    first += [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))]
+    first += [job for seed, job in students if seed == 0]
+    extra = [job for seed, job in tuned if seed > 0] + [job for seed, job in students if seed > 0]
+    return [Job("baseline", "baseline", _train_baseline)] + first + extra  # fmt: skip
 
 
 def status(profile_name: str | None = None) -> pd.DataFrame:
