@@ -2,7 +2,10 @@
 
 Every number of the section comes from ``results/<profile>/`` (the tables the notebooks wrote) and
 ``ebmhelpers/pretrained/<profile>/manifest.json`` (the models trained once), so a new run of the
-series updates the README with one command instead of hand edits. The section sits between
+series updates the README with one command instead of hand edits. In order: the train-once job (how many
+of the models ``train --list`` names are committed, their iterations, training time and hardware per kind,
+the names still missing), the notebooks' wall times, the baseline and its targets, the scored quantization,
+pruning and distillation tables, and the verdicts on the paper's claims. The section sits between
 :data:`START` and :data:`END` in ``README.md``; ``--write`` replaces it there and ``--check`` fails
 (exit status 1) when it differs from what the tables say (``tests/test_report.py`` runs the check on
 the committed results).
@@ -16,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pretrained
+from ..profiles import ProfileError
 from ..results import COMMITTED_RESULTS
-from ..verdicts import verdict_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -59,25 +62,85 @@ def _missing(name: str) -> str:
     return f"*`{name}.csv` not produced by this run.*"
 
 
-def _manifest(profile: str) -> str:
-    entries = list(pretrained.read_manifest(profile).values())
-    if not entries:
-        return "*No trained model committed for this profile.*"
-    table = pd.DataFrame(entries).groupby("kind", sort=False).agg(models=("name", "size"),
-                                                                 iterations=("iterations", "sum"),
-                                                                 hours=("seconds", lambda s: s.sum() / 3600))
-    table = table.reset_index().assign(iterations=lambda t: t.iterations.map(_num), hours=lambda t: t.hours.map(_num))
-    total = sum(e["seconds"] for e in entries) / 3600
-    return (f"**Trained once** (`manifest.json`): {len(entries)} models committed, {_num(total)} h of training "
-            f"in all.\n\n{markdown(table)}")
+def _span(values) -> str:
+    """``a`` or ``a-b``: the range of ``values``, each formatted by :func:`_num`."""
+    lo, hi = min(values), max(values)
+    return _num(lo) if lo == hi else f"{_num(lo)}-{_num(hi)}"
 
 
-def _times(folder: Path) -> str:
+def _dates(dates: list[str]) -> str:
+    """``d`` or ``first to last`` of ISO dates; ``-`` for none."""
+    dates = sorted(set(dates))
+    return "-" if not dates else dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+
+
+def _models(profile: str) -> pd.DataFrame:
+    """Every model of ``profile`` from ``train --list`` (:func:`train_all.status`): name, kind, committed,
+    fresh. Where the profile cannot start here (a profile sized for a GPU, on a CPU), the manifest's
+    entries alone."""
+    from . import train_all
+
+    try:
+        return train_all.status(profile)[["name", "kind", "committed", "fresh"]]
+    except ProfileError:
+        entries = pretrained.read_manifest(profile).values()
+        return pd.DataFrame([{"name": e["name"], "kind": e["kind"], "committed": True,
+                              "fresh": pretrained.is_fresh(profile, e["name"])} for e in entries],
+                            columns=["name", "kind", "committed", "fresh"])
+
+
+def trained_once(models: pd.DataFrame, manifest: dict[str, dict]) -> str:
+    """The training job's part of the section: how many of the ``models`` (``train --list``'s rows)
+    are committed, and per kind their iterations, the sum of their training ``seconds`` and the
+    hardware, from the ``manifest`` entries (name -> entry); the models still to train by name."""
+    names = list(dict.fromkeys([*models.name, *manifest]))
+    kind = dict(zip(models.name, models.kind)) | {n: e["kind"] for n, e in manifest.items()}
+    if not manifest:
+        return f"**Trained once**: none of the {len(names)} models of this profile committed yet."
+    rows = []
+    for k in dict.fromkeys(kind[n] for n in names):
+        entries = [manifest[n] for n in names if kind[n] == k and n in manifest]
+        total = sum(1 for n in names if kind[n] == k)
+        rows.append({"kind": k, "committed": f"{len(entries)} of {total}",
+                     "iterations per model": _span([e["iterations"] for e in entries]) if entries else "-",
+                     "hours": _num(sum(e["seconds"] for e in entries) / 3600) if entries else "-",
+                     "hardware": "; ".join(dict.fromkeys(e.get("hardware", "?") for e in entries)) or "-",
+                     "trained on": _dates([e.get("date", "?") for e in entries])})  # fmt: skip
+    seconds = sum(e["seconds"] for e in manifest.values())
+    stale = [n for n, done, fresh in zip(models.name, models.committed, models.fresh) if done and not fresh]
+    todo = [n for n in names if n not in manifest]
+    out = (f"**Trained once** (`manifest.json`; `train --list` names the models): {len(manifest)} of {len(names)} "
+           f"models committed, {_num(seconds / 3600)} h of training in all (the sum of their `seconds`).\n\n"
+           + markdown(pd.DataFrame(rows)))
+    notes = [f"`{n}`: {e['seconds_note']}." for n, e in manifest.items() if e.get("seconds_note")]
+    if notes:
+        out += "\n\nHow the seconds were measured: " + " ".join(notes)
+    if stale:
+        out += (f"\n\n{len(stale)} committed model(s) not fresh (altered, or trained from another baseline): "
+                + ", ".join(f"`{n}`" for n in stale) + ".")
+    if todo:
+        out += (f"\n\nNot committed yet ({len(todo)}; until they are, the notebook that needs one trains it): "
+                + ", ".join(f"`{n}`" for n in todo) + ".")
+    return out
+
+
+def _times(folder: Path, manifest: dict[str, dict]) -> str:
+    """The notebooks' wall times, and which of them last ran before the newest committed model's date
+    (``manifest``: name -> entry), so that their tables cannot hold it."""
     t = _read(folder, "notebook_times")
     if t is None:
         return _missing("notebook_times")
-    rows = t.assign(seconds=t.seconds.map(lambda s: _num(s, 4)))[["notebook", "seconds", "hardware"]]
-    return f"**Series time**: {_num(t.seconds.sum() / 60)} minutes in all.\n\n{markdown(rows)}"
+    cols = [c for c in ("notebook", "seconds", "hardware", "finished") if c in t]
+    rows = t.assign(seconds=t.seconds.map(lambda s: _num(s, 4)))[cols]
+    out = (f"**Series time**: {_num(t.seconds.sum() / 60)} minutes in all (`notebook_times.csv`: each notebook's "
+           f"wall time in its latest run).\n\n{markdown(rows)}")
+    newest = max((e["date"] for e in manifest.values() if e.get("date")), default=None)
+    if newest and "finished" in t:
+        older = [nb for nb, done in zip(t.notebook, t.finished) if str(done)[:10] < newest]
+        if older:
+            out += (f"\n\n{len(older)} of {len(t)} notebooks last ran before {newest}, the date of the newest "
+                    f"committed model: their tables come from the models as they were then, not from those committed since.")
+    return out
 
 
 def _baseline(folder: Path) -> str:
@@ -133,6 +196,8 @@ def _distillation(folder: Path) -> str:
 
 
 def _verdicts(folder: Path) -> str:
+    from ..verdicts import verdict_table  # here: the rest of the report does not depend on it
+
     try:
         v = verdict_table(folder)
     except FileNotFoundError as err:
@@ -146,11 +211,18 @@ def render(profile: str = "cpu", folder: str | Path | None = None) -> str:
     """The results section of ``profile`` (markers included) from its tables in ``folder``
     (default: the checkout's ``results/<profile>/``)."""
     folder = Path(folder) if folder is not None else COMMITTED_RESULTS / profile
+    manifest = pretrained.read_manifest(profile)
     parts = [f"*Generated by `python -m ebmhelpers report --profile {profile} --write` from `results/{profile}/` and "
              f"`ebmhelpers/pretrained/{profile}/manifest.json`: a new run updates it, nothing here is typed.*",
-             _manifest(profile), _times(folder), _baseline(folder), _quantization(folder), _pruning(folder),
-             _distillation(folder), _verdicts(folder)]  # fmt: skip
+             trained_once(_models(profile), manifest), _times(folder, manifest), _baseline(folder),
+             _quantization(folder), _pruning(folder), _distillation(folder), _verdicts(folder)]  # fmt: skip
     return "\n\n".join([START, *parts, END])
+
+
+def handwritten(readme: Path = README) -> str:
+    """The README without its generated section: the part people write."""
+    text, section = readme.read_text(), current_section(readme)
+    return text.replace(section, "")
 
 
 def current_section(readme: Path = README) -> str:
