@@ -28,6 +28,13 @@ class Reported:
     text: str  # the paper's words around the number, verbatim
 
 
+# ---- §3.1 and §4.1 the network and the classifier behind IS and FID ------------------------------
+NETWORK = "resnet18"  # §3.1 "an adjusted version of the ResNet18 architecture" (a key of models.BASELINES)
+# §4.1 says no more of the classifier whose logits and features IS and FID use than CLAIMS["classifier"]:
+# no architecture, no weights. Scores on its scale can be set beside another classifier's only by their place
+# between the same references (real digits, noise), which the paper does not report.
+CLASSIFIER_PUBLISHED = False
+
 # ---- §4.2 the baseline ---------------------------------------------------------------------
 BASELINE_FID = Reported(5275.0, "", "§4.2", "achieved an FID score of 5,275")
 BASELINE_IS = Reported(1.13, "", "§4.2", "IS of 1.13")
@@ -110,6 +117,7 @@ CLAIMS: dict[str, tuple[str, str]] = {  # key -> (section, the paper's sentence 
     "fig3_vs_quantized": ("§4.5", "the student models are either comparable or superior in performance at OOD for "
                                   "transformed images."),
     "fig4_pruned": ("§5", "the pre-training pruned model has clearer digits"),
+    "classifier": ("§4.1", "To compute the IS and FID scores, we trained a simple classifier."),
     "conclusion_student": ("§5", "the student model with 77,004 parameters (943 KB) is the most efficient for "
                                  "deployment in resource-constraint environments because of its reduced size, 145x "
                                  "fewer parameters than the baseline, and comparable performance with the larger "

@@ -1,157 +1,195 @@
-"""The shared verdict rule and the paper-side-by-side table, on small synthetic tables."""
+"""The series' rules (ebmhelpers.verdicts) on small synthetic rows, and the paper report's verdict
+counts for the committed results/cpu tables (ebmhelpers.paper_report)."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
-from ebmhelpers import verdicts
+from ebmhelpers import paper_report, verdicts
+from ebmhelpers.profiles import get_profile
+from ebmhelpers.verdicts import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, References
 
-NAN = math.nan
-
-
-def _m(IS=4.8, IS_std=0.1, FID=600.0, FID_std=15.0, noise=1.0, flip=0.74, reduced=0.99, **extra):
-    return pd.Series({"IS": IS, "IS_std": IS_std, "FID": FID, "FID_std": FID_std, "auroc_noise": noise,
-                      "auroc_flip": flip, "auroc_reduced": reduced, **extra})  # fmt: skip
-
-
-def test_inside_the_spread_keeps_quality():
-    base = _m()
-    assert verdicts.keeps_quality(_m(IS=4.7, FID=615.0), base)  # IS within sqrt(0.1^2+0.1^2), FID within 21
-    assert not verdicts.keeps_quality(_m(IS=4.45, IS_std=0.1, FID=620.0), _m(IS=4.83, IS_std=0.12))  # the issue's case
-    assert not verdicts.keeps_quality(_m(FID=640.0), base)
-    assert not verdicts.keeps_quality(_m(flip=0.70), base)  # one transform is enough
+NAN = float("nan")
+CPU = Path(__file__).resolve().parents[1] / "results" / "cpu"
+REFS = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=4000.0,
+                  ood_n={(s, "all"): (2000, 2000) for s in ("noise", "flip", "reduced")})  # fmt: skip
 
 
-def test_below_the_is_floor_never_keeps_quality():
-    noise_base = _m(IS=1.1, FID=5000.0)
-    noise_model = _m(IS=1.05, FID=4990.0)
-    assert not verdicts.generates(noise_model)
-    assert not verdicts.keeps_quality(noise_model, noise_base)  # even against a reference that is noise too
-    assert "does not generate" in verdicts.quality_failures(noise_model, _m())[0]
-    assert not verdicts.keeps_quality(_m(IS=NAN, FID=NAN), _m())
+def _row(IS=7.0, FID=300.0, IS_std=0.1, FID_std=2.0, n_seeds=3, auroc=0.9, **extra):
+    return pd.Series({"IS": IS, "IS_std": IS_std, "FID": FID, "FID_std": FID_std, "n_seeds": n_seeds,
+                      "auroc_noise": auroc, "auroc_flip": auroc, "auroc_reduced": auroc, **extra})  # fmt: skip
 
 
-def test_noise_against_noise_is_not_better():
-    a, b = _m(IS=1.14, FID=1751.0, FID_std=7.0), _m(IS=1.0, FID=6479.0, FID_std=19.0)
-    assert verdicts.compare_quality(a, b) == "neither generates"  # the lottery ticket was "much better"
-    assert verdicts.compare_quality(_m(FID=500.0), _m(FID=600.0)) == "better"
-    assert verdicts.compare_quality(_m(FID=610.0), _m(FID=600.0)) == "no difference"
-    assert verdicts.compare_quality(_m(), _m(IS=1.0)) == "better"  # only one generates
-    assert verdicts.compare_quality(_m(IS=1.0), _m()) == "worse"
+# ---- margins ----------------------------------------------------------------------------------
+def test_margins_are_the_stated_constants_on_the_interval_scales():
+    assert verdicts.margin("FID") == pytest.approx(math.log(1 + verdicts.FID_MARGIN))
+    assert verdicts.margin("IS") == pytest.approx(-math.log(1 - verdicts.IS_MARGIN))
+    assert verdicts.margin("auroc_flip") == verdicts.AUROC_MARGIN
+    with pytest.raises(KeyError):
+        verdicts.margin("latency")
 
 
-def test_one_seed_has_no_allowance():
-    assert not verdicts.keeps_quality(_m(FID=601.0, FID_std=NAN, IS_std=NAN), _m(FID_std=NAN, IS_std=NAN))
-    assert verdicts.keeps_quality(_m(FID_std=NAN, IS_std=NAN), _m(FID_std=NAN, IS_std=NAN))
+def test_fid_within_the_margin_is_kept_beyond_it_is_not_and_a_wide_interval_decides_nothing():
+    ref = _row()
+    m = verdicts.margin("FID")
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(FID=315.0), ref, "FID"), m) == REPRODUCED  # +5%
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(FID=270.0), ref, "FID"), m) == REPRODUCED  # better
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(FID=360.0), ref, "FID"), m) == CONTRADICTED  # +20%
+    wide = _row(FID=320.0, FID_std=60.0)  # +7% but a spread of 20%: the interval crosses +10%
+    assert verdicts.non_inferior(verdicts.quality_interval(wide, ref, "FID"), m) == INCONCLUSIVE
+    one_seed = _row(FID=301.0, FID_std=NAN, n_seeds=1)  # no spread measured: nothing can be concluded
+    assert verdicts.non_inferior(verdicts.quality_interval(one_seed, ref, "FID"), m) == INCONCLUSIVE
 
 
-def test_ratio_verdict_uses_the_spread():
-    assert verdicts.ratio_verdict(1.78, 0.9, 2.5) == "no difference"
+def test_is_is_a_ratio_with_its_own_margin():
+    ref = _row(IS=6.0, IS_std=0.02)
+    m = verdicts.margin("IS")
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.8, IS_std=0.02), ref, "IS"), m) == REPRODUCED  # -3%
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.4, IS_std=0.02), ref, "IS"), m) == CONTRADICTED
+    assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.8), ref, "IS"), m) == INCONCLUSIVE  # std 0.1
+
+
+# ---- intervals --------------------------------------------------------------------------------
+def test_quality_interval_is_a_welch_t_interval_of_the_log_ratio():
+    a, b = _row(IS=6.0, IS_std=0.3), _row(IS=6.0, IS_std=0.3)
+    iv = verdicts.quality_interval(a, b, "IS")
+    se = 0.3 / math.sqrt(3) / 6.0  # delta method: se(log x) = se(x) / x
+    half = stats.t.ppf(0.975, 4) * math.sqrt(2) * se  # equal variances, 2 + 2 dof: Welch gives 4
+    assert iv.estimate == 0 and iv.lo == pytest.approx(-half) and iv.hi == pytest.approx(half)
+    fid = verdicts.quality_interval(_row(FID=330.0), _row(FID=300.0), "FID")
+    assert fid.estimate == pytest.approx(math.log(300 / 330))  # oriented: positive = better, so worse FID is negative
+    assert "FID ratio 1.1 " in fid.text()
+
+
+def test_training_seeds_set_the_number_of_draws():
+    one = verdicts.standard_error(_row(FID_std=6.0, n_seeds=3), "FID")
+    trained = verdicts.standard_error(_row(FID_std=6.0, n_seeds=3, training_seeds=4), "FID")
+    assert one == (pytest.approx(6.0 / math.sqrt(3)), 2) and trained == (pytest.approx(3.0), 3)
+    assert verdicts.standard_error(_row(FID_std=NAN), "FID") == (math.inf, 0)
+
+
+def test_auroc_interval_narrows_with_more_digits():
+    from ebmhelpers.metrics import auroc_se
+
+    few = verdicts.auroc_interval(0.88, 0.90, (200, 200))
+    many = verdicts.auroc_interval(0.88, 0.90, (20000, 20000))
+    assert few.estimate == pytest.approx(-0.02) and few.hi - few.lo > many.hi - many.lo
+    assert few.hi - few.lo == pytest.approx(2 * 1.959964 * math.hypot(auroc_se(0.88, 200, 200), auroc_se(0.9, 200, 200)))
+    assert verdicts.non_inferior(verdicts.auroc_interval(0.89, 0.90, (20000, 20000)), 0.02) == REPRODUCED
+    assert verdicts.non_inferior(verdicts.auroc_interval(0.80, 0.90, (20000, 20000)), 0.02) == CONTRADICTED
+    assert verdicts.non_inferior(few, 0.02) == INCONCLUSIVE
+    unknown = verdicts.auroc_interval(0.5, 0.9, None)
+    assert math.isinf(unknown.lo) and verdicts.non_inferior(unknown, 0.02) == INCONCLUSIVE
+
+
+def test_directional_claims_and_their_combination():
+    iv = verdicts.Interval
+    assert verdicts.superior(iv(0.05, 0.01, 0.09), 0.02) == REPRODUCED
+    assert verdicts.superior(iv(0.0, -0.01, 0.01), 0.02) == CONTRADICTED  # any advantage below the margin
+    assert verdicts.superior(iv(0.02, -0.01, 0.05), 0.02) == INCONCLUSIVE
+    assert verdicts.inferior(iv(-0.05, -0.09, -0.01), 0.02) == REPRODUCED
+    assert verdicts.below(iv(0.6, 0.55, 0.65), 0.7) == REPRODUCED and verdicts.below(iv(0.9, 0.8, 1.0), 0.7) == CONTRADICTED
+    assert verdicts.combine([REPRODUCED, NOT_TESTABLE]) == INCONCLUSIVE
+    assert verdicts.combine([REPRODUCED, REPRODUCED]) == REPRODUCED
+    assert verdicts.combine([REPRODUCED, CONTRADICTED, INCONCLUSIVE]) == CONTRADICTED
+    assert verdicts.combine([NOT_TESTABLE]) == NOT_TESTABLE
+    assert verdicts.majority([REPRODUCED, REPRODUCED, CONTRADICTED, NOT_TESTABLE]) == REPRODUCED
+    assert verdicts.majority([REPRODUCED, CONTRADICTED]) == INCONCLUSIVE
+
+
+# ---- generates ----------------------------------------------------------------------------------
+def test_generates_needs_fid_nearer_the_baseline_and_is_above_the_geometric_mean():
+    assert REFS.is_min == pytest.approx(math.sqrt(7.0)) and REFS.fid_max == pytest.approx(math.sqrt(300 * 4000))
+    assert verdicts.generates(_row(IS=2.7, FID=1000.0), REFS)
+    assert not verdicts.generates(_row(IS=2.6, FID=500.0), REFS)  # IS nearer noise's (log scale)
+    assert not verdicts.generates(_row(IS=5.0, FID=1200.0), REFS)  # FID nearer noise's (log scale)
+    assert not verdicts.generates(_row(IS=NAN, FID=NAN), REFS)  # no samples (int8 static)
+    assert verdicts.generates(_row(IS=7.0, FID=300.0), REFS) and not verdicts.generates(_row(IS=1.0, FID=4000.0), REFS)
+
+
+def test_references_come_from_the_baseline_and_noise_rows():
+    refs = References.from_folder(CPU)
+    base = pd.read_csv(CPU / "baseline.csv").iloc[0]
+    noise = pd.read_csv(CPU / "baseline_references.csv").set_index("samples").loc["uniform noise"]
+    assert refs.is_min == pytest.approx(math.sqrt(base.IS * noise.IS))
+    assert refs.fid_max == pytest.approx(math.sqrt(base.FID * noise.FID))
+    assert refs.n("flip", "5") == (178, 178)  # the OOD table's per-digit set size
+
+
+def test_keeps_quality_asks_every_part_and_never_averages_transforms():
+    base = _row()
+    assert verdicts.keeps_quality(_row(FID=310.0), base, REFS)
+    assert not verdicts.keeps_quality(_row(IS=1.2, FID=3000.0), base, REFS)  # does not generate
+    drop = _row(auroc_flip=0.7)  # one transform drops, the others are as good
+    assert not verdicts.keeps_quality(drop, base, REFS)
+    assert any(f.startswith("auroc_flip (contradicted)") for f in verdicts.quality_failures(drop, base, REFS))
+    assert verdicts.keeps_quality(drop, base, REFS, check_ood=False)
+
+
+def test_compare_quality_judges_fid_only_among_models_that_generate():
+    good, better, noise = _row(FID=400.0), _row(FID=320.0), _row(IS=1.1, FID=3500.0)
+    assert verdicts.compare_quality(better, good, REFS) == "better"
+    assert verdicts.compare_quality(good, better, REFS) == "worse"
+    assert verdicts.compare_quality(_row(FID=401.0), good, REFS) == "no difference"
+    assert verdicts.compare_quality(noise, good, REFS) == "worse"
+    assert verdicts.compare_quality(noise, _row(IS=1.0, FID=3900.0), REFS) == "neither generates"
+
+
+def test_inverted_is_one_rule():
+    assert verdicts.inverted(0.49) and not verdicts.inverted(0.5) and not verdicts.inverted(NAN)
+    row = pd.Series({"auroc_noise": 0.9, "auroc_flip": 0.3, "auroc_worst": 0.3, "auroc_fashion": 0.49})
+    assert verdicts.inverted_sets(row) == "flip, fashion"
+    assert verdicts.inverted_sets(row, ("noise", "flip")) == "flip"
+
+
+def test_ratio_verdict_needs_the_spread_to_exclude_one():
     assert verdicts.ratio_verdict(1.5, 1.2, 1.8) == "faster"
-    assert verdicts.ratio_verdict(1.1) == "no difference"  # no spread: within TIMING_NOISE
-    assert verdicts.ratio_verdict(2.0) == "faster" and verdicts.ratio_verdict(0.5) == "slower"
+    assert verdicts.ratio_verdict(1.5, 0.9, 1.8) == "no difference"
+    assert verdicts.ratio_verdict(0.8, 0.7, 0.9) == "slower"
+    assert verdicts.ratio_verdict(1.1) == "no difference" and verdicts.ratio_verdict(NAN) == "not measured"
 
 
-def _ood(model, gaps_aucs, family=None):
-    rows = []
-    for ood_set, (gap, auc) in gaps_aucs.items():
-        for d in ("4", "5", "9", "all"):
-            rows.append({"model": model, "ood_set": ood_set, "digits": d, "n": 100, "gap": gap, "auroc": auc})
-    return pd.DataFrame(rows)
+def test_pareto_front_drops_dominated_rows():
+    df = pd.DataFrame({"model": list("abcde"), "size": [1, 2, 3, 2, 5], "FID": [9.0, 5.0, 6.0, 4.0, 1.0]})
+    assert verdicts.pareto_front(df, "size", "FID").model.tolist() == ["a", "d", "e"]
+    front = verdicts.pareto_front(df.assign(auroc=[0.5, 0.9, 0.8, 0.7, 0.6]), "size", "auroc", False)
+    assert front.model.tolist() == ["a", "b"]
 
 
-def _write_results(folder, student_is=4.75, student_params=500):
-    base = _m(model="baseline", params=77_578, size_mb=0.31, latency_ms_cpu=1.0, latency_batch=64,
-              auroc_worst=0.74, hardware="cpu")  # fmt: skip
-    pd.DataFrame([base]).to_csv(folder / "baseline.csv", index=False)
-    pd.DataFrame([{"samples": "uniform noise", "IS": 1.0, "FID": 7600.0}]).to_csv(folder / "baseline_references.csv", index=False)
-    ood = {"noise": (-0.19, 1.0), "flip": (-0.02, 0.74), "reduced": (-0.04, 0.99)}
-    _ood("baseline", ood).to_csv(folder / "baseline_ood.csv", index=False)
-    _ood("int8 static", ood).to_csv(folder / "quantization_ood.csv", index=False)
-    pd.DataFrame([_m(model="int8 static", IS=NAN, FID=NAN, size_mb=0.1, latency_ms_cpu=0.98)]).to_csv(
-        folder / "quantization.csv", index=False)
-    prune = []
-    for strat in ("unstructured_global", "structured_global", "unstructured_conv", "structured_conv"):
-        for ratio, is_, fid in ((0.1, 4.8, 600.0), (0.3, 4.7, 610.0), (0.6, 3.0, 900.0), (0.9, 1.0, 6000.0)):
-            for ft in ((False, True) if strat.endswith("conv") else (False,)):
-                prune.append(_m(model=f"{strat} {ratio} {ft}", strategy=strat, ratio=ratio, finetuned=ft,
-                                method="one-shot", IS=is_, FID=fid, auroc_worst=0.7, flip=0.7))  # fmt: skip
-    pd.DataFrame(prune).to_csv(folder / "pruning.csv", index=False)
-    st = [_m(model="tiny/eq6", student="tiny", variant="eq6", params=student_params, IS=student_is, FID=605.0),
-          _m(model="big/eq6", student="big", variant="eq6", params=20_000, IS=1.0, FID=3000.0, flip=0.5)]
-    pd.DataFrame(st).to_csv(folder / "distillation.csv", index=False)
+# ---- the paper report on the committed tables ---------------------------------------------------
+def test_verdict_counts_of_the_committed_cpu_results():
+    table = paper_report.verdict_table(CPU)
+    counts = paper_report.verdict_counts(table).to_dict()
+    assert counts == {REPRODUCED: 5, CONTRADICTED: 7, INCONCLUSIVE: 1, NOT_TESTABLE: 8}, counts
+    assert list(table.columns) == paper_report.COLUMNS and table.verdict.isin(verdicts.VERDICTS).all()
+    assert not table.claim.str.startswith("protocol").any()  # choices are in the protocol table, not here
 
 
-def test_verdict_table_from_synthetic_results(tmp_path):
-    _write_results(tmp_path)
-    t = verdicts.verdict_table(tmp_path)
-    assert set(t.verdict) <= set(verdicts.VERDICTS)
-    by = t.set_index("claim")
-    assert by.loc["baseline FID", "verdict"] == "not comparable"
-    assert by.loc["Table 1: compression ratio of 11.9x", "verdict"] == "not comparable"
-    assert by.loc["Table 1: 50% faster inference (int8)", "verdict"] == "not reproduced"  # 1.02x, no spread
-    assert by.loc["int8 makes the model less adept at noise detection", "verdict"] == "not reproduced"
-    marginal = by.loc["size reductions: nearly zero scores, only a marginal ability to recognize them"]
-    assert marginal.verdict == "not reproduced" and "AUROC" in marginal["this project"]  # gap -0.04, AUROC 0.99
-    head = by.loc["a 1/145th-sized student matches the baseline's image quality and anomaly detection"]
-    assert head.verdict == "reproduced" and "tiny/eq6" in head["this project"]
-    assert by.loc["students comparable or superior to the quantized model at OOD", "verdict"] == "not reproduced"
-    assert by.loc["IS volatile, notable drops at 30% and 40%", "verdict"] == "not reproduced"  # needs a dip, not a slope
-    assert "fine-tuned" in " ".join(t.claim)
-    for verdict in t.verdict:  # every verdict is generated, from the numbers
-        assert verdict in verdicts.VERDICTS
+def test_untestable_claims_say_what_would_test_them():
+    table = paper_report.verdict_table(CPU).set_index("claim")
+    headline = table.loc["a 1/145th-sized student matches the baseline's image quality and anomaly detection"]
+    assert headline.verdict == NOT_TESTABLE and "profile(s) paper" in headline.reason
+    assert f"{paper_report.resnet18_params():,}" in headline.reason
+    fid, is_ = table.loc["baseline FID 5,275"], table.loc["baseline IS 1.13"]
+    assert fid.verdict == is_.verdict == NOT_TESTABLE  # both on the scale of the paper's unpublished classifier
+    drops = table.loc["IS volatile, notable drops at 30% and 40%"]
+    assert drops.verdict == NOT_TESTABLE and "40%" in drops.reason
+    both = table[table.index.str.startswith("size reductions")]
+    assert len(both) == 2 and set(both.verdict) == {REPRODUCED, CONTRADICTED}  # corner subsample and centred shrink
 
 
-def test_headline_not_reproduced_below_floor_and_not_comparable_off_ratio(tmp_path):
-    _write_results(tmp_path, student_is=1.5)
-    head = verdicts.verdict_table(tmp_path).set_index("claim").iloc[-1]
-    assert head.verdict == "not reproduced" and "does not generate" in head.why
-    _write_results(tmp_path, student_params=5_000)  # 16x fewer: not the paper's ratio
-    head = verdicts.verdict_table(tmp_path).set_index("claim").iloc[-1]
-    assert head.verdict == "not comparable"
+def test_rows_with_intervals_carry_them():
+    table = paper_report.verdict_table(CPU)
+    judged = table[table.verdict.isin([REPRODUCED, CONTRADICTED, INCONCLUSIVE])]
+    assert judged.interval.str.contains(r"\[").all()
 
 
-def test_missing_baseline_names_the_notebook(tmp_path):
-    with pytest.raises(FileNotFoundError, match="02_evaluation"):
-        verdicts.verdict_table(tmp_path)
-
-
-@pytest.mark.parametrize("profile", ["cpu", "smoke"])
-def test_committed_results_give_a_table(profile):
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "results" / profile
-    if not (folder / "baseline.csv").exists():
-        pytest.skip(f"no committed results for {profile}")
-    t = verdicts.verdict_table(folder)
-    assert len(t) >= 20 and set(t.verdict) <= set(verdicts.VERDICTS)
-
-
-def test_protocol_rows_say_where_the_run_keeps_the_papers_proportions(tmp_path):
-    from ebmhelpers.profiles import get_profile
-
-    _write_results(tmp_path)
-    paper_like = get_profile("paper")
-    t = verdicts.verdict_table(tmp_path, paper_like).set_index("claim")
-    assert t.loc["protocol: fine-tuning length, a fraction of the baseline's training", "verdict"] == "reproduced"
-    assert t.loc["protocol: students train half the baseline's epochs", "verdict"] == "reproduced"
-    assert t.loc["protocol: distillation loss, eq. 6 (plain MSE of energies)", "verdict"] == "reproduced"
-    assert t.loc["protocol: pruning ratios", "verdict"] == "not comparable"  # the synthetic run has 4 ratios
-    small = get_profile("smoke").replace(epochs=12, distill_epochs=2, finetune_epochs=1, finetune_iters=5)
-    t = verdicts.verdict_table(tmp_path, small).set_index("claim")
-    assert t.loc["protocol: fine-tuning length, a fraction of the baseline's training", "verdict"] == "not comparable"
-    assert t.loc["protocol: students train half the baseline's epochs", "verdict"] == "not comparable"
-
-
-def test_table1_speed_uses_the_interleaved_timing_when_saved(tmp_path):
-    _write_results(tmp_path)
-    pd.DataFrame([{"model": "fp32", "speedup_cpu": 1.0, "speedup_lo": 0.9, "speedup_hi": 1.1},
-                  {"model": "int8 static", "speedup_cpu": 1.9, "speedup_lo": 1.7, "speedup_hi": 2.1}]).to_csv(
-        tmp_path / "quantization_speed.csv", index=False)  # fmt: skip
-    row = verdicts.verdict_table(tmp_path).set_index("claim").loc["Table 1: 50% faster inference (int8)"]
-    assert row.verdict == "reproduced" and "interleaved" in row["this project"]
-    pd.DataFrame([{"model": "int8 static", "speedup_cpu": 1.5, "speedup_lo": 0.8, "speedup_hi": 2.1}]).to_csv(
-        tmp_path / "quantization_speed.csv", index=False)
-    row = verdicts.verdict_table(tmp_path).set_index("claim").loc["Table 1: 50% faster inference (int8)"]
-    assert row.verdict == "not reproduced" and row.why.startswith("no difference")
+def test_protocol_table_holds_choices_only():
+    table = paper_report.protocol_table(CPU, get_profile("cpu"))
+    assert table.status.isin(paper_report.PROTOCOL_STATUS).all()
+    by = table.set_index("choice")
+    assert by.loc["network", "status"] == "scaled" and by.loc["pruning norm", "status"] == "followed"
+    assert by.loc["fine-tuning length", "how"].startswith("1.00x")  # the cpu profile keeps the paper's 7/60
