@@ -27,6 +27,20 @@ def finish(fig: plt.Figure, title: str | None = None, save: str | Path | None = 
     return fig
 
 
+def error_bars(ax, x, y, yerr=None, xerr=None, **kwargs) -> None:
+    """``ax.errorbar`` with the series' conventions: an error column (a Series: a std over seeds, or
+    an (2, n) array of lower and upper extents) that was never measured (all NaN) draws no bar, and
+    single NaNs draw none for that point; defaults: round markers, small caps."""
+    def clean(err):
+        if err is None:
+            return None
+        arr = np.asarray(err, dtype=float)
+        return None if np.isnan(arr).all() else np.nan_to_num(arr, nan=0.0)
+
+    kwargs = {"marker": "o", "capsize": 2, **kwargs}
+    ax.errorbar(x, y, yerr=clean(yerr), xerr=clean(xerr), **kwargs)
+
+
 def image_grid(
     images: torch.Tensor, nrow: int = 10, title: str | None = None, save: str | Path | None = None, ax=None
 ) -> plt.Figure:
@@ -151,10 +165,9 @@ def quality_vs_steps(
     colours = {name: f"C{i}" for i, name in enumerate(study.model.unique())}
     for ax, metric in zip(axes, ("FID", "IS")):
         for (name, size), part in study.groupby(["model", "step_size"], sort=False):
-            err = part[f"{metric}_std"] if part[f"{metric}_std"].notna().any() else None
             label = name if len(sizes) == 1 else f"{name}, step size {size:g}"
-            ax.errorbar(part.steps, part[metric], yerr=err, marker="o", capsize=3, label=label, color=colours[name],
-                        ls=("-", "--", ":", "-.")[sizes.index(size) % 4])  # fmt: skip
+            error_bars(ax, part.steps, part[metric], part[f"{metric}_std"], capsize=3, label=label, color=colours[name],
+                       ls=("-", "--", ":", "-.")[sizes.index(size) % 4])  # fmt: skip
         for i, (label, ref) in enumerate((references or {}).items()):
             ax.axhline(ref[metric], ls=(0, (4, 2 + i)), lw=1, color=f"C{7 + i % 3}", label=label)
         ax.set_xscale("log", base=2)
@@ -213,15 +226,14 @@ def labelled_grids(
 def sampling_budget(budget: pd.DataFrame, gen_steps: int, title: str | None = None, save: str | Path | None = None
                     ) -> plt.Figure:
     """FID (error bars: std over seeds) and the time of one chain against the SGLD steps K, for a
-    ``comparison.sampling_budget`` table: one colour per model in both panels, one line style per
+    :func:`budget.sampling_budget` table: one colour per model in both panels, one line style per
     step rule; a dotted line at the profile's ``gen_steps``."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     colours = {model: f"C{i}" for i, model in enumerate(budget.model.unique())}
     styles = {rule: ("-", "--", ":", "-.")[i % 4] for i, rule in enumerate(budget.rule.unique())}
     for (model, rule), g in budget.groupby(["model", "rule"], sort=False):
         g = g.sort_values("K")
-        axes[0].errorbar(g.K, g.FID, yerr=g.FID_std.fillna(0), marker="o", capsize=2, color=colours[model],
-                         ls=styles[rule], label=f"{model}, {rule}")
+        error_bars(axes[0], g.K, g.FID, g.FID_std, color=colours[model], ls=styles[rule], label=f"{model}, {rule}")
     for model, g in budget.drop_duplicates(["model", "K"]).groupby("model", sort=False):
         g = g.sort_values("K")
         axes[1].plot(g.K, g.seconds, marker="o", color=colours[model], label=model)
@@ -276,36 +288,46 @@ def pareto_plot(
     labels: dict[str, str] | None = None,
 ) -> plt.Figure:
     """Quality against cost, one panel per ``(cost, quality, lower_is_better)``, colour and marker
-    per family, error bars (``<quality>_std``) and the Pareto front (dashed). On a size axis
-    (``cost`` ending in ``size_mb``) masked pruned models (:func:`masked_at_dense_size`) are left
-    out, as the legend says: their file is the dense model's size, which says nothing of what
-    pruning saved. Their latency is measured, so they stay in latency panels. ``labels`` maps a
-    column to its axis label (default: the column name)."""
+    per family, error bars (``<quality>_std``; on the cost axis ``<cost>_lo``..``<cost>_hi`` where
+    the table has them, e.g. the quartile spread of an interleaved timing) and the Pareto front
+    (dashed) through the models that generate (column ``generates``, :func:`verdicts.generates`);
+    the others are drawn hollow and never on the front. On a size axis (``cost`` ending in
+    ``size_mb``) masked pruned models (:func:`masked_at_dense_size`) are left out, as the legend
+    says: their file is the dense model's size, which says nothing of what pruning saved. Rows
+    without the cost (e.g. no interleaved timing) are left out and counted in the legend.
+    ``labels`` maps a column to its axis label (default: the column name)."""
     families = list(dict.fromkeys(table.family))
     markers = dict(zip(families, "oXsP^vD*"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (cost, quality, lower_better) in zip(axes[0], panels):
         shown = table.dropna(subset=[cost, quality])
+        untimed = len(table.dropna(subset=[quality])) - len(shown)
         left_out = masked_at_dense_size(shown) if cost.endswith("size_mb") else pd.Series(False, index=shown.index)
         shown = shown[~left_out]
         if shown.empty:
             ax.text(0.5, 0.5, f"no {quality} in the saved results", ha="center", transform=ax.transAxes)
             continue
+        gen = shown.generates.astype(bool) if "generates" in shown else pd.Series(True, index=shown.index)
         for i, fam in enumerate(families):
-            d = shown[shown.family == fam]
-            if not d.empty:
-                ax.scatter(d[cost], d[quality], marker=markers[fam], s=50, color=f"C{i}", label=fam, zorder=3)
-        std = f"{quality}_std"
-        if std in shown and shown[std].notna().any():
-            ax.errorbar(shown[cost], shown[quality], yerr=shown[std].fillna(0), fmt="none", ecolor="gray", lw=1,
-                        capsize=2)  # fmt: skip
-        front = verdicts.pareto_front(shown, cost, quality, lower_better)
-        ax.step(front[cost], front[quality], "k--", where="post", lw=1, label="Pareto front")
+            for alive in (True, False):
+                d = shown[(shown.family == fam) & (gen == alive)]
+                if not d.empty:
+                    ax.scatter(d[cost], d[quality], marker=markers[fam], s=50, zorder=3, label=fam if alive else
+                               f"{fam}: does not generate", color=f"C{i}" if alive else "none", edgecolors=f"C{i}")
+        xerr = None
+        if f"{cost}_lo" in shown and f"{cost}_hi" in shown:
+            xerr = np.clip([shown[cost] - shown[f"{cost}_lo"], shown[f"{cost}_hi"] - shown[cost]], 0, None)
+        error_bars(ax, shown[cost], shown[quality], shown.get(f"{quality}_std"), xerr=xerr, fmt="none", ecolor="gray",
+                   lw=1, marker=None)
+        front = verdicts.pareto_front(shown[gen], cost, quality, lower_better)
+        ax.step(front[cost], front[quality], "k--", where="post", lw=1, label="Pareto front (models that generate)")
         if left_out.any():
             ax.plot([], [], ls="none", label=f"not shown: {int(left_out.sum())} masked pruned model(s)\n"
                                              "(zeros stored densely: file = dense size)")  # fmt: skip
+        if untimed:
+            ax.plot([], [], ls="none", label=f"not shown: {untimed} model(s) without {(labels or {}).get(cost, cost)}")
         if quality.startswith("auroc"):
-            ax.axhline(0.5, color="red", ls=":", lw=1, label="chance (below: inverted)")
+            ax.axhline(verdicts.CHANCE_AUROC, color="red", ls=":", lw=1, label="chance (below: inverted)")
             ax.set_ylim(-0.02, 1.02)
         _legible_log_x(ax)
         ax.set(xlabel=(labels or {}).get(cost, cost), ylabel=(labels or {}).get(quality, quality))

@@ -1,10 +1,13 @@
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from ebmhelpers import plotting
+
+NAN = float("nan")
 
 
 def test_energy_histograms_give_each_set_its_own_bins_and_far_sets_their_own_panel():
@@ -53,6 +56,28 @@ def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ti
     assert "pruning" in lat_ax.get_legend_handles_labels()[1]
     assert [x.get_text() for x in size_ax.get_xticklabels() if x.get_text()] and not [
         x.get_text() for x in size_ax.get_xticklabels(minor=True) if x.get_text()]
+
+
+def test_pareto_front_passes_only_through_models_that_generate_and_costs_carry_their_spread():
+    t = pd.DataFrame({"family": ["baseline", "distillation", "distillation"], "model": ["b", "s1", "s2"],
+                      "size_mb": [0.3, 0.01, 0.1], "FID": [300.0, 1500.0, 700.0], "FID_std": [2.0, 9.0, 8.0],
+                      "generates": [True, False, True], "latency_rel": [1.0, 0.2, NAN],
+                      "latency_rel_lo": [0.9, 0.15, NAN], "latency_rel_hi": [1.1, 0.3, NAN]})  # fmt: skip
+    fig = plotting.pareto_plot(t, [("size_mb", "FID", True), ("latency_rel", "FID", True)])
+    size_ax, lat_ax = fig.axes
+    front = [line for line in size_ax.get_lines() if line.get_label().startswith("Pareto")][0]
+    assert sorted(front.get_xdata()) == [0.1, 0.3]  # s1 is smallest but draws noise: off the front
+    assert "distillation: does not generate" in size_ax.get_legend_handles_labels()[1]
+    assert any(lab.startswith("not shown: 1 model(s) without latency_rel") for lab in lat_ax.get_legend_handles_labels()[1])
+    assert any(c.has_xerr for c in lat_ax.containers)
+
+
+def test_error_bars_skip_spreads_never_measured():
+    fig, ax = plt.subplots()
+    plotting.error_bars(ax, [1, 2], [3.0, 4.0], pd.Series([NAN, NAN]), label="none measured")
+    plotting.error_bars(ax, [1, 2], [3.0, 4.0], pd.Series([0.5, NAN]), label="one measured")
+    none, one = ax.containers
+    assert not none.has_yerr and one.has_yerr
 
 
 def test_training_length_draws_one_line_per_recipe_and_sample_source_in_step_order():
