@@ -335,7 +335,7 @@ def _claim_row(claim: str, section: str, paper_says: str, what: str, parts: list
                rule: str, combiner=combine) -> dict:
     """A claim judged by several (interval, verdict) parts, combined by ``combiner``."""
     verdict = combiner([v for _, v in parts])
-    ours = "; ".join(f"{iv.metric}: {v}" for iv, v in parts)
+    ours = "; ".join(f"{iv.label or iv.metric}: {v}" for iv, v in parts)
     return _row(claim, section, paper_says, f"{what}: {ours}", rule, "; ".join(iv.text() for iv, _ in parts), verdict,
                 f"{sum(v == REPRODUCED for _, v in parts)} of {len(parts)} parts reproduced, "
                 f"{sum(v == CONTRADICTED for _, v in parts)} contradicted, {sum(v == INCONCLUSIVE for _, v in parts)} "

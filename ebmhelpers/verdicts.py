@@ -18,14 +18,17 @@ digits.
 
 **Margins** (module constants, equivalence margins stated before any comparison):
 :data:`FID_MARGIN` (FID at most 10% above the reference's), :data:`IS_MARGIN` (IS at most 5%
-below) and :data:`AUROC_MARGIN` (each OOD AUROC at most 0.02 below). FID and IS compare as
+below) and :data:`AUROC_MARGIN` (each OOD AUROC at most 0.03 below). FID and IS compare as
 ratios, because they move by factors and the feature scale of this project's classifier is
 arbitrary. FID estimated from a few thousand digits is biased and noisy by a few percent (it
 depends on the number of samples), so 10% asks for a change beyond what the estimator alone
 produces; IS is bounded by the 10 classes and its range between noise and a good generator is
-narrower than FID's, hence half the margin. 0.02 of AUROC is about the standard error of an AUROC
-near 0.8 on a Table 2 cell (a few hundred digits of one class, :func:`metrics.auroc_se`): a smaller
-difference is not resolved by the OOD sets.
+narrower than FID's, hence half the margin. The AUROC margin must exceed the half-width of
+the interval of a null difference, or no model could ever be shown to keep detection: two
+AUROCs near 0.7 on a few thousand images per set, treated as independent (below), give a
+half-width of about 0.02, so 0.03 is the smallest round margin above it. On a Table 2 cell (a few
+hundred digits of one class, :func:`metrics.auroc_se`) intervals are about three times wider, and
+such comparisons are often inconclusive: the sets cannot resolve them.
 
 **Intervals.** Every comparison is an :class:`Interval` of the oriented difference (positive:
 the model is better): log-ratios for FID and IS, differences for AUROC. For IS and FID the
@@ -58,7 +61,7 @@ from scipy import stats
 # ---- the margins and the interval ---------------------------------------------------------------
 FID_MARGIN = 0.10  # a model keeps FID when its FID is at most 10% above the reference's
 IS_MARGIN = 0.05  # ... and IS when its IS is at most 5% below
-AUROC_MARGIN = 0.02  # ... and an OOD AUROC when it is at most 0.02 below (each transform on its own)
+AUROC_MARGIN = 0.03  # ... and an OOD AUROC when it is at most 0.03 below (each transform on its own)
 CONFIDENCE = 0.95  # two-sided coverage of every interval
 CHANCE_AUROC = 0.5  # below it a detector is inverted: it gives the OOD images lower energy than digits
 MARGINAL_AUROC = 0.7  # "only a marginal ability" to detect: AUROC below the conventional "acceptable" 0.7
