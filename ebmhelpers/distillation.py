@@ -81,6 +81,7 @@ from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
 from .plotting import finish, image_grid
 from .profiles import Profile
+from .pruning import combine_training_seeds
 from .checkpoints import load_checkpoint
 from .runtime import Context, seed_everything
 from .sampling import batched_energy_grad, generate
@@ -572,21 +573,36 @@ def load_or_distill(
     return distiller.student.eval(), distiller.history
 
 
+def training_seeds(profile: Profile, variant: str) -> int:
+    """How many training seeds a student of ``variant`` has: ``profile.training_seeds`` for the
+    reproduction (:data:`REPRODUCTION`, the runs that carry a verdict), one for the extensions."""
+    return profile.training_seeds if variant == REPRODUCTION else 1
+
+
 def run_name(variant: str, grad_weight: float = 0.0) -> str:
     """``eq6``, ``mixed``, ``real`` or ``mixed+grad``: the name of a distillation run in tables."""
     return f"{variant}+grad" if grad_weight > 0 else variant
 
 
-def best_student(table: pd.DataFrame) -> pd.Series:
+def best_student(table: pd.DataFrame, refs=None) -> pd.Series:
     """The row of the distillation table with the lowest FID among the students that generate
-    (IS at least :data:`verdicts.IS_FLOOR`: FID is not compared between noise generators), else
-    the highest IS (any student, any variant)."""
+    (:func:`verdicts.generates` against ``refs``, by default the profile's: FID is not compared
+    between noise generators), else the highest IS (any student, any variant)."""
     from .verdicts import generates
 
     if table.empty or table.FID.isna().all():
         raise ValueError("the distillation table has no scored student")
-    gen = table[table.apply(generates, axis=1)]
+    gen = table[table.apply(lambda row: generates(row, refs), axis=1)]
     return gen.loc[gen.FID.idxmin()] if len(gen) else table.loc[table.IS.fillna(0).idxmax()]
+
+
+def quality_text(row, refs=None) -> str:
+    """``IS m ± s, FID m ± s`` of a scored row (a table row or a dict), with a note when it does not
+    generate (:func:`verdicts.generates` against ``refs``: its FID is then not compared)."""
+    from .verdicts import generates
+
+    return (f"IS {row['IS']:.2f} ± {row['IS_std']:.2f}, FID {row['FID']:.0f} ± {row['FID_std']:.0f}"
+            + ("" if generates(row, refs) else " (does not generate)"))
 
 
 def best_student_name(table: pd.DataFrame) -> str:
@@ -656,6 +672,28 @@ def score_model(
     return row, ood, samples
 
 
+def score_seeds(
+    ev: Evaluator, trained: Sequence[nn.Module], student: str, variant: str, held: DistillSet | None = None,
+) -> tuple[dict, torch.Tensor | None]:
+    """One table row for a student distilled with several training seeds (``trained``, seed 0
+    first): each seed's model scored by :func:`score_model`, the rows combined as notebook 04
+    combines its fine-tunings (:func:`~ebmhelpers.pruning.combine_training_seeds`: means, and
+    ``IS_std``/``FID_std`` over training and generation seeds by the law of total variance), with
+    ``training_seeds``; integer columns equal in every seed's row (``params``) stay integers.
+    Returns the row and the first seed's samples."""
+    rows, first = [], None
+    for seed, model in enumerate(trained):
+        row, _, samples = score_model(ev, model, student, variant, held)
+        rows.append(row | {"training_seed": seed})
+        first = samples if seed == 0 else first
+    out = combine_training_seeds(pd.DataFrame(rows))
+    for key, value in rows[0].items():
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and all(r[key] == value for r in rows):
+            out[key] = value
+    out.pop("training_seed", None)
+    return out, first
+
+
 def teacher_reference(teacher: nn.Module, ev: Evaluator) -> pd.Series:
     """The baseline row notebook 02 saved (IS, FID, OOD of the teacher, same Evaluator) with its
     latency and SGLD throughput replaced by :func:`metrics.measure_cost` timings taken now, so
@@ -715,12 +753,13 @@ def _std(df: pd.DataFrame | pd.Series, col: str) -> Any:
 
 def plot_vs_size(
     df: pd.DataFrame, teacher: dict | pd.Series, metrics: Sequence[tuple[str, str]] = FIGURE3_METRICS,
-    title: str | None = None, save: str | Path | None = None,
+    title: str | None = None, save: str | Path | None = None, highlight: pd.Series | None = None,
 ) -> plt.Figure:
     """Figure 3: each metric against the student's parameter count (log x), one line per
     variant, the teacher as a dashed reference line (with its seed-to-seed std as a band).
-    IS and FID carry error bars of one std over the scoring seeds when the table has them;
-    AUROC panels mark chance (0.5), below which a detector is inverted."""
+    IS and FID carry error bars of one std over the seeds when the table has them; AUROC panels
+    mark chance (0.5), below which a detector is inverted. ``highlight`` (a row of ``df``, e.g.
+    :func:`best_student`'s) is ringed on every panel."""
     ncols = min(2, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
@@ -732,6 +771,9 @@ def plot_vs_size(
                         label=f"students ({variant})")
             for r in part.itertuples():
                 ax.annotate(r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if highlight is not None:
+            ax.scatter([highlight["params"]], [highlight[col]], s=160, facecolors="none", edgecolors="r", zorder=5,
+                       label=f"best: {highlight['student']} ({highlight['variant']})")
         ax.axhline(teacher[col], color="k", ls="--", lw=1, label="baseline (teacher)")
         t_std = _std(teacher, col)
         if t_std is not None:

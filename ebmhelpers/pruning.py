@@ -498,11 +498,12 @@ def training_seeds(profile: Profile, ratio: float) -> int:
 
 
 def combine_training_seeds(rows: pd.DataFrame) -> dict:
-    """One row for the same pruned model fine-tuned with several training seeds (one scored row each):
-    numeric columns averaged, ``IS_std``/``FID_std`` the spread over training *and* generation seeds
-    (law of total variance: the mean generation variance plus the variance of the per-seed means),
-    ``IS_train_std``/``FID_train_std`` the spread of the per-seed means alone, the guard's rollbacks
-    summed and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds."""
+    """One row for the same model trained with several training seeds (a pruned model fine-tuned, a
+    student distilled; one scored row each): numeric columns averaged, ``IS_std``/``FID_std`` the
+    spread over training *and* generation seeds (law of total variance: the mean generation variance
+    plus the variance of the per-seed means), ``IS_train_std``/``FID_train_std`` the spread of the
+    per-seed means alone, where the rows have them the guard's rollbacks summed and ``diverged`` when
+    any run gave up; ``training_seeds`` counts the seeds."""
     out = rows.iloc[0].to_dict()
     for col in rows.select_dtypes("number").columns:
         out[col] = float(rows[col].mean())
@@ -510,8 +511,9 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
         between = float(rows[metric].var(ddof=0)) if len(rows) > 1 else 0.0
         out[f"{metric}_std"] = float((rows[f"{metric}_std"].pow(2).mean() + between) ** 0.5)
         out[f"{metric}_train_std"] = float(rows[metric].std(ddof=1)) if len(rows) > 1 else float("nan")
-    out["rollbacks"] = int(rows.rollbacks.sum())
-    out["diverged"] = bool(rows.diverged.any())
+    if "rollbacks" in rows:
+        out["rollbacks"] = int(rows.rollbacks.sum())
+        out["diverged"] = bool(rows.diverged.any())
     out["training_seeds"] = len(rows)
     out.pop("training_seed", None)
     return out

@@ -381,7 +381,63 @@ def test_students_train_half_the_teachers_epochs():
 
 
 def test_best_student_is_compared_by_fid_only_among_students_that_generate():
-    table = pd.DataFrame({"student": ["a", "b", "c"], "variant": "eq6", "IS": [1.1, 3.0, 2.5],
-                          "FID": [500.0, 900.0, 800.0]})  # fmt: skip
-    assert d.best_student(table).student == "c"  # a has the lowest FID but draws noise
-    assert d.best_student(table.assign(IS=[1.1, 1.5, 1.2])).student == "b"  # none generates: highest IS
+    from ebmhelpers.verdicts import References
+
+    refs = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=2000.0)  # IS > 2.65, FID < 775 generate
+    table = pd.DataFrame({"student": ["a", "b", "c"], "variant": "eq6", "IS": [1.1, 3.0, 2.9],
+                          "FID": [500.0, 700.0, 600.0]})  # fmt: skip
+    assert d.best_student(table, refs).student == "c"  # a has the lowest FID but draws noise
+    assert d.best_student(table.assign(IS=[1.1, 1.5, 1.2]), refs).student == "b"  # none generates: highest IS
+
+
+def test_training_seeds_of_a_student_combine_by_the_law_of_total_variance(monkeypatch):
+    """Two seeds with known per-seed means and generation stds: the row's std is the square root of
+    the mean generation variance plus the variance of the seed means; params stays an integer."""
+    per_seed = {0: {"IS": 4.0, "IS_std": 0.3, "FID": 100.0, "FID_std": 3.0, "heldout_rel_noise": 1.0},
+                1: {"IS": 6.0, "IS_std": 0.4, "FID": 110.0, "FID_std": 4.0, "heldout_rel_noise": 3.0}}  # fmt: skip
+    trained = [nn.Linear(1, 1), nn.Linear(1, 1)]
+
+    def fake_score(ev, model, student, variant, held=None):
+        seed = trained.index(model)
+        row = {"student": student, "variant": variant, "model": f"{student}/{variant}", "params": 539, **per_seed[seed]}
+        return row, pd.DataFrame(), torch.full((2, 1, 28, 28), float(seed))
+
+    monkeypatch.setattr(d, "score_model", fake_score)
+    row, samples = d.score_seeds(None, trained, "cnn_2-3-4-4", d.REPRODUCTION)
+    assert row["IS"] == pytest.approx(5.0) and row["FID"] == pytest.approx(105.0)
+    assert row["IS_std"] == pytest.approx(((0.3**2 + 0.4**2) / 2 + 1.0) ** 0.5)
+    assert row["FID_std"] == pytest.approx(((3.0**2 + 4.0**2) / 2 + 25.0) ** 0.5)
+    assert row["IS_train_std"] == pytest.approx(2**0.5) and row["heldout_rel_noise"] == pytest.approx(2.0)
+    assert row["training_seeds"] == 2 and "training_seed" not in row and "rollbacks" not in row
+    assert row["params"] == 539 and isinstance(row["params"], int) and row["student"] == "cnn_2-3-4-4"
+    assert torch.equal(samples, torch.zeros(2, 1, 28, 28))  # the first seed's samples
+    one, _ = d.score_seeds(None, trained[1:], "cnn_2-3-4-4", "mixed")
+    assert one["IS_std"] == pytest.approx(0.4) and one["training_seeds"] == 1  # one seed: its own spread
+
+
+def test_eq6_students_have_the_profiles_training_seeds_and_extensions_one():
+    p = get_profile("cpu")
+    assert d.training_seeds(p, d.REPRODUCTION) == p.training_seeds >= 2
+    assert d.training_seeds(p, "mixed") == d.training_seeds(p, "real") == 1
+    files = [d.student_file("cnn_7k", d.REPRODUCTION, s) for s in range(3)]
+    assert files == ["student_cnn_7k_eq6", "student_cnn_7k_eq6_s1", "student_cnn_7k_eq6_s2"]
+
+
+def test_figure3_rings_the_highlighted_student():
+    df = pd.DataFrame({"student": ["a", "b"], "variant": "eq6", "params": [100, 1000], "FID": [50.0, 40.0],
+                       "IS": [2.0, 3.0], "auroc_worst": [0.4, 0.7], "sgld_img_steps_per_s": [1e4, 1e3]})  # fmt: skip
+    teacher = pd.Series({"FID": 30.0, "IS": 4.0, "auroc_worst": 0.9, "sgld_img_steps_per_s": 100.0})
+    fig = d.plot_vs_size(df, teacher, highlight=df.iloc[1])
+    for ax, (col, _) in zip(fig.axes, d.FIGURE3_METRICS):
+        rings = [c for c in ax.collections if c.get_label() == "best: b (eq6)"]
+        assert len(rings) == 1 and tuple(rings[0].get_offsets()[0]) == (1000, df[col].iloc[1])
+    matplotlib.pyplot.close(fig)
+
+
+def test_quality_text_says_when_a_student_does_not_generate():
+    from ebmhelpers.verdicts import References
+
+    refs = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=2000.0)
+    row = {"IS": 1.5, "IS_std": 0.01, "FID": 712.4, "FID_std": 7.6}
+    assert d.quality_text(row, refs) == "IS 1.50 ± 0.01, FID 712 ± 8 (does not generate)"
+    assert d.quality_text(pd.Series(row | {"IS": 3.5}), refs) == "IS 3.50 ± 0.01, FID 712 ± 8"

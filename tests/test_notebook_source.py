@@ -23,8 +23,9 @@ SHOWN = {
     "02": {("metrics", "inception_score"), ("metrics", "frechet_distance")},
     "03": {("quantization", "quantize_weight")},
     "04": {("pruning", "apply_pruning"), ("pruning", "global_channel_masks")},
-    "05": {("distillation", "distill_loss"), ("distillation", "Distiller._train_step")},
-    "06": {("verdicts", "generates"), ("verdicts", "quality_interval")},
+    "05": {("distillation", "distillation_inputs"), ("distillation", "distill_loss"),
+           ("distillation", "Distiller._train_step")},
+    "06": set(),
 }
 CONTENT = {
     "metropolis_hastings": ["def metropolis_hastings(", "accept = torch.rand_like(e).log() < e - e_y"],
@@ -40,10 +41,10 @@ CONTENT = {
     "quantize_weight": ["def quantize_weight(", "qmax = 2 ** (bits - 1) - 1", "torch.round(w / scale)"],
     "apply_pruning": ["def apply_pruning(", "prune.global_unstructured", "global_channel_masks(layers, ratio"],
     "global_channel_masks": ["def global_channel_masks(", "channel_scores(weights", "if left[layer] == 1:"],
+    "distillation_inputs": ["def distillation_inputs(", "buf_hold, buf_train = buffer[perm[:n_hold]], buffer[perm[n_hold:]]",
+                            "train = pack([real, buf_train, noise(len(buf_train))])"],
     "distill_loss": ["def distill_loss(", "create_graph=True", "weighted_mse(energy, teacher_energy, energy_w)"],
     "Distiller._train_step": ["def _train_step(self, batch", "distill_loss(", "self.opt.step()"],
-    "generates": ["def generates(", "return is_ > r.is_min and fid < r.fid_max"],
-    "quality_interval": ["def quality_interval(", "standard_error(row, metric)", "_t_interval(est,"],
 }
 MAX_SHOWN_LINES = 40  # a shown definition is short enough to read; split a longer one in the package
 MIN_SHOWN = 22  # the series shows at least this many central algorithms
