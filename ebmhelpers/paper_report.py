@@ -217,8 +217,8 @@ def _score_rows(res: Results) -> list[dict]:
             "testable only on the paper's classifier's scale (paper.CLASSIFIER_PUBLISHED)", "-", NOT_TESTABLE,
             f"{paper.CLAIMS['classifier'][0]}: '{paper.CLAIMS['classifier'][1]}', no architecture or weights; on this "
             f"classifier's scale uniform noise scores {metric} {ref_noise:.4g} and this baseline {base:.4g}, so the paper's "
-            f"{rep.value:g} would sit at {place:.2f} of the log-distance from noise to this baseline; testable with the "
-            "paper's classifier, or its scores of real digits and noise"))
+            f"{rep.value:g} would sit at {place:.2f} on a log scale where noise is 0 and this baseline 1 (below 0: "
+            "beyond noise); testable with the paper's classifier, or its scores of real digits and noise"))
     return rows
 
 
