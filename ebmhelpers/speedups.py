@@ -1,21 +1,24 @@
-"""Faster SGLD on a GPU: channels_last, ``torch.compile`` of the energy network, CUDA-graph replay.
+"""Faster SGLD: channels_last, ``torch.compile`` of the energy network, CUDA-graph replay.
 
-SGLD is the series' hot loop (training spends about 95% of its time in it). On 28x28 digits a
-ResNet18 step is many small kernels, so a GPU idles between launches unless the batch is large or
-the launches are batched up. :class:`SGLDRunner` runs the same chain as :func:`sampling.sgld` (one
-:func:`sampling.sgld_step` per step, parameters frozen) with any of three changes, each measured
-by ``python -m ebmhelpers bench --speedups`` before a profile turns it on. Their GPU rungs are
-unmeasured so far, so every profile keeps them off (``profiles.Speedups``, all False):
+SGLD is the series' hot loop (training spends most of its time in it). On 28x28 digits a ResNet18
+step is many small kernels, so a GPU idles between launches unless the batch is large or the
+launches are batched up. :class:`SGLDRunner` runs the same chain as :func:`sampling.sgld` (one
+:func:`sampling.sgld_step` per step, parameters frozen) with any of three changes. A profile turns
+each on by its field of the same name (:meth:`profiles.Profile.speedups`): ``channels_last`` on any
+device, ``compile`` and ``cuda_graph`` on CUDA devices only, so those two serve the GPU profiles
+(on a CPU the runner is plain :func:`sampling.sgld`). ``python -m ebmhelpers bench --speedups``
+measures each on a GPU, with its agreement with eager SGLD:
 
 * ``channels_last``: the network's weights (and so its activations) in NHWC, the layout the
-  tensor-core convolutions of cuDNN prefer under bf16;
+  tensor-core convolutions of cuDNN prefer under bf16 (the cpu profile turns it on too:
+  ``python -m ebmhelpers bench --interleaved`` measures it on a CPU);
 * ``compile``: ``torch.compile`` of the energy network (``fullgraph=True``: a graph break is an
   error, never a silent partial compile); AOTAutograd compiles its forward and the backward that
-  ``autograd.grad`` runs for dE/dx. Compiling the whole step instead (``autograd.grad`` traced
-  with ``torch._dynamo.config.trace_autograd_ops = True``) works on torch 2.14 but not on the
-  device image's torch 2.11 ("Unsupported Tensor.requires_grad_() call", checked on the CPU with
-  torch 2.11.0 from PyPI); what it would add, fusing the step's five elementwise operations, is
-  small beside the network's kernels, and ``cuda_graph`` removes their launches anyway;
+  ``autograd.grad`` runs for dE/dx. The network is compiled, not the whole step: tracing
+  ``autograd.grad`` needs ``torch._dynamo.config.trace_autograd_ops = True``, which torch 2.11
+  rejects ("Unsupported Tensor.requires_grad_() call"), and what it would add, fusing the step's
+  five elementwise operations, is small beside the network's kernels (``cuda_graph`` removes their
+  launches anyway);
 * ``cuda_graph``: one step captured as a CUDA graph per (batch shape, sampler settings) and
   replayed ``steps`` times: one launch per step instead of a few hundred. The graph reads the
   parameters where they live, so it stays valid while an optimizer updates them in place.

@@ -40,7 +40,7 @@ MIX_WEIGHTS = (3.0, 1.0) * (MIX_MODES // 2)  # alternately heavy and light (norm
 RING_RADIUS, RING_STD = 0.6, 0.1
 NO_GRAD_CLAMP = 1e6  # a gradient clamp that never binds: plain Langevin dynamics
 NUM_THREADS = 1  # tensors here are tiny: extra intra-op threads only add synchronization
-# (on a CPU shared with other jobs, two threads made toy training 17x slower than one)
+# (on a CPU shared with other jobs a second thread slows toy training down several times)
 ENERGY_PLOT_RANGE = 20.0  # energy plots show min(E) .. min(E) + this (nats)
 
 # ---- sampler comparison -------------------------------------------------------------------
@@ -50,6 +50,8 @@ RECORD_EVERY = 25
 MH_PROPOSAL_STD = 0.15
 LANGEVIN_STEP = 1e-3  # step size of ULA and MALA; the Langevin noise std is sqrt(2 * step)
 LANGEVIN_BIG_STEP = 5e-3  # a larger step: MALA stays exact, ULA shows its discretization bias
+FLOOR_REPEATS = 20  # draws of N_CHAINS exact samples that measure the TV floor (exact_tv_floor)
+FLOOR_BAND = 2.0  # a sampler "reaches the floor" at a TV within this many stds of the floor's mean
 
 # ---- training a small MLP energy (identical for every profile: the toy is tiny) ------------
 N_DATA = 8192
@@ -58,6 +60,8 @@ MLP_HIDDEN = (64, 64)
 TOY_BATCH = 128
 TOY_EPOCHS = 12  # 12 x 64 = 768 parameter updates for every training method
 TOY_BUFFER = 2048
+TOY_REINIT_FRAC = 0.05  # PCD chains restarted from uniform noise per update: the paper's 5%
+TOY_DATA_NOISE_STD = 0.005  # noise on the data points during training, as in every MNIST profile
 TOY_SGLD_STEPS = (2, 10)  # K of the CD-K / PCD-K comparison
 TOY_SGLD_STEP = 1e-3  # Langevin step; noise std sqrt(2 * step) makes SGLD sample exp(-E)
 TOY_LR = 1e-2
@@ -335,6 +339,49 @@ def total_variation(x: torch.Tensor, density: torch.Tensor, grid: Grid, bins: in
     return float(0.5 * ((p_hat - bin_masses(density, grid, bins)).abs().sum() + outside))
 
 
+def exact_tv_floor(
+    density: torch.Tensor, grid: Grid, n: int, repeats: int = FLOOR_REPEATS, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and std of :func:`total_variation` for ``n`` exact i.i.d. samples of ``density``, over
+    ``repeats`` draws: the TV that a perfect sampler with ``n`` chains still shows (the floor)."""
+    gen = torch.Generator().manual_seed(seed)
+    tvs = torch.tensor([total_variation(sample_exact(density, grid, n, gen), density, grid) for _ in range(repeats)])
+    return float(tvs.mean()), float(tvs.std())
+
+
+def floor_level(floor: tuple[float, float], band: float = FLOOR_BAND) -> float:
+    """The TV at or below which samples count as indistinguishable from exact ones: the floor's
+    mean plus ``band`` of its stds (:func:`exact_tv_floor`)."""
+    mean, std = floor
+    return mean + band * std
+
+
+def steps_to_level(curve: pd.DataFrame, level: float) -> int | None:
+    """The first recorded step at which a TV curve (:meth:`SamplerRun.tv_curve`) is at or below
+    ``level``, or None if it never is."""
+    hit = curve[curve.tv <= level]
+    return int(hit.step.iloc[0]) if len(hit) else None
+
+
+def convergence_table(curves: pd.DataFrame, floor: tuple[float, float], band: float = FLOOR_BAND) -> pd.DataFrame:
+    """Per sampler of ``curves`` (concatenated :meth:`SamplerRun.tv_curve` frames): the TV halfway
+    and at the end, the first step at the floor (:func:`steps_to_level` at :func:`floor_level`)
+    and a verdict by rule: ``"reaches the floor"``; else ``"still falling"`` when its TV fell over
+    the second half of the run by more than the floor's band (``band`` stds); else ``"stuck above
+    the floor"``, a chain that has stopped changing at a density other than the exact one."""
+    level, width = floor_level(floor, band), band * floor[1]
+    rows = []
+    for name, curve in curves.groupby("sampler", sort=False):
+        steps, tv = curve.step.to_numpy(), curve.tv.to_numpy()
+        mid = float(tv[np.searchsorted(steps, steps[-1] / 2)])
+        reached = steps_to_level(curve, level)
+        verdict = ("reaches the floor" if reached is not None else
+                   "still falling" if mid - tv[-1] > width else "stuck above the floor")
+        rows.append({"sampler": name, "tv_halfway": mid, "tv_end": float(tv[-1]), "step_at_floor": reached,
+                     "verdict": verdict})
+    return pd.DataFrame(rows).astype({"step_at_floor": "Int64"})
+
+
 def density_tv(p: torch.Tensor, q: torch.Tensor) -> float:
     """TV distance between two densities on the same grid."""
     return float(0.5 * (p - q).abs().sum())
@@ -470,13 +517,17 @@ def toy_updates() -> int:
 
 def toy_profile(base: Profile, sgld_steps: int = TOY_SGLD_STEPS[-1]) -> Profile:
     """``base`` with the toy's training settings: ``sgld_steps`` Langevin steps per update (noise
-    sqrt(2 eps), no gradient clamp), a small buffer and batch, Adam without decay. The name stays
-    that of ``base``."""
+    sqrt(2 eps), no gradient clamp), a small buffer of the paper's kind (written back in place,
+    ``TOY_REINIT_FRAC`` fresh chains) and a small batch, Adam without decay, no speed-ups or weight
+    averages. Every setting the toy's training reads is set here, so it is the same whatever
+    ``base`` is; the name and seed stay those of ``base``."""
     return base.replace(
         batch_size=TOY_BATCH, epochs=TOY_EPOCHS, max_iters_per_epoch=None, buffer_size=TOY_BUFFER,
+        reinit_frac=TOY_REINIT_FRAC, buffer_max_age=None, buffer_grows=False, data_noise_std=TOY_DATA_NOISE_STD,
         sgld_steps=sgld_steps, sgld_step_size=TOY_SGLD_STEP, sgld_noise_std=math.sqrt(2 * TOY_SGLD_STEP),
         sgld_grad_clamp=NO_GRAD_CLAMP, lr=TOY_LR, betas=TOY_BETAS, lr_gamma=1.0, alpha=TOY_ALPHA,
-        grad_clip=1.0, ckpt_every=math.ceil(N_DATA / TOY_BATCH), amp_dtype=None, compile=False,
+        grad_clip=1.0, ckpt_every=math.ceil(N_DATA / TOY_BATCH), amp_dtype=None, channels_last=False,
+        compile=False, cuda_graph=False, ema_decays=(), snapshot_epochs=(),
     )  # fmt: skip
 
 
@@ -610,6 +661,13 @@ def fit_nce(
 
 
 # ==== scoring a learned energy against the target ===========================================
+def light_mode_share(x: torch.Tensor, target: GaussianMixtureEnergy) -> float:
+    """Fraction of the points ``x`` nearest to one of the target's light (lower-weight) modes."""
+    nearest = torch.cdist(x.to(target.means.dtype), target.means).argmin(1)
+    light = target.log_w < target.log_w.max()
+    return float(light[nearest].float().mean())
+
+
 def mode_masses(density: torch.Tensor, grid: Grid, means: torch.Tensor) -> torch.Tensor:
     """Probability mass of each mode's region (the grid cells nearest to that mode's mean)."""
     nearest = torch.cdist(grid.points, means.to(grid.points.dtype)).argmin(1)
@@ -666,16 +724,18 @@ def plot_samples(ax: plt.Axes, x: torch.Tensor, grid: Grid, title: str | None = 
 
 
 def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Grid, step_size: float,
-               noise_std: float, steps: int = EXPLORE_STEPS, n: int = EXPLORE_CHAINS, seed: int = 0) -> float:
+               noise_std: float, steps: int = EXPLORE_STEPS, n: int = EXPLORE_CHAINS,
+               seed: int = 0) -> tuple[float, torch.Tensor]:
     """Run the package's SGLD (no gradient clamp, samples clamped to the box) from uniform noise
-    with the given step size and noise, draw the samples and return their TV to the exact density."""
+    with the given step size and noise, draw the samples and return their TV to the exact density
+    and the samples."""
     torch.manual_seed(seed)
     cfg = SGLDConfig(steps, step_size, noise_std, NO_GRAD_CLAMP, (-grid.lim, grid.lim))
     x = sgld(energy, uniform_box(n, grid.lim), cfg)
     tv = total_variation(x, density, grid)
     plot_samples(ax, x, grid, density=density, n_max=n)
     ax.set_title(f"eps={step_size:g}, noise={noise_std:g}\nT={cfg.temperature:.3g}, TV={tv:.2f}", fontsize=8)
-    return tv
+    return tv, x
 
 
 def sgld_grid_figure(
@@ -683,14 +743,16 @@ def sgld_grid_figure(
     noise_stds: Sequence[float] = EXPLORE_NOISE_STDS, title: str | None = None,
 ) -> tuple[plt.Figure, pd.DataFrame]:
     """:func:`sgld_panel` for every (step size, noise) pair: rows = step size, columns = noise.
-    Returns the figure and a table of temperature and TV per pair."""
+    Returns the figure and a table of temperature, TV and (for a mixture ``energy``) the share of
+    samples in the light modes' regions, per pair."""
     size = (2.4 * len(noise_stds), 2.6 * len(step_sizes))
     fig, axes = plt.subplots(len(step_sizes), len(noise_stds), figsize=size, squeeze=False)
     rows = []
     for i, eps in enumerate(step_sizes):
         for j, sigma in enumerate(noise_stds):
-            tv = sgld_panel(axes[i, j], energy, density, grid, eps, sigma)
-            rows.append({"step_size": eps, "noise_std": sigma, "temperature": SGLDConfig(1, eps, sigma, NO_GRAD_CLAMP).temperature, "tv": tv})
+            tv, x = sgld_panel(axes[i, j], energy, density, grid, eps, sigma)
+            rows.append({"step_size": eps, "noise_std": sigma, "temperature": SGLDConfig(1, eps, sigma, NO_GRAD_CLAMP).temperature,
+                         "tv": tv, "light_share": light_mode_share(x, energy) if isinstance(energy, GaussianMixtureEnergy) else math.nan})
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

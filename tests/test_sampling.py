@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -104,23 +106,6 @@ def test_batched_energy_grad_matches_one_batch(tiny_energy):
     assert tiny_energy.stem.weight.requires_grad  # parameters trainable again afterwards
 
 
-def _old_sgld_loop(model, x, cfg):
-    """The loop of ``sgld`` as it was before ``sgld_step`` was extracted (reference copy)."""
-    x = x.detach().clone()
-    lo, hi = cfg.clamp_range if cfg.clamp_range is not None else (None, None)
-    noise = torch.empty_like(x)
-    with frozen(model):
-        for _ in range(cfg.steps):
-            x.add_(noise.normal_(0.0, cfg.noise_std))
-            if lo is not None:
-                x.clamp_(lo, hi)
-            _, grad = energy_grad(model, x)
-            x.sub_(cfg.step_size * grad.clamp_(-cfg.grad_clamp, cfg.grad_clamp))
-            if lo is not None:
-                x.clamp_(lo, hi)
-    return x
-
-
 @pytest.mark.parametrize("clamp_range", [(-1.0, 1.0), None])
 def test_sgld_is_a_loop_of_sgld_step_bit_for_bit(tiny_energy, one_thread, clamp_range):
     # the profile's settings: the gradient clamp binds and the range clamp is active
@@ -142,8 +127,38 @@ def test_sgld_is_a_loop_of_sgld_step_bit_for_bit(tiny_energy, one_thread, clamp_
     out = run(lambda: sgld(tiny_energy, x0, cfg))
     assert not torch.equal(out, start) and torch.equal(x0, start)  # moved, and sgld left its input alone
     assert torch.equal(out, run(hand_loop))
-    assert torch.equal(out, run(lambda: _old_sgld_loop(tiny_energy, x0, cfg)))
     assert not torch.equal(out, run(lambda: sgld(tiny_energy, x0, SGLDConfig(5, 10.0, 0.006, 0.03, clamp_range))))
+
+
+@pytest.mark.parametrize("clamp_range", [(-1.0, 1.0), None])
+def test_sgld_matches_a_hand_computed_chain_on_a_quadratic_energy(clamp_range):
+    """On E(x) = ||x - mu||^2 / (2 s^2), dE/dx = (x - mu) / s^2 in closed form. With the noise
+    draws replayed from the same seed, each step must be: add the noise, clamp to the range, move
+    by -step_size * clamp((y - mu) / s^2, +-grad_clamp) at the *noised* point, clamp again."""
+    mu, s = [0.8, -0.9, 0.1], 0.5
+    model = GaussianEnergy(mu, s).double()
+    # step 0.1, clamp 2: coordinates far from mu (|x - mu| > 0.5) hit the gradient clamp, the others
+    # do not; starts near +-1 leave the range after the noise, so the range clamp acts too
+    cfg = SGLDConfig(steps=3, step_size=0.1, noise_std=0.2, grad_clamp=2.0, clamp_range=clamp_range)
+    x0 = torch.tensor([[0.95, -0.95, 0.0], [-0.95, 0.95, 0.6], [0.3, 0.2, -0.99]], dtype=torch.float64)
+    lo, hi = clamp_range or (-math.inf, math.inf)
+
+    torch.manual_seed(7)
+    out = sgld(model, x0, cfg)
+    torch.manual_seed(7)
+    x, mu_t = x0.clone(), model.mu.detach()
+    hit_grad_clamp = hit_range = False
+    for _ in range(cfg.steps):
+        noised = x + torch.empty_like(x).normal_(0.0, cfg.noise_std)
+        y = noised.clamp(lo, hi)
+        grad = (y - mu_t) / s**2
+        hit_grad_clamp |= bool((grad.abs() > cfg.grad_clamp).any())
+        hit_range |= bool((noised.abs() > 1).any())
+        x = (y - cfg.step_size * grad.clamp(-cfg.grad_clamp, cfg.grad_clamp)).clamp(lo, hi)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+    assert hit_grad_clamp and not torch.equal(out, x0)
+    if clamp_range is not None:
+        assert hit_range and out.abs().max() <= 1.0
 
 
 def test_sgld_step_moves_each_pixel_by_at_most_step_times_clamp():
