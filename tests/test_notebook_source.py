@@ -13,8 +13,10 @@ from ebmhelpers import notebooks
 MODULES = tuple(p.stem for p in (notebooks.CHECKOUT / "ebmhelpers").glob("*.py") if not p.stem.startswith("_"))
 
 NOTEBOOK_01 = next(p for p in notebooks.notebook_paths() if p.name.startswith("01_"))
-SHOWN_IN_01 = {("sampling", "sgld_step"), ("training", "PCDTrainer.train_step"), ("sampling", "ReplayBuffer.sample"),
-               ("sampling", "ReplayBuffer.update"), ("training", "pcd_loss")}  # fmt: skip
+SHOWN_IN_01 = {("sampling", "sgld_step"), ("sampling", "sgld"), ("training", "PCDTrainer.train_step"),
+               ("sampling", "ReplayBuffer.sample"), ("sampling", "ReplayBuffer.update"), ("training", "pcd_loss"),
+               ("training", "PCDTrainer._end_window"), ("training", "PCDTrainer._healthy"),
+               ("training", "PCDTrainer._rollback"), ("sampling", "generate")}  # fmt: skip
 # Notebook prefix -> the exact set of (module, definition) its `show` calls display, and per
 # definition strings its source must contain (what the page's markdown explains).
 SHOWN = {
@@ -32,6 +34,15 @@ CONTENT = {
     "mala": ["def mala(", "def log_q(", "log_alpha = e - e_y + log_q(x, y, g_y) - log_q(y, x, g)"],
     "nce_loss": ["def nce_loss(", "softplus(-g_data)", "nu * nn.functional.softplus(g_noise)"],
     "sgld_step": ["def sgld_step(", "noise.normal_"],
+    "sgld": ["def sgld(", "with frozen(model) if freeze else contextlib.nullcontext():", "noise = torch.empty_like(x)",
+             "sgld_step(model, x, cfg, noise, amp_dtype)"],
+    "generate": ["def generate(", "_noise_batches(n, batch_size, shape, device)", "out.append(sampler(x0.to(device), cfg))"],
+    "PCDTrainer._end_window": ["def _end_window(self, window", "reason = self._healthy(window.values)",
+                               "self._rollback(reason)", "self.sched.step()"],
+    "PCDTrainer._healthy": ["def _healthy(self, window", "torch.isfinite(window).all()",
+                            "worst > self.profile.max_abs_energy", "gap > bound"],
+    "PCDTrainer._rollback": ["def _rollback(self, reason", 'group["lr"] *= p.rollback_lr_factor',
+                             "raise DivergenceError(", "seed_everything(seed)"],
     "PCDTrainer.train_step": ["def train_step(self, x_real", "pcd_loss(", "self.buffer.update(x_fake)"],
     "ReplayBuffer.sample": ["def sample(self, n", "< self.reinit_frac", "self.max_age"],
     "ReplayBuffer.update": ["def update(self, x", "if self.grow:", "self.ages[slots] = self._last_ages + 1"],
