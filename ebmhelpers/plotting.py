@@ -334,3 +334,209 @@ def pareto_plot(
         ax.grid(alpha=0.3, which="major")
         ax.legend(fontsize=7)
     return finish(fig, title, save)
+
+
+# ---- pruning (notebook 04) ----------------------------------------------------------------
+UNSTABLE_STYLE = {  # how fine-tuning runs the divergence guard had to act on are marked
+    "rolled back": {"marker": "D", "s": 110, "facecolors": "none", "edgecolors": "k", "linewidths": 1.2},
+    "diverged": {"marker": "o", "s": 190, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.8},
+}
+NO_GENERATION_STYLE = {"marker": "x", "s": 60, "color": "0.35", "linewidths": 1.2, "zorder": 4}
+
+
+def strategy_palette() -> dict[str, tuple]:
+    """One colour per pruning strategy from the colour-blind palette, skipping its second orange (vermillion)."""
+    import seaborn as sns
+
+    from .pruning import STRATEGIES
+
+    colours = sns.color_palette("colorblind", 10)
+    return dict(zip(STRATEGIES, [colours[i] for i in (0, 1, 2, 4)]))
+
+
+def _mark_unstable(ax: plt.Axes, d: pd.DataFrame, x: str, y: str, seen: set[str]) -> None:
+    """Overlay the :data:`UNSTABLE_STYLE` marker on rows of ``d`` whose fine-tuning rolled back
+    or diverged (:func:`pruning.guard_status`); each kind gets one legend entry per axes."""
+    from .pruning import guard_status
+
+    status = d.apply(guard_status, axis=1) if len(d) else pd.Series(dtype=object)
+    for kind, style in UNSTABLE_STYLE.items():
+        hit = d[status == kind]
+        if not hit.empty:
+            note = " (scored at its last good checkpoint)" if kind == "diverged" else " (guard fired, recovered)"
+            label = None if kind in seen else f"fine-tuning {kind}{note}"
+            ax.scatter(hit[x], hit[y], zorder=4, label=label, **style)
+            seen.add(kind)
+
+
+def _error(d: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """Error bars for ``metric`` (its std over seeds, :data:`pruning.ERROR_BARS`) where measured, else None."""
+    from .pruning import ERROR_BARS
+
+    col = ERROR_BARS.get(metric)
+    if col is None or col not in d or d[col].isna().all():
+        return None
+    return d[col].fillna(0.0).to_numpy()
+
+
+def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None,
+                 refs: verdicts.References | None = None) -> plt.Figure:
+    """The paper's Figure 2: one panel per metric of :data:`pruning.QUALITY_METRICS` (FID, IS and the
+    AUROC of each OOD transform) against the pruning ratio, one line per strategy (dashed with
+    hollow markers after fine-tuning), lottery tickets as stars, the baseline as a dotted line.
+    IS and FID carry error bars (std over the evaluator's seeds) when more than one seed was
+    scored. Fine-tuning runs that rolled back or diverged are ringed (see :data:`UNSTABLE_STYLE`).
+    Given ``refs``, the IS and FID panels draw where generating starts (:func:`verdicts.generates`:
+    IS above :attr:`~verdicts.References.is_min`, FID below :attr:`~verdicts.References.fid_max`);
+    AUROC panels draw chance (0.5): below it the detector is inverted."""
+    from .pruning import CHANCE_AUROC, ERROR_BARS, QUALITY_METRICS, STRATEGIES
+
+    colors = strategy_palette()
+    n = len(QUALITY_METRICS)
+    cols = 3
+    fig, axes = plt.subplots(-(-(n + 1) // cols), cols, figsize=(4.2 * cols, 3.5 * -(-(n + 1) // cols)))
+    axes = axes.flatten()
+    one_shot = pruning[pruning.method == "one-shot"]
+    lottery = pruning[pruning.method == "lottery"]
+    for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
+        seen: set[str] = set()
+        for key, s in STRATEGIES.items():
+            for tuned, style in ((False, "-"), (True, "--")):
+                d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
+                if not d.empty:
+                    ax.errorbar(d.ratio, d[metric], yerr=_error(d, metric), fmt=style, marker="o", ms=5, capsize=2,
+                                color=colors[key], mfc="none" if tuned else colors[key],
+                                label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
+            t = lottery[lottery.strategy == f"lottery_{key}"]
+            if not t.empty:
+                ax.errorbar(t.ratio, t[metric], yerr=_error(t, metric), fmt="none", color=colors[key], capsize=2)
+                ax.scatter(t.ratio, t[metric], marker="*", s=140, color=colors[key], edgecolors="k", linewidths=0.5,
+                           zorder=3, label=f"{s.label}: lottery ticket")  # fmt: skip
+        _mark_unstable(ax, pruning[pruning.finetuned.astype(bool)], "ratio", metric, seen)
+        base, spread = baseline_row[metric], baseline_row.get(ERROR_BARS.get(metric, ""), float("nan"))
+        ax.axhline(base, color="0.3", ls=":", label="baseline")
+        if pd.notna(spread):
+            ax.axhspan(base - spread, base + spread, color="0.3", alpha=0.12, lw=0)
+        floor = {"IS": "is_min", "FID": "fid_max"}.get(metric) if refs is not None else None
+        if floor:
+            ax.axhline(getattr(refs, floor), color="crimson", lw=0.8, ls="--",
+                       label="generates: IS above, FID below the dashed red line")
+        if metric.startswith("auroc_"):
+            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
+            ax.set_ylim(0, 1.02)
+        if metric == "FID":  # FID spans orders of magnitude between the baseline and heavy pruning
+            ax.set_yscale("log")
+        ax.set(xlabel="pruning ratio", title=label + (" (log scale)" if metric == "FID" else ""), xlim=(0, 1))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    handles: dict[str, object] = {}
+    for ax in axes[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    for ax in axes[n:]:
+        ax.axis("off")
+    axes[n].legend(handles.values(), handles.keys(), fontsize=7, loc="center")
+    return finish(fig, title, save)
+
+
+def _speed_points(speed: pd.DataFrame, quality: pd.DataFrame, metric: str, refs) -> pd.DataFrame:
+    """The timed models of a :func:`pruning.speed_table` (masked and physical) with their one-shot
+    score rows, before and after fine-tuning (``finetuned``), ``generates`` by :func:`verdicts.generates`."""
+    q = quality[quality.method == "one-shot"]
+    keep = ["strategy", "ratio", "finetuned", "IS", "FID", metric, "rollbacks", "diverged"]
+    d = speed[speed.variant.isin(["masked", "physical"])].merge(q[list(dict.fromkeys(keep))], on=["strategy", "ratio"])
+    return d.assign(generates=d.apply(verdicts.generates, axis=1, refs=refs) if len(d) else pd.Series(dtype=bool))
+
+
+def plot_speedup(
+    speed: pd.DataFrame, quality: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None,
+    refs: verdicts.References | None = None,
+) -> plt.Figure:
+    """Quality (FID, worst OOD AUROC) against the latency speed-up over the dense baseline, timed
+    interleaved with it (:func:`pruning.interleaved_speedup`): the median ratio, with horizontal
+    error bars from the quartiles. Masked models (squares) run dense kernels; physically pruned ones
+    (circles) have the same quality, hollow after fine-tuning (ringed when that fine-tuning rolled
+    back or diverged). Models that do not generate (:func:`verdicts.generates` against ``refs``,
+    by default the rows' profile's) are crossed out and
+    the Pareto front (dashed) is drawn through the baseline and the models that generate only.
+    Models without an interleaved timing are left out, as the legend says."""
+    from .pruning import CHANCE_AUROC, METRIC_LABELS, STRATEGIES
+
+    colors = strategy_palette()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    x = "speedup_interleaved"
+    for ax, metric in zip(axes, ("FID", "auroc_worst")):
+        seen: set[str] = set()
+        points = _speed_points(speed, quality, metric, refs)
+        untimed = int(points[x].isna().sum()) if x in points else len(points)
+        points = points.dropna(subset=[x]) if x in points else points.iloc[:0]
+        for (variant, key, tuned), g in points.groupby(["variant", "strategy", "finetuned"]):
+            label = f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else "")
+            err = np.clip([g[x] - g.speedup_lo, g.speedup_hi - g[x]], 0, None)
+            ax.errorbar(g[x], g[metric], xerr=err, fmt="none", ecolor=colors[key], lw=0.8, capsize=2)
+            ax.scatter(g[x], g[metric], marker="s" if variant == "masked" else "o", s=36, label=label,
+                       color="none" if tuned else colors[key], edgecolors=colors[key], zorder=3)  # fmt: skip
+            for _, r in g.iterrows():
+                ax.annotate(f"{r.ratio:.0%}", (r[x], r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        _mark_unstable(ax, points[points.finetuned.astype(bool)], x, metric, seen)
+        silent = points[~points.generates.astype(bool)]
+        if not silent.empty:
+            ax.scatter(silent[x], silent[metric], label="does not generate: off the front", **NO_GENERATION_STYLE)
+        base = pd.DataFrame([{x: 1.0, metric: baseline_row[metric], "slowdown": 1.0}])
+        alive = points[points.generates.astype(bool)].assign(slowdown=lambda t: 1 / t[x])
+        candidates = pd.concat([base, alive[[x, metric, "slowdown"]]], ignore_index=True)
+        front = verdicts.pareto_front(candidates, "slowdown", metric, metric == "FID").sort_values(x)
+        ax.step(front[x], front[metric], "k--", where="pre", lw=1, label="Pareto front (models that generate)")
+        ax.scatter([1.0], [baseline_row[metric]], marker="*", s=120, color="k", label="baseline (1x)", zorder=3)
+        if untimed:
+            ax.plot([], [], ls="none", label=f"not shown: {untimed} model(s) without an interleaved timing")
+        if metric.startswith("auroc_"):
+            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
+        if metric == "FID":
+            ax.set_yscale("log")
+        ax.set(xlabel="latency speed-up over the baseline (x), interleaved median; bars: quartiles",
+               title=METRIC_LABELS[metric])
+        ax.xaxis.label.set_fontsize(8)
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return finish(fig, title, save)
+
+
+def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = None, save=None) -> plt.Figure:
+    """Fraction of zero weights per layer for each pruning strategy (where each strategy puts its cuts)."""
+    from .pruning import STRATEGIES
+
+    colors = strategy_palette()
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / len(tables)
+    for i, (key, t) in enumerate(tables.items()):
+        xs = [j + i * width for j in range(len(t))]
+        ax.bar(xs, t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
+    first = next(iter(tables.values()))
+    names = [f"{r.layer}\n{r.kind}\n{r.weights:,} weights" for r in first.itertuples()]
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], names, fontsize=8)
+    ax.set_xlabel("prunable layer (module name, kind, number of weights)")
+    ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return finish(fig, title, save)
+
+
+def plot_distill_study(
+    summary: pd.DataFrame, teacher: pd.Series, metrics: tuple[str, ...] = ("FID", "IS", "auroc_worst"),
+    title: str | None = None, save: str | Path | None = None,
+) -> plt.Figure:
+    """The distillation-objectives study: each metric against the student's parameter count (log x),
+    one line per objective with error bars (``<metric>_std`` where the summary has it), the teacher
+    as a dashed line (``tools.distill_study.summarize`` rows)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)
+    for ax, col in zip(axes[0], metrics):
+        for objective, part in summary.sort_values("params").groupby("objective", sort=False):
+            std = part.get(f"{col}_std")
+            ax.errorbar(part.params, part[col], yerr=None if std is None else std.fillna(0), fmt="o-", capsize=3,
+                        label=objective)
+        ax.axhline(teacher[col], color="k", ls="--", lw=1, label="teacher")
+        _legible_log_x(ax)
+        ax.set(xlabel="student parameters", title=col)
+    axes[0, 0].legend(fontsize=7)
+    return finish(fig, title, save)

@@ -5,8 +5,7 @@
   unstructured (l1 magnitude of single weights) or structured (l1 norm of whole output
   channels; §3.3.2 names the l1 norm for both), each either *global* (Conv2d and Linear layers
   ranked together) or *Conv2d-only* (every Conv2d layer pruned by the same ratio on its own, as in
-  PyTorch's pruning tutorial; the Linear head stays dense). The L2 channel norm, which this
-  project used before, stays as a named extra (:data:`EXTRA_STRATEGIES`), not run by the sweep.
+  PyTorch's pruning tutorial; the Linear head stays dense).
 * **Figure 4's variant**: the paper shows unstructured Conv2d pruning at 60% before and after
   fine-tuning (§5); :func:`prune_sweep` adds it (:data:`FIGURE4`) when 0.6 is not among the
   profile's ratios.
@@ -20,6 +19,8 @@
   own run kept at :func:`training.rewind_step`; every round, the last included, trains with the
   fine-tuning schedule of :func:`finetune_profile`, so the ticket and the one-shot pruned,
   fine-tuned model it is compared with get the same training after pruning.
+
+Its figures (Figure 2, quality against speed-up, zeros per layer) are in :mod:`ebmhelpers.plotting`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -38,17 +36,16 @@ from torch.nn.utils import prune
 from .progress import tqdm
 
 from . import metrics as metrics_mod
-from . import paper, pretrained, results
+from . import paper, pretrained, results, verdicts
 from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes
 from .models import count_parameters
-from .plotting import finish
 from .profiles import Profile
 from .runtime import Context, seed_everything
 from .sampling import ReplayBuffer
 from .training import DivergenceError, PCDTrainer, load_snapshot
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
-STRUCTURED_NORM = 1  # Ln norm of an output channel: l1, as §3.3.2 names it (L2 is EXTRA_STRATEGIES' extra)
+STRUCTURED_NORM = 1  # Ln norm of an output channel: l1, as §3.3.2 names it
 # §5, Figure 4: (strategy key, ratio) that prune_sweep always includes, before and after fine-tuning.
 FIGURE4 = ("unstructured_conv", paper.FIGURE4_PRUNING[2])
 # Figure 2's panels: IS and FID, then the AUROC of each of the paper's OOD transforms (never averaged).
@@ -56,7 +53,7 @@ QUALITY_METRICS = {"FID": "FID (lower is better)", "IS": "IS (higher is better)"
                    **{f"auroc_{s}": f"OOD AUROC: {OOD_LABELS[s]}" for s in PAPER_OOD_SETS}}  # fmt: skip
 METRIC_LABELS = {**QUALITY_METRICS, "auroc_worst": "worst OOD AUROC of " + "/".join(PAPER_OOD_SETS)}
 ERROR_BARS = {"FID": "FID_std", "IS": "IS_std"}  # spread over the evaluator's seeds (NaN with one seed)
-CHANCE_AUROC = 0.5  # below it the detector is inverted: OOD images get lower energy than digits
+CHANCE_AUROC = verdicts.CHANCE_AUROC  # below it the detector is inverted: OOD images get lower energy than digits
 TABLE_COLUMNS = ["sparsity", "FID", "FID_std", "IS", "IS_std", *(f"auroc_{s}" for s in PAPER_OOD_SETS),
                  "auroc_worst", "worst_set", "inverted", "rollbacks", "diverged"]  # fmt: skip
 
@@ -69,7 +66,6 @@ class Strategy:
     label: str
     structured: bool  # whole output channels instead of single weights (l1 magnitude)
     scope: str  # "global": Conv2d + Linear ranked together; "conv": each Conv2d on its own
-    norm: int = STRUCTURED_NORM  # the channel norm of structured pruning (unstructured: always l1)
 
     @property
     def finetuned(self) -> bool:
@@ -86,14 +82,6 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("structured_conv", "L1 structured, Conv2d", True, "conv"),
     )
 }
-# Named extras, not in the sweep: the L2 channel norm this project used before §3.3.2's l1.
-EXTRA_STRATEGIES: dict[str, Strategy] = {
-    s.key: s
-    for s in (
-        Strategy("structured_global_l2", "L2 structured, global", True, "global", norm=2),
-        Strategy("structured_conv_l2", "L2 structured, Conv2d", True, "conv", norm=2),
-    )
-}
 
 
 def get_strategy(strategy: str | Strategy) -> Strategy:
@@ -101,10 +89,9 @@ def get_strategy(strategy: str | Strategy) -> Strategy:
     if isinstance(strategy, Strategy):
         return strategy
     try:
-        return {**STRATEGIES, **EXTRA_STRATEGIES}[strategy]
+        return STRATEGIES[strategy]
     except KeyError:
-        raise ValueError(f"unknown pruning strategy {strategy!r}; choose one of "
-                         f"{sorted(STRATEGIES) + sorted(EXTRA_STRATEGIES)}") from None
+        raise ValueError(f"unknown pruning strategy {strategy!r}; choose one of {sorted(STRATEGIES)}") from None
 
 
 # ---- masks ------------------------------------------------------------------------------
@@ -129,15 +116,13 @@ def is_masked(model: nn.Module) -> bool:
     return any(hasattr(m, "weight_mask") or hasattr(m, "bias_mask") for m in model.modules())
 
 
-def channel_scores(
-    weights: list[torch.Tensor], norm: int = STRUCTURED_NORM
-) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
-    """Every output channel of ``weights``, layer after layer: its score (its ``norm`` (l1) over
+def channel_scores(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
+    """Every output channel of ``weights``, layer after layer: its score (its l1 norm over
     the mean of its layer's channels' norms; zeros for a layer whose channels are all zero), its
     number of weights, its layer's index and its index within the layer."""
     scores, sizes, owners, local = [], [], [], []
     for i, w in enumerate(weights):
-        norms = w.flatten(1).norm(p=norm, dim=1).float().cpu()
+        norms = w.flatten(1).norm(p=STRUCTURED_NORM, dim=1).float().cpu()
         mean = norms.mean()
         scores.append(norms / mean if mean > 0 else torch.zeros_like(norms))
         sizes += [w[0].numel()] * len(norms)
@@ -146,19 +131,19 @@ def channel_scores(
     return torch.cat(scores), sizes, owners, local
 
 
-def global_channel_masks(layers: list[nn.Module], ratio: float, norm: int = STRUCTURED_NORM) -> list[torch.Tensor]:
+def global_channel_masks(layers: list[nn.Module], ratio: float) -> list[torch.Tensor]:
     """Keep-masks (bool per output channel) that remove ``ratio`` of all the layers' weights
     by pruning the least important output channels across layers.
 
     Raw channel norms are not comparable across layers (their scale drifts with fan-in and
-    training), so a channel's score is its ``norm`` (l1) divided by the mean norm of its layer's
+    training), so a channel's score is its l1 norm divided by the mean norm of its layer's
     channels (:func:`channel_scores`): a channel goes when it is weak *relative to its peers*.
     Channels are removed in increasing score until the removed weights are closest to ``ratio``
     of all weights (so the achieved sparsity matches the ratio to within half a channel), and no
     layer loses its last channel.
     """
     weights = [m.weight.detach() for m in layers]
-    scores, sizes, owners, local = channel_scores(weights, norm)
+    scores, sizes, owners, local = channel_scores(weights)
     keep = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights]
     left = [w.shape[0] for w in weights]
     removed, target = 0, ratio * sum(w.numel() for w in weights)
@@ -197,7 +182,7 @@ def layers_to_prune(model: nn.Module, s: Strategy, ratio: float) -> list[nn.Modu
 def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> nn.Module:
     """Mask ``ratio`` of ``model``'s prunable weights in place with ``torch.nn.utils.prune``.
 
-    Unstructured: l1 magnitude of single weights. Structured: the strategy's norm (l1, §3.3.2)
+    Unstructured: l1 magnitude of single weights. Structured: the l1 norm (§3.3.2)
     over output channels (``dim=0``), bias included. Global strategies rank Conv2d and Linear weights together
     (see :func:`global_channel_masks` for channels); Conv2d-only ones prune each Conv2d layer
     by ``ratio`` on its own and leave the Linear head dense. Returns ``model``, its weights in the
@@ -212,13 +197,13 @@ def apply_pruning(model: nn.Module, strategy: str | Strategy, ratio: float) -> n
         for m in layers:
             prune.l1_unstructured(m, "weight", amount=ratio)
     elif s.scope == "global":
-        for m, keep in zip(layers, global_channel_masks(layers, ratio, s.norm)):
+        for m, keep in zip(layers, global_channel_masks(layers, ratio)):
             shape = (-1,) + (1,) * (m.weight.dim() - 1)
             prune.custom_from_mask(m, "weight", keep.view(shape).expand_as(m.weight))
             _mask_bias(m)
     else:
         for m in layers:
-            prune.ln_structured(m, "weight", amount=ratio, n=s.norm, dim=0)
+            prune.ln_structured(m, "weight", amount=ratio, n=STRUCTURED_NORM, dim=0)
             _mask_bias(m)
     return model
 
@@ -315,11 +300,17 @@ def finetune(
             diverged = True
     trainer.model.eval()
     if commit is not None:
-        pretrained.commit(ctx.profile.name, name, commit["kind"], trainer.weights_state() | {"diverged": diverged},
-                          architecture=ctx.profile.baseline, iterations=trainer.step, seconds=trainer.seconds,
-                          command=pretrained.retrain_command(ctx.profile.name, name), seed=seed, parent=parent,
-                          **{k: v for k, v in commit.items() if k != "kind"})
+        commit_run(ctx, name, trainer, diverged, commit, seed, parent)
     return trainer, diverged
+
+
+def commit_run(ctx: Context, name: str, trainer: PCDTrainer, diverged: bool, commit: dict, seed: int, parent: str) -> None:
+    """Commit a finished fine-tuning run's weights as ``name`` (:func:`pretrained.commit`): the
+    manifest's ``kind`` and extra fields from ``commit``, its iterations, seconds, seed and parent."""
+    pretrained.commit(ctx.profile.name, name, commit["kind"], trainer.weights_state() | {"diverged": diverged},
+                      architecture=ctx.profile.baseline, iterations=trainer.step, seconds=trainer.seconds,
+                      command=pretrained.retrain_command(ctx.profile.name, name), seed=seed, parent=parent,
+                      **{k: v for k, v in commit.items() if k != "kind"})
 
 
 # ---- physical removal -------------------------------------------------------------------
@@ -352,22 +343,28 @@ def physically_prune(model: nn.Module, example_inputs: torch.Tensor | None = Non
     plans = []
     for group in graph.get_all_groups(ignored_layers=heads, root_module_types=PRUNABLE):
         root, handler = group[0].dep.target.module, group[0].dep.handler
-        n = graph.get_out_channels(root)
-        dead = torch.ones(n, dtype=torch.bool)
-        for item in group:
-            if graph.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, PRUNABLE):
-                zero = _zero_out_channels(item.dep.target.module).cpu()
-                mapped = torch.zeros(n, dtype=torch.bool)
-                mapped[torch.as_tensor(item.root_idxs)] = zero[torch.as_tensor(item.idxs)]
-                dead &= mapped
-        idxs = dead.nonzero().flatten().tolist()
-        if len(idxs) == n:  # keep one (zero) channel so the layers stay well-formed
-            idxs = idxs[1:]
+        idxs = dead_channels(graph, group)
         if idxs:
             plans.append((root, handler, idxs))
     for root, handler, idxs in plans:
         graph.get_pruning_group(root, handler, idxs).prune()
     return phys
+
+
+def dead_channels(graph: tp.DependencyGraph, group) -> list[int]:
+    """The channels of a Torch-Pruning ``group`` (indexed as its root layer's output channels) that
+    are zero in *every* layer producing them, weights and bias; all but one when that is all of them,
+    so the layers stay well-formed."""
+    n = graph.get_out_channels(group[0].dep.target.module)
+    dead = torch.ones(n, dtype=torch.bool)
+    for item in group:
+        if graph.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, PRUNABLE):
+            zero = _zero_out_channels(item.dep.target.module).cpu()
+            mapped = torch.zeros(n, dtype=torch.bool)
+            mapped[torch.as_tensor(item.root_idxs)] = zero[torch.as_tensor(item.idxs)]
+            dead &= mapped
+    idxs = dead.nonzero().flatten().tolist()
+    return idxs[1:] if len(idxs) == n else idxs  # keep one (zero) channel
 
 
 def cost_row(ev: Evaluator, model: nn.Module) -> dict:
@@ -398,9 +395,9 @@ def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 # ---- the sweep behind Figure 2 ----------------------------------------------------------
 def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> str:
-    """Structured l1 runs carry ``_l1``, so a checkpoint fine-tuned under the earlier L2 masks is
-    never loaded as theirs."""
-    norm = "_l1" if strategy.structured and strategy.norm == 1 else ""
+    """``<prefix>_<strategy>_<percent>``; structured runs carry their channel norm, ``_l1``, so a
+    checkpoint fine-tuned under masks of another norm is never loaded as theirs."""
+    norm = "_l1" if strategy.structured else ""
     return f"{prefix}_{strategy.key}_{round(100 * ratio)}{norm}"
 
 
@@ -462,7 +459,9 @@ def prune_sweep(
     channels physically and measure the cost of the smaller model.
 
     Returns the tidy quality table (one row per strategy, ratio and fine-tuned flag) and the
-    cost table of the physically pruned models (``variant='physical'``).
+    timing table of the structured models: the masked model's latency timed interleaved with the
+    dense baseline (``variant='masked'``, :func:`interleaved_speedup`) and the physically pruned
+    model's cost and interleaved timing (``variant='physical'``).
     """
     p = ctx.profile
     check_x = ev.ood_x[: p.latency_batch].to(ctx.device)  # real digits for the energy check
@@ -473,6 +472,8 @@ def prune_sweep(
         rows.append(score_variant(ev, masked, strategy, ratio, finetuned=False))
         phys = physically_prune(masked) if strategy.structured else None
         if phys is not None:
+            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "masked",
+                          **interleaved_speedup(ev, baseline.model, remove_masks(copy_model(masked)))})
             speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ev, phys),
                           "max_abs_energy_diff": max_energy_difference(masked, phys, check_x),
                           **interleaved_speedup(ev, baseline.model, phys)})  # fmt: skip
@@ -519,15 +520,28 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
     return out
 
 
-def speed_table(baseline_row: dict, pruning: pd.DataFrame, physical: pd.DataFrame) -> pd.DataFrame:
+TIMED = ["speedup_interleaved", "speedup_lo", "speedup_hi", "speed_verdict"]  # interleaved_speedup's columns
+
+
+def speed_table(baseline_row: dict, pruning: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
     """Tidy cost table: the dense baseline, each structured model as masked (dense tensors with
-    zeros, from its score row) and physically pruned, with speed-ups over the baseline."""
+    zeros: the cost of its score row) and physically pruned (``timings``, from :func:`prune_sweep`).
+
+    Speed-ups over the baseline: ``speedup_interleaved`` is the median latency ratio of the model
+    timed interleaved with the dense baseline, ``speedup_lo``..``speedup_hi`` its spread from the
+    quartiles and ``speed_verdict`` its verdict (the baseline, the reference, is 1x exactly);
+    ``speedup_latency`` and ``speedup_sgld`` compare one-off timings of :meth:`Evaluator.score`,
+    which carry no verdict."""
     lat = next(k for k in baseline_row if k.startswith("latency_ms_"))
     cols = ["params", "size_mb", lat, "sgld_img_steps_per_s"]
-    base = {"strategy": "baseline", "ratio": 0.0, "variant": "dense", **{c: baseline_row[c] for c in cols}}
+    base = {"strategy": "baseline", "ratio": 0.0, "variant": "dense", **{c: baseline_row[c] for c in cols},
+            "speedup_interleaved": 1.0, "speedup_lo": 1.0, "speedup_hi": 1.0, "speed_verdict": "reference"}
+    variant = timings.get("variant", pd.Series(index=timings.index, dtype=object))
+    physical = timings[variant == "physical"]
     one_shot = pruning[(pruning.method == "one-shot") & ~pruning.finetuned]
-    masked = one_shot[one_shot.strategy.isin(physical.strategy.unique())]
-    masked = masked[["strategy", "ratio", *cols]].assign(variant="masked")
+    masked = one_shot[one_shot.strategy.isin(physical.strategy.unique())][["strategy", "ratio", *cols]]
+    timed = timings[variant == "masked"].reindex(columns=["strategy", "ratio", *TIMED])
+    masked = masked.merge(timed, on=["strategy", "ratio"], how="left").assign(variant="masked")
     out = pd.concat([pd.DataFrame([base]), masked, physical], ignore_index=True)
     out["param_fraction"] = out.params / base["params"]
     out["speedup_latency"] = base[lat] / out[lat]
@@ -543,7 +557,7 @@ def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "rati
     ``diverged``), then ``training_seeds`` when the rows have it."""
     out = rows.copy()
     aurocs = [f"auroc_{s}" for s in PAPER_OOD_SETS]
-    out["inverted"] = [", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if a < CHANCE_AUROC)
+    out["inverted"] = [", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if verdicts.inverted(a))
                        for r in out[aurocs].itertuples(index=False)]  # fmt: skip
     for col in ("rollbacks", "diverged"):
         if col not in out:
@@ -611,146 +625,10 @@ def lottery_ticket(
     return model, pd.DataFrame(log)
 
 
-# ---- figures ----------------------------------------------------------------------------
-def _palette() -> dict[str, tuple]:
-    """One colour per strategy from the colour-blind palette, skipping its second orange (vermillion)."""
-    colours = sns.color_palette("colorblind", 10)
-    return dict(zip(STRATEGIES, [colours[i] for i in (0, 1, 2, 4)]))
-
-
-UNSTABLE_STYLE = {  # how fine-tuning runs the divergence guard had to act on are marked
-    "rolled back": {"marker": "D", "s": 110, "facecolors": "none", "edgecolors": "k", "linewidths": 1.2},
-    "diverged": {"marker": "o", "s": 190, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.8},
-}
-
-
+# ---- the divergence guard's record ------------------------------------------------------
 def guard_status(row: pd.Series | dict) -> str | None:
     """``'diverged'`` (gave up; scored at its last good checkpoint), ``'rolled back'`` (the guard
     fired and training recovered) or None for a run the guard never touched."""
     if bool(row.get("diverged", False)):
         return "diverged"
     return "rolled back" if int(row.get("rollbacks", 0) or 0) > 0 else None
-
-
-def _mark_unstable(ax: plt.Axes, d: pd.DataFrame, x: str, y: str, seen: set[str]) -> None:
-    """Overlay the :data:`UNSTABLE_STYLE` marker on rows of ``d`` whose fine-tuning rolled back
-    or diverged; each kind gets one legend entry per axes."""
-    status = d.apply(guard_status, axis=1) if len(d) else pd.Series(dtype=object)
-    for kind, style in UNSTABLE_STYLE.items():
-        hit = d[status == kind]
-        if not hit.empty:
-            note = " (scored at its last good checkpoint)" if kind == "diverged" else " (guard fired, recovered)"
-            label = None if kind in seen else f"fine-tuning {kind}{note}"
-            ax.scatter(hit[x], hit[y], zorder=4, label=label, **style)
-            seen.add(kind)
-
-
-def _error(d: pd.DataFrame, metric: str) -> np.ndarray | None:
-    """Error bars for ``metric`` (its std over seeds) where measured, else None."""
-    col = ERROR_BARS.get(metric)
-    if col is None or col not in d or d[col].isna().all():
-        return None
-    return d[col].fillna(0.0).to_numpy()
-
-
-def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None) -> plt.Figure:
-    """The paper's Figure 2: one panel per metric of :data:`QUALITY_METRICS` (FID, IS and the
-    AUROC of each OOD transform) against the pruning ratio, one line per strategy (dashed with
-    hollow markers after fine-tuning), lottery tickets as stars, the baseline as a dotted line.
-    IS and FID carry error bars (std over the evaluator's seeds) when more than one seed was
-    scored. Fine-tuning runs that rolled back or diverged are ringed (see :data:`UNSTABLE_STYLE`);
-    AUROC panels show chance (0.5): below it the detector is inverted."""
-    colors = _palette()
-    n = len(QUALITY_METRICS)
-    cols = 3
-    fig, axes = plt.subplots(-(-(n + 1) // cols), cols, figsize=(4.2 * cols, 3.5 * -(-(n + 1) // cols)))
-    axes = axes.flatten()
-    one_shot = pruning[pruning.method == "one-shot"]
-    lottery = pruning[pruning.method == "lottery"]
-    for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
-        seen: set[str] = set()
-        for key, s in STRATEGIES.items():
-            for tuned, style in ((False, "-"), (True, "--")):
-                d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
-                if not d.empty:
-                    ax.errorbar(d.ratio, d[metric], yerr=_error(d, metric), fmt=style, marker="o", ms=5, capsize=2,
-                                color=colors[key], mfc="none" if tuned else colors[key],
-                                label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
-            t = lottery[lottery.strategy == f"lottery_{key}"]
-            if not t.empty:
-                ax.errorbar(t.ratio, t[metric], yerr=_error(t, metric), fmt="none", color=colors[key], capsize=2)
-                ax.scatter(t.ratio, t[metric], marker="*", s=140, color=colors[key], edgecolors="k", linewidths=0.5,
-                           zorder=3, label=f"{s.label}: lottery ticket")  # fmt: skip
-        _mark_unstable(ax, pruning[pruning.finetuned.astype(bool)], "ratio", metric, seen)
-        base, spread = baseline_row[metric], baseline_row.get(ERROR_BARS.get(metric, ""), float("nan"))
-        ax.axhline(base, color="0.3", ls=":", label="baseline")
-        if pd.notna(spread):
-            ax.axhspan(base - spread, base + spread, color="0.3", alpha=0.12, lw=0)
-        if metric.startswith("auroc_"):
-            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
-            ax.set_ylim(0, 1.02)
-        if metric == "FID":  # FID spans orders of magnitude between the baseline and heavy pruning
-            ax.set_yscale("log")
-        ax.set(xlabel="pruning ratio", title=label + (" (log scale)" if metric == "FID" else ""), xlim=(0, 1))
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-    handles: dict[str, object] = {}
-    for ax in axes[:n]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    for ax in axes[n:]:
-        ax.axis("off")
-    axes[n].legend(handles.values(), handles.keys(), fontsize=7, loc="center")
-    return finish(fig, title, save)
-
-
-def plot_speedup(
-    speed: pd.DataFrame, pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None
-) -> plt.Figure:
-    """Quality (FID, worst OOD AUROC) against the real SGLD speed-up: masked models sit at 1x
-    whatever their ratio; physically pruned ones move right with the same quality (hollow
-    markers: after fine-tuning, ringed when that fine-tuning rolled back or diverged)."""
-    colors = _palette()
-    q = pruning[pruning.method == "one-shot"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, metric in zip(axes, ("FID", "auroc_worst")):
-        seen: set[str] = set()
-        for variant, marker in (("masked", "s"), ("physical", "o")):
-            v = speed[speed.variant == variant]
-            for tuned in (False, True):
-                d = v.merge(q[q.finetuned == tuned][["strategy", "ratio", metric, "rollbacks", "diverged"]],
-                            on=["strategy", "ratio"])  # fmt: skip
-                for key, g in d.groupby("strategy"):
-                    label = f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else "")
-                    ax.scatter(g.speedup_sgld, g[metric], marker=marker, s=36, label=label,
-                               color="none" if tuned else colors[key], edgecolors=colors[key])  # fmt: skip
-                    for _, r in g.iterrows():
-                        ax.annotate(f"{r.ratio:.0%}", (r.speedup_sgld, r[metric]), fontsize=6, xytext=(3, 3),
-                                    textcoords="offset points")  # fmt: skip
-                if tuned:
-                    _mark_unstable(ax, d, "speedup_sgld", metric, seen)
-        ax.scatter([1.0], [baseline_row[metric]], marker="*", s=120, color="k", label="baseline", zorder=3)
-        if metric.startswith("auroc_"):
-            ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
-        ax.set(xlabel="SGLD speed-up over the baseline (x)", title=METRIC_LABELS[metric])
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    return finish(fig, title, save)
-
-
-def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = None, save=None) -> plt.Figure:
-    """Fraction of zero weights per layer for each strategy (where each strategy puts its cuts)."""
-    colors = _palette()
-    fig, ax = plt.subplots(figsize=(10, 3.8))
-    width = 0.8 / len(tables)
-    for i, (key, t) in enumerate(tables.items()):
-        xs = [j + i * width for j in range(len(t))]
-        ax.bar(xs, t.sparsity, width, color=colors[key], label=STRATEGIES[key].label)
-    first = next(iter(tables.values()))
-    names = [f"{r.layer}\n{r.kind}\n{r.weights:,} weights" for r in first.itertuples()]
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], names, fontsize=8)
-    ax.set_xlabel("prunable layer (module name, kind, number of weights)")
-    ax.set(ylabel="fraction of zero weights", ylim=(0, 1))
-    ax.legend(fontsize=7)
-    return finish(fig, title, save)

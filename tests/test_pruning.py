@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ebmhelpers import pruning, training
+from ebmhelpers import plotting, pruning, training, verdicts
 from ebmhelpers.models import ResNetEnergy, count_parameters, tutorial8_cnn_energy
 from ebmhelpers.profiles import get_profile
 from ebmhelpers.runtime import Context
@@ -247,7 +247,7 @@ def _rows():
 
 def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     base, df = _rows()
-    fig = pruning.plot_figure2(df, base)
+    fig = plotting.plot_figure2(df, base)
     labels = fig.axes[len(pruning.QUALITY_METRICS)].get_legend_handles_labels()[1] + [
         t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
     assert any(lab.startswith("fine-tuning rolled back") for lab in labels)
@@ -257,8 +257,15 @@ def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     fid_ax = fig.axes[list(pruning.QUALITY_METRICS).index("FID")]
     assert fid_ax.containers and any(c.has_yerr for c in fid_ax.containers)
     assert fid_ax.get_yscale() == "log"  # FID spans orders of magnitude across the sweep
+    assert not any(ln.get_label().startswith("generates") for ax in fig.axes for ln in ax.get_lines())
+    refs = verdicts.References(base_IS=2.0, base_FID=50.0, noise_IS=1.0, noise_FID=5000.0)
+    floored = plotting.plot_figure2(df, base, refs=refs)
+    for metric, level in (("IS", refs.is_min), ("FID", refs.fid_max)):  # where "generates" starts
+        ax = floored.axes[list(pruning.QUALITY_METRICS).index(metric)]
+        lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("generates")]
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == pytest.approx([level, level])
     plain = df.assign(IS_std=float("nan"), FID_std=float("nan"), rollbacks=0, diverged=False)
-    fig2 = pruning.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")})
+    fig2 = plotting.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")})
     texts = [t.get_text() for t in fig2.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
     assert not any(t.startswith("fine-tuning rolled back") for t in texts)
     assert not any(c.has_yerr for c in fig2.axes[0].containers)
@@ -272,27 +279,22 @@ def test_quality_table_names_inverted_transforms_and_keeps_the_guard_record():
     assert table.inverted.tolist() == ["", "", "reduced", "", "", ""]
 
 
-def test_l1_norm_for_both_and_l2_as_named_extra():
-    """§3.3.2 names the l1 norm for unstructured and structured pruning alike; L2 is an extra."""
+def test_l1_norm_for_unstructured_and_structured():
+    """§3.3.2 names the l1 norm for unstructured and structured pruning alike: channels are ranked by
+    their l1 norm (an L2 ranking would order the two channels below the other way round)."""
     assert pruning.STRUCTURED_NORM == 1
-    assert all(s.norm == 1 for s in pruning.STRATEGIES.values())
     assert all(s.label.startswith("L1") for s in pruning.STRATEGIES.values())
-    l2 = pruning.get_strategy("structured_conv_l2")
-    assert l2.norm == 2 and l2.key not in pruning.STRATEGIES
     w = torch.tensor([[3.0, 0.0], [2.0, 2.0]])  # l1: 3 < 4, L2: 3 > 2.83
-    l1_scores, *_ = pruning.channel_scores([w])
-    l2_scores, *_ = pruning.channel_scores([w], norm=2)
-    assert l1_scores[0] < l1_scores[1] and l2_scores[0] > l2_scores[1]
+    scores, *_ = pruning.channel_scores([w])
+    assert scores[0] < scores[1]
     torch.manual_seed(0)
-    m1, m2 = nn.Conv2d(1, 8, 3), nn.Conv2d(1, 8, 3)
-    m2.load_state_dict(m1.state_dict())
-    pruning.apply_pruning(nn.Sequential(m1), "structured_conv", 0.5)
-    pruning.apply_pruning(nn.Sequential(m2), "structured_conv_l2", 0.5)
-    l1_keep = m1.weight_mask.flatten(1).amax(1).bool()
-    l1 = m1.weight_orig.detach().flatten(1).abs().sum(1)
-    assert set(torch.nonzero(l1_keep).flatten().tolist()) == set(l1.topk(4).indices.tolist())
-    s = pruning.STRATEGIES["structured_conv"]
-    assert pruning.checkpoint_name(s, 0.5).endswith("_l1") and not pruning.checkpoint_name(l2, 0.5).endswith("_l1")
+    conv = nn.Conv2d(1, 8, 3)
+    l1 = conv.weight.detach().flatten(1).abs().sum(1)
+    pruning.apply_pruning(nn.Sequential(conv), "structured_conv", 0.5)
+    keep = conv.weight_mask.flatten(1).amax(1).bool()
+    assert set(torch.nonzero(keep).flatten().tolist()) == set(l1.topk(4).indices.tolist())
+    assert pruning.checkpoint_name(pruning.STRATEGIES["structured_conv"], 0.5) == "prune_structured_conv_50_l1"
+    assert pruning.checkpoint_name(pruning.STRATEGIES["unstructured_conv"], 0.5) == "prune_unstructured_conv_50"
 
 
 def test_sweep_always_has_figure4s_variant():
@@ -323,7 +325,7 @@ def test_interleaved_speedup_of_a_physically_pruned_model():
 def test_layer_sparsity_names_layers_by_name_kind_and_size():
     t = pd.DataFrame({"layer": ["net.0", "net.9"], "kind": ["Conv2d", "Linear"], "weights": [1600, 20000],
                       "sparsity": [0.5, 0.9], "zero_channels": [0.0, 0.1]})  # fmt: skip
-    fig = pruning.plot_layer_sparsity({key: t for key in pruning.STRATEGIES})
+    fig = plotting.plot_layer_sparsity({key: t for key in pruning.STRATEGIES})
     names = [x.get_text() for x in fig.axes[0].get_xticklabels()]
     assert names == ["net.0\nConv2d\n1,600 weights", "net.9\nLinear\n20,000 weights"]
     assert all(x.get_rotation() == 0 for x in fig.axes[0].get_xticklabels())
@@ -388,8 +390,11 @@ def test_the_sweep_fine_tunes_every_training_seed_and_keeps_one_row_per_model(mo
     torch.manual_seed(0)
     baseline = SimpleNamespace(model=tutorial8_cnn_energy(), buffer=None, identity="sha-of-baseline")
     ev = SimpleNamespace(ood_x=torch.rand(8, 1, 28, 28) * 2 - 1)
-    rows, _ = pruning.prune_sweep(SimpleNamespace(profile=p, device=torch.device("cpu")), ev, baseline, None,
-                                  progress=False)
+    rows, timings = pruning.prune_sweep(SimpleNamespace(profile=p, device=torch.device("cpu")), ev, baseline, None,
+                                        progress=False)
+    assert sorted(zip(timings.strategy, timings.variant)) == [  # every structured model timed masked and physical
+        ("structured_conv", "masked"), ("structured_conv", "physical"),
+        ("structured_global", "masked"), ("structured_global", "physical")]
     assert sorted(calls) == [("prune_structured_conv_60_l1", 0, "sha-of-baseline"),
                              ("prune_structured_conv_60_l1_s1", 1, "sha-of-baseline"),
                              ("prune_unstructured_conv_60", 0, "sha-of-baseline"),
@@ -404,6 +409,57 @@ def test_strategy_colours_are_four_distinct_hues():
     """Figure 2's strategies: no two oranges (the colour-blind palette's orange and vermillion)."""
     import colorsys
 
-    hues = sorted(colorsys.rgb_to_hsv(*c)[0] for c in pruning._palette().values())
+    hues = sorted(colorsys.rgb_to_hsv(*c)[0] for c in plotting.strategy_palette().values())
     gaps = [b - a for a, b in zip(hues, hues[1:])] + [1 + hues[0] - hues[-1]]
     assert len(hues) == len(pruning.STRATEGIES) and min(gaps) > 0.08
+
+
+def _speed_inputs():
+    """A baseline row, a sweep with one structured strategy at two ratios (70% no longer generates)
+    and its timings: masked at about 1x, physically pruned faster."""
+    base = {"latency_ms_cpu": 10.0, "params": 1000, "size_mb": 4.0, "sgld_img_steps_per_s": 100.0, "IS": 6.0,
+            "IS_std": 0.1, "FID": 100.0, "FID_std": 2.0, "auroc_worst": 0.95}
+    quality = pd.DataFrame([
+        {"strategy": "structured_global", "ratio": r, "finetuned": False, "method": "one-shot", "IS": is_, "FID": fid,
+         "auroc_worst": 0.9, "rollbacks": 0, "diverged": False, "latency_ms_cpu": 10.5, "params": 1000,
+         "size_mb": 4.0, "sgld_img_steps_per_s": 80.0}
+        for r, is_, fid in ((0.3, 5.0, 150.0), (0.7, 1.2, 900.0))])  # fmt: skip
+    timings = pd.DataFrame(
+        [{"strategy": "structured_global", "ratio": r, "variant": "masked", "speedup_interleaved": 1.02,
+          "speedup_lo": 0.9, "speedup_hi": 1.1, "speed_verdict": "no difference"} for r in (0.3, 0.7)]
+        + [{"strategy": "structured_global", "ratio": r, "variant": "physical", "params": n, "size_mb": n / 250,
+            "latency_ms_cpu": 10.0 / s, "sgld_img_steps_per_s": 100.0 * s, "speedup_interleaved": s,
+            "speedup_lo": s - 0.2, "speedup_hi": s + 0.3, "speed_verdict": "faster"}
+           for r, n, s in ((0.3, 500, 1.5), (0.7, 100, 3.0))])  # fmt: skip
+    return base, quality, timings
+
+
+def test_speed_table_carries_interleaved_timings_for_masked_and_physical_models():
+    base, quality, timings = _speed_inputs()
+    speed = pruning.speed_table(base, quality, timings).set_index(["variant", "ratio"])
+    assert speed.loc[("dense", 0.0), "speedup_interleaved"] == 1.0
+    assert speed.loc[("masked", 0.3), "speedup_interleaved"] == 1.02  # from the timings, not the score row
+    assert speed.loc[("masked", 0.3), "speedup_sgld"] == pytest.approx(0.8)  # one-off, kept apart
+    assert speed.loc[("physical", 0.7), ["speedup_lo", "speedup_hi"]].tolist() == [2.8, 3.3]
+    assert speed.loc[("physical", 0.7), "param_fraction"] == pytest.approx(0.1)
+    bare = pruning.speed_table(base, quality, timings[timings.variant == "physical"])
+    assert bare[bare.variant == "masked"].speedup_interleaved.isna().all()  # untimed, not invented
+
+
+def test_speedup_figure_plots_interleaved_medians_with_quartile_bars_and_fronts_only_generating_models():
+    base, quality, timings = _speed_inputs()
+    speed = pruning.speed_table(base, quality, timings)
+    refs = verdicts.References(base_IS=6.0, base_FID=100.0, noise_IS=1.0, noise_FID=2500.0)  # IS > 2.45, FID < 500
+    fig = plotting.plot_speedup(speed, quality, base, refs=refs)
+    fid_ax = fig.axes[0]
+    xs = sorted(float(x) for c in fid_ax.collections if c.get_label().startswith("L1") for x, _ in c.get_offsets())
+    assert xs == [1.02, 1.02, 1.5, 3.0]
+    bars = [c for c in fid_ax.containers if c.has_xerr]
+    assert bars, "no horizontal error bars"
+    spans = sorted(tuple(round(v, 6) for v in seg[:, 0]) for c in bars for seg in c.lines[2][0].get_segments())
+    assert (1.3, 1.8) in spans and (2.8, 3.3) in spans  # quartile spread of the physical models
+    crossed = [c for c in fid_ax.collections if c.get_label().startswith("does not generate")]
+    assert len(crossed) == 1 and sorted(float(x) for x, _ in crossed[0].get_offsets()) == [1.02, 3.0]
+    front = next(ln for ln in fid_ax.get_lines() if ln.get_label().startswith("Pareto front"))
+    assert 3.0 not in set(front.get_xdata()) and 900.0 not in set(front.get_ydata())
+    assert set(front.get_xdata()) <= {1.0, 1.02, 1.5}
