@@ -62,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--seconds", type=float, required=True, help="training wall time up to the exported step")
     study.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
+    dstudy = sub.add_parser("distill-study", help="students trained by several distillation objectives at equal FLOPs, "
+                            "scored on validation digits (resumable; results/<profile>/distillation_study.csv)")
+    dstudy.add_argument("--profile", default="cpu")
+    dstudy.add_argument("--objectives", nargs="+", help="subset of objectives (default: all)")
+    dstudy.add_argument("--ratios", nargs="+", type=float, help="student sizes as teacher/student parameter ratios")
+    dstudy.add_argument("--seeds", type=int, default=None, help="training seeds per cell")
+    dstudy.add_argument("--budget-fraction", type=float, default=None, help="FLOPs per cell, as a fraction of the teacher's training")
+    dstudy.add_argument("--baseline", help="another teacher architecture, trained in the study's own folder")
+    dstudy.add_argument("--winners", action="store_true", help="instead: train and commit the chosen objective's students")
+    dstudy.add_argument("--objective", help="with --winners: this objective instead of the chosen one")
+    dstudy.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
+
     bench = sub.add_parser("bench", help="SGLD and training throughput on this device")
     bench.add_argument("--profile", help="profile whose SGLD settings are measured")
     bench.add_argument("--batch", type=int, default=None, help="images per SGLD batch")
@@ -159,6 +171,26 @@ def _run(args: argparse.Namespace) -> int:
                 raise CommandError("--recipe goes with --long, --training-length or --chain; "
                                    "the study's subset of recipes is --recipes")
             print(run_study(args.profile, args.recipes).to_string(index=False))
+    elif args.command == "distill-study":
+        import torch
+
+        from . import distill_study as ds
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            if args.winners:
+                for entry in ds.train_winners(args.profile, args.objective, args.baseline):
+                    print(f"committed {entry['file']} ({entry['architecture']}, {entry['iterations']} steps)")
+            else:
+                table = ds.run_study(args.profile, args.objectives, tuple(args.ratios or ds.RATIOS),
+                                     args.seeds or ds.SEEDS, args.budget_fraction or ds.BUDGET_FRACTION, args.baseline)
+                summary = ds.summarize(ds.of_budget(table))
+                print(summary.to_string(index=False))
+                print(f"chosen objective: {ds.choose_objective(summary)}")
+                print(ds.targets(summary).to_string(index=False))
+        except KeyError as err:
+            raise CommandError(err.args[0]) from None
     elif args.command == "export-pretrained":
         from pathlib import Path
 
