@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from .profiles import SGLDConfig
 from .runtime import Context, device_name, model_device, seed_everything
 from .sampling import SamplingNotSupportedError, generate, sgld
 from .speedups import SGLDRunner
+from .verdicts import inverted
 
 # The OOD sets, in the [-1, 1] pixel scale. The paper's Table 2 rows are noise, upside-down digits
 # ("an upside-down 5 resembles a 2") and size reduction; tutorial 8 defines the noise (std 0.3) and
@@ -77,6 +80,9 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig).sum())
 
 
+# The sample-quality columns of every scored row and study table, in this order: IS and FID are
+# the mean and standard deviation over ``n_seeds`` generations, the rest means over them.
+QUALITY_COLUMNS = ("n_seeds", "IS", "IS_std", "FID", "FID_std", "entropy_bits", "confident", "saturation")
 CONFIDENT_PROB = 0.9  # a digit the classifier names with at least this probability counts as recognisable
 SATURATED_PIXEL = 0.99  # a pixel with |x| at or above this sits at the clamp (+-1)
 
@@ -137,6 +143,14 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     n_in, n_out = len(scores_in), len(scores_out)
     u = ranks[:n_in].sum() - n_in * (n_in + 1) / 2
     return float(u / (n_in * n_out))
+
+
+def auroc_se(a: float, n_in: int, n_out: int) -> float:
+    """Standard error of an AUROC ``a`` measured on ``n_in`` and ``n_out`` images (Hanley and
+    McNeil, 1982): the sampling error of the images drawn (about 0.02 for an AUROC of 0.8 on 200 and 200)."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_in - 1) * (q1 - a * a) + (n_out - 1) * (q2 - a * a)) / (n_in * n_out)
+    return math.sqrt(max(var, 0.0))
 
 
 def add_noise(x: torch.Tensor, std: float = NOISE_STD, seed: int = 0) -> torch.Tensor:
@@ -423,12 +437,12 @@ class Evaluator:
             out[key], out[f"{key}_std"] = mean_std([s[key] for s in scores])
         for key in ("entropy_bits", "confident", "saturation"):
             out[key] = float(np.mean([s[key] for s in scores]))
-        return out, torch.cat(samples)
+        return {k: out[k] for k in QUALITY_COLUMNS}, torch.cat(samples)
 
     def quality_of_samples(self, samples: torch.Tensor) -> dict[str, float]:
         """Given samples (one set, e.g. a replay buffer): IS and FID with no spread (``n_seeds=1``)."""
-        q = self.sample_quality(samples)
-        return {**q, "IS_std": float("nan"), "FID_std": float("nan"), "n_seeds": 1}
+        q = {**self.sample_quality(samples), "IS_std": float("nan"), "FID_std": float("nan"), "n_seeds": 1}
+        return {k: q[k] for k in QUALITY_COLUMNS}
 
     # ---- OOD detection ------------------------------------------------------------------
     def energies(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -448,8 +462,8 @@ class Evaluator:
                 mask = torch.ones_like(self.ood_y, dtype=torch.bool) if digits == "all" else self.ood_y == digits
                 if mask.sum() == 0:
                     continue
-                rows.append(ood_row(name, str(digits), e_in[mask], e_out[mask] if paired else e_out))
-        return pd.DataFrame(rows)
+                rows.append(ood_row(name, str(digits), e_in[mask], e_out[mask] if paired else e_out, paired))
+        return pd.DataFrame(rows, columns=list(OOD_COLUMNS))
 
     # ---- everything -------------------------------------------------------------------------
     def score(
@@ -475,7 +489,7 @@ class Evaluator:
             else latency_ms(model, p.latency_batch, lat_dev, p.latency_repeats, p.latency_warmup)
         )
         row.update(latency_batch=p.latency_batch, hardware=device_name(lat_dev))
-        nan_quality = {"IS": float("nan"), "IS_std": float("nan"), "FID": float("nan"), "FID_std": float("nan"), "n_seeds": 0}
+        nan_quality = {**dict.fromkeys(QUALITY_COLUMNS, float("nan")), "n_seeds": 0}
         if samples is not None:
             row.update(self.quality_of_samples(samples))
         elif generate_samples:
@@ -497,12 +511,66 @@ class Evaluator:
         return row, ood, samples
 
 
-def ood_row(name: str, digits: str, e_in: torch.Tensor, e_out: torch.Tensor) -> dict[str, Any]:
-    """One OOD table row: the paper's gap ``mean(-E(out)) - mean(-E(in))`` (negative = the OOD
-    images get lower likelihood, i.e. detected) and AUROC with -E as the in-distribution score."""
+# The columns of an OOD table (Evaluator.ood_table; saved as baseline_ood and quantization_ood).
+OOD_COLUMNS = ("ood_set", "digits", "n", "gap", "gap_se", "auroc", "auroc_se", "inverted")
+
+
+def ood_row(name: str, digits: str, e_in: torch.Tensor, e_out: torch.Tensor, paired: bool) -> dict[str, Any]:
+    """One OOD table row (:data:`OOD_COLUMNS`): the paper's gap ``mean(-E(out)) - mean(-E(in))``
+    (negative = the OOD images get lower likelihood, i.e. detected) and AUROC with -E as the
+    in-distribution score, each with its standard error over the images drawn. ``paired``: the
+    OOD images are transforms of the same digits, so the gap's error is that of the paired differences."""
+    gap = (-e_out).mean() - (-e_in).mean()
+    if paired:
+        gap_se = (e_in - e_out).std() / math.sqrt(len(e_in))
+    else:
+        gap_se = (e_in.var() / len(e_in) + e_out.var() / len(e_out)).sqrt()
     a = auroc(-e_in, -e_out)
-    return {"ood_set": name, "digits": digits, "n": len(e_out), "gap": float((-e_out).mean() - (-e_in).mean()),
-            "auroc": a, "inverted": a < 0.5}  # fmt: skip
+    return {"ood_set": name, "digits": digits, "n": len(e_out), "gap": float(gap), "gap_se": float(gap_se),
+            "auroc": a, "auroc_se": auroc_se(a, len(e_in), len(e_out)), "inverted": inverted(a)}  # fmt: skip
+
+
+SIGNIFICANCE_Z = 2.0  # a difference counts when it exceeds twice its standard error (about 95% confidence)
+
+
+def differs(a: float, se_a: float, b: float, se_b: float, z: float = SIGNIFICANCE_Z) -> bool:
+    """Whether ``a`` and ``b`` differ by more than ``z`` times the standard error of their
+    difference, ``sqrt(se_a^2 + se_b^2)`` (errors taken as independent)."""
+    return abs(a - b) > z * math.hypot(se_a, se_b)
+
+
+CONTRAST_COLUMNS = ("ood_set", "first", "second", "column", "difference", "se", "differs")
+
+
+def digit_contrasts(ood: pd.DataFrame, column: str = "auroc") -> pd.DataFrame:
+    """Every pair of digits of each OOD set with per-digit rows (:data:`CONTRAST_COLUMNS`): the
+    difference of ``column`` (``auroc`` or ``gap``), its standard error and whether it counts
+    (:func:`differs`). About 200 test digits per class give each per-digit value its error."""
+    rows = []
+    per_digit = ood[ood.digits.astype(str) != "all"].assign(digits=lambda t: t.digits.astype(str))
+    for name, group in per_digit.groupby("ood_set", sort=False):
+        g = group.set_index("digits")
+        for d1, d2 in itertools.combinations(g.index, 2):
+            a, b, se_a, se_b = g.at[d1, column], g.at[d2, column], g.at[d1, f"{column}_se"], g.at[d2, f"{column}_se"]
+            rows.append({"ood_set": name, "first": d1, "second": d2, "column": column, "difference": a - b,
+                         "se": math.hypot(se_a, se_b), "differs": differs(a, se_a, b, se_b)})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
+
+
+def model_contrasts(ood: pd.DataFrame, reference: str, column: str = "auroc") -> pd.DataFrame:
+    """Per (OOD set, digits): ``column`` of every model of an OOD table with a ``model`` column
+    against ``reference``'s, the difference, its standard error and whether it counts
+    (:func:`differs`). The models score the same images, so their errors are correlated and the
+    rule is conservative: it may miss a real change, it does not invent one."""
+    keys = ["ood_set", "digits"]
+    ref = ood[ood.model == reference].set_index(keys)
+    rows = []
+    for (model, name, digits), r in ood[ood.model != reference].set_index(["model", *keys]).iterrows():
+        b = ref.loc[(name, digits)]
+        rows.append({"model": model, "ood_set": name, "digits": digits, "reference": b[column], "value": r[column],
+                     "difference": r[column] - b[column], "se": math.hypot(r[f"{column}_se"], b[f"{column}_se"]),
+                     "differs": differs(r[column], r[f"{column}_se"], b[column], b[f"{column}_se"])})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def ood_summary(ood: pd.DataFrame) -> dict[str, Any]:
@@ -521,13 +589,17 @@ def ood_summary(ood: pd.DataFrame) -> dict[str, Any]:
 
 
 # ---- how sample quality depends on the sampler and the model --------------------------
+REFERENCE_COLUMNS = ("samples", *QUALITY_COLUMNS)  # baseline_references: reference_quality, one row per set of samples
+STEPS_STUDY_COLUMNS = ("model", "steps", "step_size", "noise_std", *QUALITY_COLUMNS, "seconds_per_seed", "n")
+
+
 def reference_quality(ev: Evaluator, n: int) -> pd.DataFrame:
     """IS and FID of ``n`` real training digits (what a perfect generator scores; the FID
     reference uses test digits) and of ``n`` uniform-noise images (what no generator scores)."""
     train_x, _ = data_mod.load_dataset("mnist", train=True, subset=n, seed=ev.ctx.profile.seed + 7)
     noise = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(ev.ctx.profile.seed + 7)) * 2 - 1
     return pd.DataFrame([{"samples": "real training digits", **ev.quality_of_samples(train_x)},
-                         {"samples": "uniform noise", **ev.quality_of_samples(noise)}])  # fmt: skip
+                         {"samples": "uniform noise", **ev.quality_of_samples(noise)}], columns=list(REFERENCE_COLUMNS))  # fmt: skip
 
 
 def steps_study(
@@ -549,4 +621,4 @@ def steps_study(
         seconds = (time.perf_counter() - t0) / max(1, quality["n_seeds"])
         rows.append({"model": name, "steps": k, "step_size": cfg.step_size, "noise_std": cfg.noise_std, **quality,
                      "seconds_per_seed": seconds, "n": n})  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(STEPS_STUDY_COLUMNS))

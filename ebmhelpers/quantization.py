@@ -156,6 +156,15 @@ def quantize_static(
     return tq.convert(qmodel, inplace=True)
 
 
+def output_range(qmodel: EnergyModel) -> tuple[float, float]:
+    """(lowest, highest) value the last int8 layer of a :func:`quantize_static` model can output:
+    its quint8 codes 0..255 minus its zero point, times its scale. The energy is the mean of these
+    logits, so no input, however far from the digits, gets an energy outside this range."""
+    last = [m for m in qmodel.modules() if callable(getattr(m, "weight", None)) and hasattr(m, "zero_point")][-1]
+    scale, zero = float(last.scale), int(last.zero_point)
+    return (0 - zero) * scale, (255 - zero) * scale
+
+
 def calibration_images(profile: Profile, n: int | None = None) -> tuple[torch.Tensor, str]:
     """``n`` (default ``profile.n_calib``) real training-split digits for calibration, and a
     sentence saying where they come from.
@@ -208,7 +217,7 @@ def unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return (torch.stack([low, high], dim=1).flatten()[:numel].to(torch.int16) - 8).to(torch.int8)
 
 
-class _WeightOnly(nn.Module):
+class WeightOnlyLayer(nn.Module):
     """Stores one layer's weight as integers plus per-channel scales (buffers, so they land
     in the state dict) and rebuilds the float weight at every forward. Bias stays float."""
 
@@ -228,7 +237,7 @@ class _WeightOnly(nn.Module):
         return f"weight={self.weight_shape}, bits={self.bits}, per-channel symmetric"
 
 
-class WeightOnlyConv2d(_WeightOnly):
+class WeightOnlyConv2d(WeightOnlyLayer):
     """``nn.Conv2d`` with integer weights dequantized on the fly."""
 
     def __init__(self, conv: nn.Conv2d, bits: int = 8) -> None:
@@ -242,7 +251,7 @@ class WeightOnlyConv2d(_WeightOnly):
         return F.conv2d(x, self.dequantized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class WeightOnlyLinear(_WeightOnly):
+class WeightOnlyLinear(WeightOnlyLayer):
     """``nn.Linear`` with integer weights dequantized on the fly."""
 
     def __init__(self, linear: nn.Linear, bits: int = 8) -> None:
@@ -285,7 +294,7 @@ def weight_count(model: nn.Module) -> int:
     integer weights of static-int8 and weight-only layers (which are not ``Parameter``s)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, _WeightOnly):
+        if isinstance(module, WeightOnlyLayer):
             total += module.numel
         elif callable(getattr(module, "weight", None)):  # converted static-int8 Conv2d/Linear
             total += module.weight().numel()
@@ -299,6 +308,10 @@ def input_grads(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Ten
     """dE/dx for real images ``x`` (CPU float result); raises
     :class:`~ebmhelpers.sampling.SamplingNotSupportedError` for a model without them."""
     return batched_energy_grad(model, x.cpu(), batch_size, device=model_device(model))[1]
+
+
+FIDELITY_COLUMNS = ("model", "n_digits", "n_grad_digits", "size_mb", "energy_pearson", "energy_spearman",
+                    "energy_mae", "energy_mae_rel_std", "grad_cosine")  # fidelity_table
 
 
 def fidelity_table(
@@ -328,7 +341,7 @@ def fidelity_table(
             "energy_spearman": float(stats.spearmanr(e_ref.numpy(), e.numpy())[0]),
             "energy_mae": mae, "energy_mae_rel_std": mae / float(e_ref.std()), "grad_cosine": cos,
         })  # fmt: skip
-    return pd.DataFrame(rows), energies
+    return pd.DataFrame(rows, columns=list(FIDELITY_COLUMNS)), energies
 
 
 def try_sgld(model: nn.Module, cfg: SGLDConfig, n: int = 2) -> str | None:
@@ -345,6 +358,11 @@ def variant_columns(model: nn.Module, weights: str, compute: str) -> dict[str, A
     """This notebook's columns for :meth:`Evaluator.score`: ``family``, ``weights``, ``compute``
     and the number of stored weights as ``params`` (int8 weights are not ``Parameter``s)."""
     return {"params": weight_count(model), "family": FAMILY, "weights": weights, "compute": compute}
+
+
+# The paper's Table 1 (cost_table; saved as quantization_speed).
+COST_COLUMNS = ("model", "size_mb", "compression", "latency_ms_cpu", "latency_q1_ms", "latency_q3_ms", "latency_batch",
+                "speedup_cpu", "speedup_lo", "speedup_hi", "speed_verdict")  # fmt: skip
 
 
 def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str) -> pd.DataFrame:
@@ -371,14 +389,20 @@ def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str
             "speedup_cpu": t.ratio, "speedup_lo": t.ratio_lo, "speedup_hi": t.ratio_hi, "speed_verdict": t.verdict,
         })  # fmt: skip
     df = pd.DataFrame(rows)
-    ref = df.set_index("model").loc[reference]
-    df.insert(df.columns.get_loc("latency_ms_cpu"), "compression", ref["size_mb"] / df["size_mb"])
-    return df
+    df["compression"] = df.set_index("model").size_mb[reference] / df.size_mb
+    return df[list(COST_COLUMNS)]
 
 
 # ---- reduced-precision and weight-only sampling --------------------------------------------
 SPEED_STEPS = 20  # SGLD steps of each interleaved timing run (compare_samplers)
 SPEED_BATCH = 64  # digits per timing run
+
+# compare_samplers' table (saved as quantization_sampling, with the family first).
+SAMPLING_COLUMNS = ("sampler", "autocast", "device", "n", "steps", "size_mb", "IS", "FID", "entropy_bits", "confident",
+                    "saturation", "pixel_mae_vs_ref", "img_steps_per_s", "speedup", "speedup_lo", "speedup_hi",
+                    "speed_verdict")  # fmt: skip
+
+
 def sampling_precisions(device: torch.device) -> tuple[str, ...]:
     """Autocast dtypes to compare with fp32 SGLD on ``device``: bf16 on the CPU, bf16 and fp16
     on CUDA (fp16 autocast is a GPU feature here)."""
@@ -432,5 +456,5 @@ def compare_samplers(
     df["img_steps_per_s"] = [len(chain) * speed_cfg.steps / speed.loc[s, "median_s"] for s in df.sampler]
     for col, src in (("speedup", "ratio"), ("speedup_lo", "ratio_lo"), ("speedup_hi", "ratio_hi"), ("speed_verdict", "verdict")):
         df[col] = [speed.loc[s, src] for s in df.sampler]
-    return df, samples
+    return df[list(SAMPLING_COLUMNS)], samples
 

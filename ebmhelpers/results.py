@@ -1,8 +1,13 @@
 """Tidy result tables shared between notebooks: each notebook saves its tables under
-``results/<profile>/``, and the final comparison reads them without retraining anything."""
+``results/<profile>/``, and the final comparison reads them without retraining anything.
+
+A table's columns are declared once, as a constant beside the code that builds it (for example
+``metrics.OOD_COLUMNS``); :func:`save_table` and :func:`load_table` take that declaration and
+check the table against it, so a writer and its readers cannot drift apart."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -48,24 +53,35 @@ class MissingResultsError(FileNotFoundError):
     """A table the final comparison needs has not been produced for this profile."""
 
 
-def save_table(ctx: Context, name: str, df: pd.DataFrame) -> None:
-    """Write ``df`` to ``results/<profile>/<name>.csv`` (with the profile in a column)."""
+def save_table(ctx: Context, name: str, df: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+    """Write ``df`` to ``results/<profile>/<name>.csv`` (with the profile in a column). Given the
+    table's declared ``columns``, ``df`` must have exactly those (besides ``profile``), written in that order."""
+    if columns is not None:
+        have, want = [c for c in df.columns if c != "profile"], list(columns)
+        if set(have) != set(want):
+            raise ValueError(f"table {name!r} has columns {have}, its declaration {want}")
+        df = df[want]
     df = df.copy()
     if "profile" not in df.columns:
         df.insert(0, "profile", ctx.profile.name)
     df.to_csv(ctx.results / f"{name}.csv", index=False)
 
 
-def load_table(ctx: Context, name: str) -> pd.DataFrame:
-    """Read a saved table; raises :class:`MissingResultsError` naming the notebook to run."""
+def load_table(ctx: Context, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a saved table; raises :class:`MissingResultsError` naming the notebook to run when it
+    is missing or, given its declared ``columns``, lacks one of them."""
     path = ctx.results / f"{name}.csv"
+    producer = PRODUCERS.get(name, "the notebook that writes it")
     if not path.exists():
-        producer = PRODUCERS.get(name, "the notebook that writes it")
         raise MissingResultsError(
             f"no results table {path} for profile {ctx.profile.name!r}: "
             f"run notebooks/{producer}.ipynb with this profile first"
         )
-    return pd.read_csv(path)
+    df = pd.read_csv(path)
+    missing = [c for c in columns or () if c not in df.columns]
+    if missing:
+        raise MissingResultsError(f"{path} has no column {', '.join(missing)}: run notebooks/{producer}.ipynb again")
+    return df
 
 
 def save_samples(ctx: Context, name: str, samples: torch.Tensor, n: int = 40) -> None:

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
@@ -44,6 +45,53 @@ def test_auroc_agrees_with_sklearn_including_ties():
     assert metrics.auroc(s_in, s_out) == pytest.approx(roc_auc_score(y, torch.cat([s_in, s_out]).numpy()))
     assert metrics.auroc(torch.ones(5), torch.zeros(5)) == 1.0
     assert metrics.auroc(torch.zeros(5), torch.ones(5)) == 0.0
+
+
+def test_auroc_standard_error_matches_the_spread_of_repeated_draws():
+    g = torch.Generator().manual_seed(0)
+    for shift, n_in, n_out in ((1.19, 200, 200), (0.3, 150, 400)):
+        draws = [metrics.auroc(torch.randn(n_in, generator=g) + shift, torch.randn(n_out, generator=g)) for _ in range(400)]
+        se = metrics.auroc_se(float(np.mean(draws)), n_in, n_out)
+        assert se == pytest.approx(float(np.std(draws)), rel=0.15)
+    assert metrics.auroc_se(1.0, 200, 200) == 0.0
+
+
+def test_ood_row_errors_pair_transformed_digits():
+    g = torch.Generator().manual_seed(0)
+    e_in = torch.randn(200, generator=g) * 3  # digits vary a lot
+    e_out = e_in + 0.5 + 0.1 * torch.randn(200, generator=g)  # their transforms: each shifted alike
+    paired, unpaired = metrics.ood_row("t", "4", e_in, e_out, True), metrics.ood_row("t", "4", e_in, e_out, False)
+    assert list(paired) == list(metrics.OOD_COLUMNS)
+    assert paired["gap"] == pytest.approx(-float(e_out.mean() - e_in.mean()))
+    assert paired["gap_se"] == pytest.approx(float((e_in - e_out).std()) / 200**0.5)
+    assert paired["gap_se"] < 0.2 * unpaired["gap_se"]  # pairing removes the digits' own spread
+    assert paired["auroc_se"] == pytest.approx(metrics.auroc_se(paired["auroc"], 200, 200))
+
+
+def _ood(values: dict[tuple[str, str], tuple[float, float]], model: str = "m") -> pd.DataFrame:
+    return pd.DataFrame([{"model": model, "ood_set": s, "digits": d, "auroc": a, "auroc_se": se}
+                         for (s, d), (a, se) in values.items()])  # fmt: skip
+
+
+def test_digits_differ_only_beyond_twice_their_standard_error():
+    ood = _ood({("flip", "4"): (0.88, 0.02), ("flip", "5"): (0.78, 0.03), ("flip", "9"): (0.85, 0.02),
+                ("flip", "all"): (0.72, 0.01), ("fashion", "all"): (0.99, 0.01)})  # fmt: skip
+    c = metrics.digit_contrasts(ood)
+    assert list(c.columns) == list(metrics.CONTRAST_COLUMNS) and len(c) == 3  # no "all", no fashion
+    c = c.set_index(["first", "second"])
+    assert c.loc[("4", "5"), "differs"]  # 0.10 > 2 x 0.036
+    assert not c.loc[("4", "9"), "differs"]  # 0.03 < 2 x 0.028
+    assert c.loc[("4", "5"), "difference"] == pytest.approx(0.10)
+    assert c.loc[("4", "5"), "se"] == pytest.approx((0.02**2 + 0.03**2) ** 0.5)
+
+
+def test_model_contrasts_against_a_reference():
+    ood = pd.concat([_ood({("flip", "4"): (0.88, 0.02), ("flip", "all"): (0.72, 0.01)}, "fp32"),
+                     _ood({("flip", "4"): (0.86, 0.02), ("flip", "all"): (0.62, 0.01)}, "int8")])  # fmt: skip
+    c = metrics.model_contrasts(ood, "fp32").set_index("digits")
+    assert list(c.model.unique()) == ["int8"]
+    assert not c.loc["4", "differs"] and c.loc["all", "differs"]
+    assert c.loc["all", "difference"] == pytest.approx(-0.10)
 
 
 def test_ood_transforms_keep_shape_and_range(mnist_test):
@@ -102,6 +150,8 @@ def test_evaluator_scores_a_model(tiny_energy):
     assert samples.shape == (8, 1, 28, 28)
     assert row["params"] == count_parameters(tiny_energy) and 1.0 <= row["IS"] <= 10.0 and row["FID"] > 0
     assert list(ood.drop_duplicates("ood_set").ood_set) == list(metrics.OOD_SETS)
+    assert list(ood.columns) == ["model", *metrics.OOD_COLUMNS] and (ood.auroc_se >= 0).all() and (ood.gap_se > 0).all()
+    assert list(row)[list(row).index("n_seeds"):][: len(metrics.QUALITY_COLUMNS)] == list(metrics.QUALITY_COLUMNS)
     assert ood.auroc.between(0, 1).all() and (ood.n > 0).all()
     assert (ood.inverted == (ood.auroc < 0.5)).all()
     # the paper's gap is mean(-E(T(x))) - mean(-E(x)) on the same images
@@ -171,3 +221,20 @@ def test_compare_latency_of_two_models(tiny_energy):
     table = metrics.compare_latency({"x": tiny_energy, "y": tiny_energy}, batch=2, device="cpu", repeats=5, warmup=1)
     assert set(table.columns) >= {"latency_ms", "ratio", "ratio_lo", "ratio_hi", "verdict"}
     assert (table.ratio_lo <= table.ratio_hi).all()
+
+
+def test_tables_are_saved_and_read_by_their_declaration(monkeypatch, tmp_path):
+    from ebmhelpers import results
+
+    monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path))
+    ctx = runtime.Context(runtime.get_profile("smoke"), torch.device("cpu"))
+    cols = ("model", *metrics.OOD_COLUMNS)
+    table = pd.DataFrame([dict(zip(cols, ("m", "flip", "4", 200, -0.1, 0.01, 0.9, 0.02, False)))])
+    results.save_table(ctx, "baseline_ood", table[list(reversed(cols))], columns=cols)
+    read = results.load_table(ctx, "baseline_ood", columns=cols)
+    assert list(read.columns) == ["profile", *cols]  # written in the declared order
+    with pytest.raises(ValueError, match="declaration"):
+        results.save_table(ctx, "baseline_ood", table.drop(columns="gap_se"), columns=cols)
+    table.drop(columns="auroc_se").to_csv(ctx.results / "baseline_ood.csv", index=False)  # another version's file
+    with pytest.raises(results.MissingResultsError, match="auroc_se.*02_evaluation"):
+        results.load_table(ctx, "baseline_ood", columns=cols)
