@@ -650,9 +650,10 @@ TARGET_AUROC_TOLERANCE = 0.02  # ... and each of the paper's AUROCs at most this
 PAPER_AUROCS = ("auroc_noise", "auroc_flip", "auroc_reduced")  # metrics.PAPER_OOD_SETS
 
 
-def keeps_targets(row: pd.Series, teacher: pd.Series) -> list[str]:
-    """Why a student row misses the compressed-student target against ``teacher`` (empty: it meets it)."""
-    fails = []
+def keeps_targets(row: pd.Series, teacher: pd.Series, refs: verdicts.References) -> list[str]:
+    """Why a student row misses the compressed-student target against ``teacher`` (empty: it meets
+    it); a student that does not generate (:func:`verdicts.generates` against ``refs``) misses it too."""
+    fails = [] if verdicts.generates(row, refs) else ["does not generate"]
     if row.params > TARGET_PARAM_FRACTION * teacher.params:
         fails.append(f"{row.params:,} parameters > {TARGET_PARAM_FRACTION:g} x {teacher.params:,}")
     if not row.IS >= TARGET_IS_FRACTION * teacher.IS:
@@ -675,12 +676,12 @@ def targets(summary: pd.DataFrame) -> pd.DataFrame:
     students = summary[~summary.objective.isin(REFERENCE_ROWS)]
     refs = references(summary)
     small = students[students.params <= TARGET_PARAM_FRACTION * teacher.params]
-    meets = small[small.apply(lambda r: not keeps_targets(r, teacher), axis=1)] if len(small) else small
+    meets = small[small.apply(lambda r: not keeps_targets(r, teacher, refs), axis=1)] if len(small) else small
     pick = meets if len(meets) else small
     rows = []
     if len(pick):
         best = pick.loc[pick.FID.idxmin()]
-        why = keeps_targets(best, teacher)
+        why = keeps_targets(best, teacher, refs)
         rows.append({"target": "compressed", "student": best.student, "objective": best.objective,
                      "params": int(best.params), "IS": best.IS, "FID": best.FID, "met": not why, "why": "; ".join(why)})
     else:
