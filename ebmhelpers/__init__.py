@@ -15,6 +15,7 @@ What the notebooks import, one module per job:
 * ``pretrained``: the committed, pretrained baselines a profile loads instead of training them.
 * ``metrics``: IS, FID, OOD detection, size, latency, throughput; ``Evaluator`` scores every model.
 * ``quantization``, ``pruning``, ``distillation``: one module per compression method.
+* ``objectives``: the distillation objectives beyond eq. 6 that ``tools.distill_study`` compares.
 * ``comparison``: the final table, Pareto fronts and the sampling-budget study.
 * ``toy``: the exact 2-D toy of notebook 00.
 * ``plotting``: figures.

@@ -41,12 +41,13 @@ def reader_context(p, tmp_path, monkeypatch, folder="reader"):
 
 def test_train_all_commits_every_model_with_its_manifest_entry(tiny):
     ran = train_all.train(TINY, everything=True)
-    # every ratio's first seed, Figure 4's unstructured 60% (the profile lacks 60%), extra seeds, the lottery,
-    # then the students: every eq. 6 student's first seed, the extensions, then the eq. 6 students' second seed
+    # what every notebook needs once (every ratio's first seed, Figure 4's unstructured 60% that the profile lacks,
+    # the lottery, every student's first seed and the extensions), then the extra seeds: fine-tunings, students
     students = [job[0] for job in train_all.student_jobs(tiny)]
     assert ran == ["baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
-                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", train_all.LOTTERY,
-                   *[f for f in students if not f.endswith("_s1")], *[f for f in students if f.endswith("_s1")]]
+                   train_all.LOTTERY, *[f for f in students if not f.endswith("_s1")],
+                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1",
+                   *[f for f in students if f.endswith("_s1")]]
     assert {"student_cnn_20k_eq6", "student_cnn_20k_eq6_s1", "student_cnn_20k_mixed+grad"} <= set(students)
     manifest = pretrained.read_manifest(TINY)
     expected = {"baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
