@@ -16,7 +16,7 @@ EXTRA_AUROCS = ["auroc_fashion", "auroc_uniform"]
 COLUMNS = [
     "model", "family", "params", "size_mb", "latency_ms_cpu", "latency_ms_cuda", "latency_batch", "sgld_img_steps_per_s",
     "IS", "IS_std", "FID", "FID_std", "n_seeds", "training_seeds", *PAPER_AUROCS, "auroc_worst", "worst_set",
-    *EXTRA_AUROCS, "inverted_sets", "rollbacks", "diverged", "generative", "hardware",
+    *EXTRA_AUROCS, "inverted_sets", "rollbacks", "diverged", "generative", "hardware", "strategy", "ratio", "finetuned",
 ]  # fmt: skip
 __all__ = ["COLUMNS", "LATENCY", "best_pruning_rows", "comparison_table", "findings", "inverted_sets", "references",
            "relative_latency", "student_speed"]

@@ -298,7 +298,7 @@ def pareto_plot(
     ``labels`` maps a column to its axis label (default: the column name)."""
     families = list(dict.fromkeys(table.family))
     markers = dict(zip(families, "oXsP^vD*"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5.5), squeeze=False)
     for ax, (cost, quality, lower_better) in zip(axes[0], panels):
         shown = table.dropna(subset=[cost, quality])
         untimed = len(table.dropna(subset=[quality])) - len(shown)
@@ -332,7 +332,7 @@ def pareto_plot(
         _legible_log_x(ax)
         ax.set(xlabel=(labels or {}).get(cost, cost), ylabel=(labels or {}).get(quality, quality))
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: points stay visible
     return finish(fig, title, save)
 
 

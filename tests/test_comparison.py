@@ -57,6 +57,10 @@ def test_comparison_table_from_saved_results(tmp_path, monkeypatch, capsys):
     assert by.loc["p0.6True", "rollbacks"] == 2 and by.loc["p0.6True", "diverged"] and by.loc["p0.6True", "keeps_quality"]
     assert by.loc["resnet_77k/mixed", "inverted_sets"] == "flip" and not by.loc["resnet_77k/mixed", "generates"]
     assert not by.loc["int8 static", "generates"] and by.loc["int8 static", "compression_x"] == pytest.approx(4.0)
+    speed = pd.DataFrame({"strategy": ["s"], "ratio": [0.2], "variant": ["physical"], "speedup_interleaved": [2.0],
+                          "speedup_lo": [1.5], "speedup_hi": [2.5]})  # fmt: skip
+    timed = comparison.relative_latency(table, None, speed).set_index("model")  # pruning rows keep strategy and ratio
+    assert timed.loc["p0.2False", comparison.LATENCY] == pytest.approx(0.5)
     found = comparison.findings(table, comparison.references(ctx)).set_index("model")
     assert "generates (contradicted)" in found.loc["resnet_77k/mixed", "not shown"]
     assert found.loc["p0.2False", "keeps_quality"] and found.loc["p0.2False", "not shown"] == ""
