@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import comparison, distillation, metrics, pruning, quantization, training
+from .. import budget, distillation, metrics, pruning, quantization, training
 from ..models import MNISTClassifier, build_baseline, count_parameters
 from ..profiles import Profile, get_profile
 from ..runtime import ASSUMED_EFFICIENCY, ASSUMED_T4_FLOPS_PER_S, PEAK_FLOPS, duration_text
@@ -118,11 +118,11 @@ def _score_flops(p: Profile, net: StepFlops, clf: StepFlops, generate: bool = Tr
 def _budget_flops(p: Profile, net: StepFlops, clf: StepFlops) -> float:
     """Notebook 06's budget study for one model: quality of every distinct configuration and
     the timed chains (per K: ``TIMING_REPEATS`` runs on ``latency_batch`` digits)."""
-    ks = comparison.budget_steps(p)
-    configs = {cfg for _, _, cfg in comparison.budget_configs(p, ks, p.gen_steps)}
+    ks = budget.budget_steps(p)
+    configs = {cfg for _, _, cfg in budget.budget_configs(p, ks, p.gen_steps)}
     gen = p.score_seeds * p.n_gen
     flops = sum(gen * cfg.steps * net.sgld + 2 * gen * clf.forward for cfg in configs)
-    return flops + sum(comparison.TIMING_REPEATS * p.latency_batch * k * net.sgld for k in ks)
+    return flops + sum(budget.TIMING_REPEATS * p.latency_batch * k * net.sgld for k in ks)
 
 
 def series_flops(profile: Profile | str | None = None, device: str = "cuda") -> pd.DataFrame:

@@ -196,14 +196,14 @@ def _distillation(folder: Path) -> str:
 
 
 def _verdicts(folder: Path) -> str:
-    from ..verdicts import verdict_table  # here: the rest of the report does not depend on it
+    from ..paper_report import verdict_table  # here: the rest of the report does not depend on it
 
     try:
         v = verdict_table(folder)
     except FileNotFoundError as err:
         return f"*No verdicts: {err}*"
     counts = ", ".join(f"{n} {verdict}" for verdict, n in v.verdict.value_counts().items())
-    return (f"**The paper's claims** (`verdicts.verdict_table`): {counts}.\n\n"
+    return (f"**The paper's claims** (`paper_report.verdict_table`): {counts}.\n\n"
             + markdown(v[["claim", "section", "verdict"]]))
 
 
