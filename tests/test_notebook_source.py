@@ -29,7 +29,7 @@ SHOWN = {
            ("pruning", "physically_prune"), ("pruning", "dead_channels"), ("pruning", "lottery_ticket")},
     "05": {("distillation", "distillation_inputs"), ("distillation", "distill_loss"),
            ("distillation", "Distiller._train_step")},
-    "06": set(),
+    "06": {("verdicts", "generates"), ("verdicts", "quality_interval")},
 }
 CONTENT = {
     "metropolis_hastings": ["def metropolis_hastings(", "accept = torch.rand_like(e).log() < e - e_y"],
@@ -71,6 +71,8 @@ CONTENT = {
                             "train = pack([real, buf_train, noise(len(buf_train))])"],
     "distill_loss": ["def distill_loss(", "create_graph=True", "weighted_mse(energy, teacher_energy, energy_w)"],
     "Distiller._train_step": ["def _train_step(self, batch", "distill_loss(", "self.opt.step()"],
+    "generates": ["def generates(", "return is_ > r.is_min and fid < r.fid_max"],
+    "quality_interval": ["def quality_interval(", "standard_error(row, metric)", "_t_interval(est,"],
 }
 MAX_SHOWN_LINES = 40  # a shown definition is short enough to read; split a longer one in the package
 MIN_SHOWN = 22  # the series shows at least this many central algorithms
