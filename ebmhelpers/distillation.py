@@ -75,7 +75,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import data as data_mod
-from . import metrics, paper, results
+from . import metrics, paper, results, verdicts
 from .loop import LoopTrainer, ResumableLoop, Window
 from .metrics import Evaluator
 from .models import ConvEnergy, EnergyModel, ResNetEnergy
@@ -739,7 +739,7 @@ FIGURE3_METRICS = (
     ("auroc_worst", "worst-case OOD AUROC over the paper's transforms (noise, upside-down, reduced)"),
     ("sgld_img_steps_per_s", "SGLD image-steps / s"),
 )
-AUROC_CHANCE = 0.5  # below it a detector is inverted (it scores the transformed digits as more typical)
+AUROC_CHANCE = verdicts.CHANCE_AUROC  # below it a detector is inverted (it scores the transformed digits as more typical)
 
 
 def _std(df: pd.DataFrame | pd.Series, col: str) -> Any:
