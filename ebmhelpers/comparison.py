@@ -115,7 +115,8 @@ def relative_latency(table: pd.DataFrame, quant_speed: pd.DataFrame | None, prun
     from notebook 03's ``quantization_speed`` (fp32 and int8), notebook 04's ``pruning_speed``
     (physically pruned structured models; a fine-tuned model has its one-shot model's architecture)
     and :func:`student_speed` (``students``). Models without an interleaved timing (masked
-    unstructured pruning runs the dense model's kernels) get NaN."""
+    unstructured pruning runs the dense model's kernels; a speed table saved before it held interleaved
+    columns) get NaN."""
     out = table.copy()
     for col in (LATENCY, f"{LATENCY}_lo", f"{LATENCY}_hi"):
         out[col] = float("nan")
@@ -123,11 +124,11 @@ def relative_latency(table: pd.DataFrame, quant_speed: pd.DataFrame | None, prun
     def put(mask, ratio, lo, hi):
         out.loc[mask, [LATENCY, f"{LATENCY}_lo", f"{LATENCY}_hi"]] = [1 / ratio, 1 / hi, 1 / lo]
 
-    if quant_speed is not None:
+    if quant_speed is not None and {"speedup_cpu", "speedup_lo", "speedup_hi"} <= set(quant_speed.columns):
         for r in quant_speed.itertuples():
             name = "baseline" if r.model == "fp32" else r.model
             put(out.model == name, r.speedup_cpu, r.speedup_lo, r.speedup_hi)
-    if pruning_speed is not None and "strategy" in out:
+    if pruning_speed is not None and "strategy" in out and {"speedup_interleaved", "speedup_lo"} <= set(pruning_speed.columns):
         phys = pruning_speed[pruning_speed.variant == "physical"]
         for r in phys.itertuples():
             mask = (out.family == "pruning") & (out.strategy == r.strategy) & ((out.ratio - r.ratio).abs() < 1e-9)

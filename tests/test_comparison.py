@@ -90,6 +90,8 @@ def test_relative_latency_comes_from_the_interleaved_timings():
     assert out.loc["L1 structured, Conv2d 50%", lat] == pytest.approx(0.5)
     assert math.isnan(out.loc["L1 unstructured, Conv2d 50%", lat])  # masked: dense kernels, no interleaved timing
     assert out.loc["cnn_7k/eq6", lat] == pytest.approx(0.25) and out.loc["baseline", lat] == pytest.approx(1.0)
+    old = comparison.relative_latency(table, None, prune[["strategy", "ratio", "variant"]])  # no interleaved columns
+    assert old[lat].isna().all()
 
 
 def test_student_speed_times_each_architecture_against_the_baseline(tmp_path, monkeypatch):
