@@ -42,7 +42,6 @@ from .profiles import SGLDConfig
 from .runtime import Context, device_name, model_device, seed_everything
 from .sampling import SamplingNotSupportedError, generate, sgld
 from .speedups import SGLDRunner
-from .verdicts import inverted
 
 # The OOD sets, in the [-1, 1] pixel scale. The paper's Table 2 rows are noise, upside-down digits
 # ("an upside-down 5 resembles a 2") and size reduction; tutorial 8 defines the noise (std 0.3) and
@@ -274,13 +273,25 @@ def interleaved_times(
     return pd.DataFrame(rows)
 
 
+TIMING_NOISE = 0.25  # without an interleaved timing, a latency ratio within 25% of 1 is no difference
+
+
+def ratio_verdict(ratio: float, lo: float | None = None, hi: float | None = None) -> str:
+    """'faster' / 'slower' / 'no difference' for a time ratio (reference / model): given its spread
+    (``lo``..``hi``) the ratio differs from 1 only when the spread excludes 1; without one, only
+    when it is more than :data:`TIMING_NOISE` away from 1."""
+    if math.isnan(ratio):
+        return "not measured"
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+        return "faster" if lo > 1 else "slower" if hi < 1 else "no difference"
+    return "faster" if ratio > 1 + TIMING_NOISE else "slower" if ratio < 1 / (1 + TIMING_NOISE) else "no difference"
+
+
 def speedups_vs(times: pd.DataFrame, reference: str) -> pd.DataFrame:
     """``times`` (from :func:`interleaved_times`) with each model's speed-up over ``reference``:
     ``ratio`` = the reference's median / the model's, ``ratio_lo``..``ratio_hi`` its spread from
     the quartiles (reference q1 / model q3 .. reference q3 / model q1), and ``verdict`` 'faster',
-    'slower' or 'no difference' (the spread includes 1), by :func:`verdicts.ratio_verdict`."""
-    from .verdicts import ratio_verdict
-
+    'slower' or 'no difference' (the spread includes 1), by :func:`ratio_verdict`."""
     ref = times.set_index("model").loc[reference]
     out = times.copy()
     out["ratio"] = ref.median_s / out.median_s
@@ -512,6 +523,15 @@ class Evaluator:
 
 
 # The columns of an OOD table (Evaluator.ood_table; saved as baseline_ood and quantization_ood).
+CHANCE_AUROC = 0.5  # below it a detector is inverted: it gives the OOD images lower energy than digits
+
+
+def inverted(auroc: float) -> bool:
+    """The one rule for an inverted detector: AUROC below :data:`CHANCE_AUROC` (the OOD images get
+    lower energy than real digits)."""
+    return not math.isnan(auroc) and auroc < CHANCE_AUROC
+
+
 OOD_COLUMNS = ("ood_set", "digits", "n", "gap", "gap_se", "auroc", "auroc_se", "inverted")
 
 

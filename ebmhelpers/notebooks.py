@@ -4,7 +4,6 @@ runner that executes them is ``ebmhelpers.tools.runner``."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import textwrap

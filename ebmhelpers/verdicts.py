@@ -58,14 +58,14 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from .metrics import CHANCE_AUROC, TIMING_NOISE, auroc_se, inverted, ratio_verdict  # noqa: F401 (part of the rules)
+
 # ---- the margins and the interval ---------------------------------------------------------------
 FID_MARGIN = 0.10  # a model keeps FID when its FID is at most 10% above the reference's
 IS_MARGIN = 0.05  # ... and IS when its IS is at most 5% below
 AUROC_MARGIN = 0.03  # ... and an OOD AUROC when it is at most 0.03 below (each transform on its own)
 CONFIDENCE = 0.95  # two-sided coverage of every interval
-CHANCE_AUROC = 0.5  # below it a detector is inverted: it gives the OOD images lower energy than digits
 MARGINAL_AUROC = 0.7  # "only a marginal ability" to detect: AUROC below the conventional "acceptable" 0.7
-TIMING_NOISE = 0.25  # without an interleaved timing, a latency ratio within 25% of 1 is no difference
 PAPER_AUROCS = ("auroc_noise", "auroc_flip", "auroc_reduced")  # metrics.PAPER_OOD_SETS
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "contradicted", "inconclusive", "not testable here"
 VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
@@ -170,8 +170,6 @@ def auroc_interval(a: float, b: float, n: tuple[int, int] | None, n_b: tuple[int
     n_b = n_b or n
     if not n or not n_b:
         return Interval(a - b, -math.inf, math.inf, "difference", "auroc", label)
-    from .metrics import auroc_se
-
     se = math.hypot(auroc_se(a, *n), auroc_se(b, *n_b))
     half = stats.norm.ppf(0.5 + CONFIDENCE / 2) * se
     return Interval(a - b, a - b - half, a - b + half, "difference", "auroc", label)
@@ -181,8 +179,6 @@ def auroc_value_interval(a: float, n: tuple[int, int] | None, label: str = "auro
     """An AUROC itself with its normal Hanley-McNeil interval (unbounded when the set sizes are unknown)."""
     if math.isnan(a):
         return Interval(math.nan, math.nan, math.nan, "difference", "auroc", label)
-    from .metrics import auroc_se
-
     half = stats.norm.ppf(0.5 + CONFIDENCE / 2) * auroc_se(a, *n) if n else math.inf
     return Interval(a, a - half, a + half, "difference", "auroc", label)
 
@@ -362,29 +358,12 @@ def compare_quality(a, b, refs: References | None = None) -> str:
     return "better" if iv.lo > 0 else "worse" if iv.hi < 0 else "no difference"
 
 
-def inverted(auroc: float) -> bool:
-    """The one rule for an inverted detector: AUROC below :data:`CHANCE_AUROC` (the OOD images get
-    lower energy than real digits)."""
-    return not math.isnan(auroc) and auroc < CHANCE_AUROC
-
-
 def inverted_sets(row, sets=None) -> str:
     """The OOD sets (``auroc_<set>`` columns; default every one the row has) on which the model is
     an :func:`inverted` detector, comma-separated; empty when there is none."""
     cols = [f"auroc_{s}" for s in sets] if sets is not None else [c for c in row.index if c.startswith("auroc_")
                                                                     and c != "auroc_worst"]
     return ", ".join(c.removeprefix("auroc_") for c in cols if inverted(_get(row, c)))
-
-
-def ratio_verdict(ratio: float, lo: float | None = None, hi: float | None = None) -> str:
-    """'faster' / 'slower' / 'no difference' for a time ratio (reference / model): given its spread
-    (``lo``..``hi``) the ratio differs from 1 only when the spread excludes 1; without one, only
-    when it is more than :data:`TIMING_NOISE` away from 1."""
-    if math.isnan(ratio):
-        return "not measured"
-    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
-        return "faster" if lo > 1 else "slower" if hi < 1 else "no difference"
-    return "faster" if ratio > 1 + TIMING_NOISE else "slower" if ratio < 1 / (1 + TIMING_NOISE) else "no difference"
 
 
 def pareto_front(df: pd.DataFrame, cost: str, quality: str, lower_quality_is_better: bool = True) -> pd.DataFrame:

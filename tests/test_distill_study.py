@@ -213,7 +213,7 @@ def test_smoke_grid_resumes_without_recomputing_and_commits_winners(tmp_path, mo
     profile = get_profile("smoke").replace(n_gen=16, n_fid_real=128, n_ood=64, latency_repeats=2, epochs=1,
                                            max_iters_per_epoch=8, clf_train_subset=1024, train_subset=256,
                                            buffer_size=64, distill_batch_size=16)
-    grid = dict(objective_keys=["eq6", "eq6+pcd", "eq6+scale", "pcd"], ratios=(40,), seeds=1, budget_fraction=1.0,
+    grid = dict(objective_keys=["eq6", "eq6+pcd", "eq6+scale", "pcd"], ratios=(40,), seeds=1, budget_fraction=0.4,
                 baseline="cnn_tutorial8", progress=False)
     trained = []
     real_train_cell = ds.train_cell
