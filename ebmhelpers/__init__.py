@@ -16,12 +16,14 @@ What the notebooks import, one module per job:
 * ``metrics``: IS, FID, OOD detection, size, latency, throughput; ``Evaluator`` scores every model.
 * ``quantization``, ``pruning``, ``distillation``: one module per compression method.
 * ``objectives``: the distillation objectives beyond eq. 6 that ``tools.distill_study`` compares.
-* ``comparison``: the final table, Pareto fronts and the sampling-budget study.
+* ``comparison``: the final table of every model, its findings and the interleaved relative latencies.
+* ``budget``: the sampling-budget study (SGLD steps against quality, one rescaled step size per budget).
 * ``toy``: the exact 2-D toy of notebook 00.
 * ``plotting``: figures.
 * ``results``: tables shared between notebooks.
 * ``paper``: what the paper reports, transcribed with its sections.
-* ``verdicts``: the rule for "keeps quality", and the paper's claims side by side with verdicts.
+* ``verdicts``: the rules: equivalence margins, intervals, "generates", "keeps quality".
+* ``paper_report``: the protocol table and the paper's claims with their computed verdicts.
 * ``notebooks``: where the notebooks are, their shared setup cell and the package code they show.
 
 Around them, never imported by a notebook: ``tools`` (``cli``: ``python -m ebmhelpers``; ``runner``:
