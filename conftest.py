@@ -25,8 +25,9 @@ def checkout_state() -> dict[str, str] | None:
     hash of its content, so that a file changed again during the run counts too; None outside a git
     checkout."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=ROOT,
-                             capture_output=True, check=True).stdout.decode()  # fmt: skip
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=ROOT, capture_output=True, check=True
+        ).stdout.decode()
     except (OSError, subprocess.CalledProcessError):
         return None
     state = {}

@@ -27,8 +27,10 @@ What the notebooks import, one module per job:
 * ``notebooks``: where the notebooks are, their shared setup cell and the package code they show.
 
 Around them, never imported by a notebook: ``tools`` (``cli``: ``python -m ebmhelpers``; ``runner``:
-the headless main job; ``bench``: throughput and the speed-up ladder; ``estimate``: counted FLOPs; ``recipe_study``: the cpu baseline's
-PCD recipes at equal budget, its training length and generation chain, on validation digits).
+the headless main job; ``train_all``: the train-once job; ``bench``: throughput and the speed-up ladder;
+``estimate``: counted FLOPs; ``report``: the README's results section; ``recipe_study``: the cpu baseline's PCD
+recipes at equal budget, its training length and generation chain, on validation digits; ``distill_study``: the
+distillation objectives at equal compute).
 """
 
 __version__ = "0.1.0"

@@ -54,12 +54,19 @@ def budget_configs(profile: Profile, steps: tuple[int, ...], ref_steps: int) -> 
     total time ``K * step`` grows with K); the other rescales step and noise with
     :func:`rescaled_step_size` (same total time at every K). At ``K = ref_steps`` they coincide."""
     base = profile.gen_sgld_config(ref_steps)
-    return [(k, rule, profile.gen_sgld_config(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
-            for k in steps for rule in BUDGET_RULES]  # fmt: skip
+    return [
+        (k, rule, profile.gen_sgld_config(k) if rule == FIXED_STEP else rescaled_step_size(base, k, ref_steps))
+        for k in steps
+        for rule in BUDGET_RULES
+    ]
 
 
 def sampling_budget(
-    ctx: Context, evaluator: Evaluator, models: dict[str, nn.Module], steps: tuple[int, ...], ref_steps: int,
+    ctx: Context,
+    evaluator: Evaluator,
+    models: dict[str, nn.Module],
+    steps: tuple[int, ...],
+    ref_steps: int,
     repeats: int = TIMING_REPEATS,
 ) -> pd.DataFrame:
     """For each model and point of :func:`budget_configs`: IS and FID (mean and std over the
@@ -79,9 +86,21 @@ def sampling_budget(
                 seconds[k] = median_time_s(lambda cfg=cfg: sgld(model, x, cfg), device, repeats, warmup=0)
             if cfg not in quality:  # the two rules coincide at K = ref_steps: score once
                 quality[cfg], _ = evaluator.quality(model, cfg, progress=False)
-            rows.append({"model": name, "K": k, "ref_K": ref_steps, "rule": rule, "step_size": cfg.step_size,
-                         "noise_std": cfg.noise_std, "temperature": cfg.temperature, "total_time": k * cfg.step_size,
-                         "seconds": seconds[k], "timing_batch": p.latency_batch, **quality[cfg]})  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "K": k,
+                    "ref_K": ref_steps,
+                    "rule": rule,
+                    "step_size": cfg.step_size,
+                    "noise_std": cfg.noise_std,
+                    "temperature": cfg.temperature,
+                    "total_time": k * cfg.step_size,
+                    "seconds": seconds[k],
+                    "timing_batch": p.latency_batch,
+                    **quality[cfg],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -98,6 +117,16 @@ def budget_summary(budget: pd.DataFrame) -> pd.DataFrame:
         for _, r in g[g.K != ref_k].sort_values("K").iterrows():
             ivs = {m: verdicts.quality_interval(r, ref, m) for m in ("IS", "FID")}
             keeps = verdicts.combine([verdicts.non_inferior(iv, verdicts.margin(m)) for m, iv in ivs.items()])
-            rows.append({"model": model, "rule": rule, "K": int(r.K), "ref_K": ref_k, "time_vs_ref": r.seconds / ref.seconds,
-                         "IS": ivs["IS"].text(), "FID": ivs["FID"].text(), "keeps": keeps})  # fmt: skip
+            rows.append(
+                {
+                    "model": model,
+                    "rule": rule,
+                    "K": int(r.K),
+                    "ref_K": ref_k,
+                    "time_vs_ref": r.seconds / ref.seconds,
+                    "IS": ivs["IS"].text(),
+                    "FID": ivs["FID"].text(),
+                    "keeps": keeps,
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "rule", "K", "ref_K", "time_vs_ref", "IS", "FID", "keeps"])

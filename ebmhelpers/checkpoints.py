@@ -29,8 +29,16 @@ import torch
 PREVIOUS_TAG = ".prev"  # baseline.pt -> baseline.prev.pt
 
 # what zipfile raises on a damaged archive (BadZipFile for most damage, the others on odd headers)
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, zlib.error,
-               struct.error, OverflowError)  # fmt: skip
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    zlib.error,
+    struct.error,
+    OverflowError,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -64,8 +72,10 @@ def _advice(path: Path) -> str:
         verify(prev)
     except (CheckpointError, OSError):
         return f"{delete}; the previous checkpoint {prev} is damaged as well."
-    return (f"{delete}, or resume from the previous good checkpoint {prev}, which is kept: "
-            f"`ebmhelpers.checkpoints.restore_previous({str(path)!r})` puts it back in place.")  # fmt: skip
+    return (
+        f"{delete}, or resume from the previous good checkpoint {prev}, which is kept: "
+        f"`ebmhelpers.checkpoints.restore_previous({str(path)!r})` puts it back in place."
+    )
 
 
 def _check_archive(f: IO[bytes], path: Path) -> None:
@@ -143,8 +153,9 @@ def _keep_previous(path: Path) -> None:
     try:
         verify(path)
     except CheckpointError as err:
-        warnings.warn(f"overwriting a damaged checkpoint; {previous_path(path).name} is left as it was: {err}",
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"overwriting a damaged checkpoint; {previous_path(path).name} is left as it was: {err}", stacklevel=3
+        )
         return
     prev = previous_path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prev.name + ".", suffix=".tmp")

@@ -14,19 +14,52 @@ from .verdicts import References, inverted_sets
 PAPER_AUROCS = [f"auroc_{s}" for s in PAPER_OOD_SETS]
 EXTRA_AUROCS = ["auroc_fashion", "auroc_uniform"]
 COLUMNS = [
-    "model", "family", "params", "size_mb", "latency_ms_cpu", "latency_ms_cuda", "latency_batch", "sgld_img_steps_per_s",
-    "IS", "IS_std", "FID", "FID_std", "n_seeds", "training_seeds", *PAPER_AUROCS, "auroc_worst", "worst_set",
-    *EXTRA_AUROCS, "inverted_sets", "rollbacks", "diverged", "generative", "hardware", "strategy", "ratio", "finetuned",
-]  # fmt: skip
-__all__ = ["COLUMNS", "LATENCY", "best_pruning_rows", "comparison_table", "findings", "inverted_sets", "references",
-           "relative_latency", "student_speed"]
+    "model",
+    "family",
+    "params",
+    "size_mb",
+    "latency_ms_cpu",
+    "latency_ms_cuda",
+    "latency_batch",
+    "sgld_img_steps_per_s",
+    "IS",
+    "IS_std",
+    "FID",
+    "FID_std",
+    "n_seeds",
+    "training_seeds",
+    *PAPER_AUROCS,
+    "auroc_worst",
+    "worst_set",
+    *EXTRA_AUROCS,
+    "inverted_sets",
+    "rollbacks",
+    "diverged",
+    "generative",
+    "hardware",
+    "strategy",
+    "ratio",
+    "finetuned",
+]
+__all__ = [
+    "COLUMNS",
+    "LATENCY",
+    "best_pruning_rows",
+    "comparison_table",
+    "findings",
+    "inverted_sets",
+    "references",
+    "relative_latency",
+    "student_speed",
+]
 
 
 def references(ctx: Context) -> References:
     """The references "generates" is measured against, from notebook 02's tables of this run."""
     ood = results.load_table(ctx, "baseline_ood")
-    return References.from_tables(results.load_table(ctx, "baseline").iloc[0],
-                                  results.load_table(ctx, "baseline_references"), ood)
+    return References.from_tables(
+        results.load_table(ctx, "baseline").iloc[0], results.load_table(ctx, "baseline_references"), ood
+    )
 
 
 def best_pruning_rows(pruning: pd.DataFrame, base: pd.Series, refs: References) -> pd.DataFrame:
@@ -39,8 +72,15 @@ def best_pruning_rows(pruning: pd.DataFrame, base: pd.Series, refs: References) 
     for _, group in pruning.groupby(["strategy", "finetuned"], sort=False):
         ok = group[group.apply(verdicts.keeps_quality, axis=1, ref=base, refs=refs)]
         gen = group[group.apply(verdicts.generates, axis=1, refs=refs)]
-        picked.append(ok.loc[ok.ratio.idxmax()] if len(ok) else gen.loc[gen.FID.idxmin()] if len(gen)
-                      else group.loc[group.IS.fillna(0).idxmax()] if "IS" in group else group.iloc[0])
+        picked.append(
+            ok.loc[ok.ratio.idxmax()]
+            if len(ok)
+            else gen.loc[gen.FID.idxmin()]
+            if len(gen)
+            else group.loc[group.IS.fillna(0).idxmax()]
+            if "IS" in group
+            else group.iloc[0]
+        )
     return pd.DataFrame(picked)
 
 
@@ -50,8 +90,8 @@ def comparison_table(ctx: Context) -> pd.DataFrame:
     the sets where the detector is inverted (:func:`verdicts.inverted_sets`), the divergence
     guard's record for pruning rows, and ``generates`` and ``keeps_quality`` by the series' rules.
 
-    Raises :class:`results.MissingResultsError` naming the notebook to run when a table is
-    missing; a table saved before a column existed gets NaN there and a printed note.
+    Raises :class:`results.MissingResultsError` naming the notebook to run when a table, or a
+    column this table needs, is missing.
     """
     base = results.load_table(ctx, "baseline").assign(family="baseline")
     quant = results.load_table(ctx, "quantization").assign(family="quantization")
@@ -61,8 +101,10 @@ def comparison_table(ctx: Context) -> pd.DataFrame:
     for name, df in (("baseline", base), ("quantization", quant), ("pruning", pruning), ("distillation", students)):
         missing = [c for c in (*PAPER_AUROCS, "auroc_worst", "FID_std") if c not in df.columns]
         if missing:
-            print(f"note: results/{ctx.profile.name}/{name}.csv has no {', '.join(missing)} (saved before they "
-                  f"existed): run notebooks/{results.PRODUCERS[name]}.ipynb again; shown as NaN here")
+            raise results.MissingResultsError(
+                f"results/{ctx.profile.name}/{name}.csv has no {', '.join(missing)}: "
+                f"run notebooks/{results.PRODUCERS[name]}.ipynb again"
+            )
     pruned = best_pruning_rows(pruning, base.iloc[0], refs).assign(family="pruning")
     table = pd.concat([base, quant, pruned, students], ignore_index=True)
     for col in COLUMNS:
@@ -82,10 +124,17 @@ def findings(table: pd.DataFrame, refs: References) -> pd.DataFrame:
     base = table[table.family == "baseline"].iloc[0]
     rows = []
     for _, r in table[table.family != "baseline"].iterrows():
-        rows.append({"model": r.model, "family": r.family, "compression_x": r.compression_x,
-                     "generates": verdicts.generates(r, refs), "keeps_quality": verdicts.keeps_quality(r, base, refs),
-                     "not shown": "; ".join(verdicts.quality_failures(r, base, refs)),
-                     "inverted on": r.get("inverted_sets", "")})  # fmt: skip
+        rows.append(
+            {
+                "model": r.model,
+                "family": r.family,
+                "compression_x": r.compression_x,
+                "generates": verdicts.generates(r, refs),
+                "keeps_quality": verdicts.keeps_quality(r, base, refs),
+                "not shown": "; ".join(verdicts.quality_failures(r, base, refs)),
+                "inverted on": r.get("inverted_sets", ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -104,18 +153,23 @@ def student_speed(ctx: Context, baseline, students: pd.DataFrame) -> pd.DataFram
     p = ctx.profile
     models = {"baseline": baseline.eval()}
     models |= {name: build_student(name).to(ctx.device).eval() for name in students.student.unique()}
-    return compare_latency(models, p.latency_batch, ctx.device, "baseline", repeats=p.latency_repeats,
-                           warmup=p.latency_warmup)
+    return compare_latency(
+        models, p.latency_batch, ctx.device, "baseline", repeats=p.latency_repeats, warmup=p.latency_warmup
+    )
 
 
-def relative_latency(table: pd.DataFrame, quant_speed: pd.DataFrame | None, pruning_speed: pd.DataFrame | None,
-                     students: pd.DataFrame | None = None) -> pd.DataFrame:
+def relative_latency(
+    table: pd.DataFrame,
+    quant_speed: pd.DataFrame | None,
+    pruning_speed: pd.DataFrame | None,
+    students: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """``table`` (:func:`comparison_table`) with :data:`LATENCY` and its spread ``_lo``/``_hi``:
     the inverse of each model's interleaved speed-up over the baseline and of its quartile spread,
     from notebook 03's ``quantization_speed`` (fp32 and int8), notebook 04's ``pruning_speed``
     (physically pruned structured models; a fine-tuned model has its one-shot model's architecture)
     and :func:`student_speed` (``students``). Models without an interleaved timing (masked
-    unstructured pruning runs the dense model's kernels; a speed table saved before it held interleaved
+    unstructured pruning runs the dense model's kernels; a speed table without interleaved
     columns) get NaN."""
     out = table.copy()
     for col in (LATENCY, f"{LATENCY}_lo", f"{LATENCY}_hi"):
@@ -128,13 +182,21 @@ def relative_latency(table: pd.DataFrame, quant_speed: pd.DataFrame | None, prun
         for r in quant_speed.itertuples():
             name = "baseline" if r.model == "fp32" else r.model
             put(out.model == name, r.speedup_cpu, r.speedup_lo, r.speedup_hi)
-    if pruning_speed is not None and "strategy" in out and {"speedup_interleaved", "speedup_lo"} <= set(pruning_speed.columns):
+    if (
+        pruning_speed is not None
+        and "strategy" in out
+        and {"speedup_interleaved", "speedup_lo"} <= set(pruning_speed.columns)
+    ):
         phys = pruning_speed[pruning_speed.variant == "physical"]
         for r in phys.itertuples():
             mask = (out.family == "pruning") & (out.strategy == r.strategy) & ((out.ratio - r.ratio).abs() < 1e-9)
             put(mask, r.speedup_interleaved, r.speedup_lo, r.speedup_hi)
     if students is not None:
         for r in students[students.model != "baseline"].itertuples():
-            put((out.family == "distillation") & out.model.astype(str).str.startswith(f"{r.model}/"), r.ratio,
-                r.ratio_lo, r.ratio_hi)
+            put(
+                (out.family == "distillation") & out.model.astype(str).str.startswith(f"{r.model}/"),
+                r.ratio,
+                r.ratio_lo,
+                r.ratio_hi,
+            )
     return out

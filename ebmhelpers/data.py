@@ -18,12 +18,7 @@ import torchvision
 from .runtime import data_root
 
 DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion": torchvision.datasets.FashionMNIST}
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -79,7 +74,11 @@ VAL_SEED = 12345  # the permutation that holds out validation digits (fixed for 
 
 
 def load_training_split(
-    part: str, val_size: int, subset: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
+    part: str,
+    val_size: int,
+    subset: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
     with_labels: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """MNIST training digits split into ``"fit"`` (what models train on) and ``"val"`` (the

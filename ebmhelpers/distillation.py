@@ -29,11 +29,7 @@ leaves its share of the loss unchanged. Energies have a natural zero here: the t
 ``alpha (E(x+)^2 + E(x-)^2)`` term pulls both real and sampled energies towards 0, which is
 what makes their magnitude a scale. The mean square is used rather than the variance within
 each kind: the teacher's energy on noise is nearly constant, and dividing by its tiny variance
-made that plateau dominate the loss and the wide buffer energies count least. In a trial on an
-early ``cpu``-profile teacher (``cnn_7k`` over 3 seeds, ``resnet_77k`` over 1; 800 steps), the
-held-out energy MSE relative to the plain MSE's was 1.1-1.6x on real digits and 3-5x on buffer
-states with variance normalisation, and 0.6x on real digits and 0.8-1.1x on buffer states with
-the mean square (0.8-2x on the nearly constant noise energies). A kind with energies all near 0
+made that plateau dominate the loss and the wide buffer energies count least. A kind with energies all near 0
 would still get a tiny ``s_k``, so ``s_k`` is floored at :data:`SCALE_FLOOR` times the mean
 square over all training inputs. In a minibatch the same objective is an importance-weighted
 MSE: input ``i`` of kind ``k`` weighs ``N / (K n_k s_k)`` (``n_k`` inputs of kind ``k`` among
@@ -101,7 +97,9 @@ GRAD_WEIGHT = 1.0  # weight of the (relative) gradient-matching term when it is 
 # A kind's loss scale (and held-out variance) is at least this fraction of the same statistic over
 # all inputs together: a kind whose RMS energy is below 1% of the whole set's is held to that 1%.
 SCALE_FLOOR = 1e-4
-LOSS_NAME = "per-kind relative (mean square)"  # stored in checkpoints: students trained with another loss are not reused
+LOSS_NAME = (
+    "per-kind relative (mean square)"  # stored in checkpoints: students trained with another loss are not reused
+)
 EQ6_LOSS_NAME = "eq. 6 plain MSE"
 # Chain lengths, as fractions of ``profile.gen_steps``, for sampling a student from the teacher's buffer.
 BUFFER_CHAIN_FRACTIONS = (0.25, 1.0)
@@ -122,20 +120,44 @@ class StudentSpec:
 STUDENTS: dict[str, StudentSpec] = {
     s.name: s
     for s in (
-        StudentSpec("resnet_slim", "ResNet", "ResNet18 layout [2,2,2,2] at half width 32/64/128/256", 2_794_634,
-                    lambda: ResNetEnergy((2, 2, 2, 2), (32, 64, 128, 256))),
-        StudentSpec("resnet_small", "ResNet", "ResNet [1,1,1,1], widths 16/32/64/128", 307_818,
-                    lambda: ResNetEnergy((1, 1, 1, 1), (16, 32, 64, 128))),
-        StudentSpec("resnet_77k", "ResNet", "ResNet [1,1,1], widths 10/26/72 (the paper's 77,004)", 77_004,
-                    lambda: ResNetEnergy((1, 1, 1), (10, 26, 72))),
-        StudentSpec("cnn_20k", "CNN", "4 convs 8/16/32/32, linear 128-32-10", 19_722,
-                    lambda: ConvEnergy((8, 16, 32, 32), hidden=32)),
-        StudentSpec("cnn_7k", "CNN", "4 convs 8/16/16/16, linear 64-16-10", 7_226,
-                    lambda: ConvEnergy((8, 16, 16, 16), hidden=16)),
-        StudentSpec("cnn_2k", "CNN", "3 convs 4/8/8, linear 128-10", 2_274,
-                    lambda: ConvEnergy((4, 8, 8))),
+        StudentSpec(
+            "resnet_slim",
+            "ResNet",
+            "ResNet18 layout [2,2,2,2] at half width 32/64/128/256",
+            2_794_634,
+            lambda: ResNetEnergy((2, 2, 2, 2), (32, 64, 128, 256)),
+        ),
+        StudentSpec(
+            "resnet_small",
+            "ResNet",
+            "ResNet [1,1,1,1], widths 16/32/64/128",
+            307_818,
+            lambda: ResNetEnergy((1, 1, 1, 1), (16, 32, 64, 128)),
+        ),
+        StudentSpec(
+            "resnet_77k",
+            "ResNet",
+            "ResNet [1,1,1], widths 10/26/72 (the paper's 77,004)",
+            77_004,
+            lambda: ResNetEnergy((1, 1, 1), (10, 26, 72)),
+        ),
+        StudentSpec(
+            "cnn_20k",
+            "CNN",
+            "4 convs 8/16/32/32, linear 128-32-10",
+            19_722,
+            lambda: ConvEnergy((8, 16, 32, 32), hidden=32),
+        ),
+        StudentSpec(
+            "cnn_7k",
+            "CNN",
+            "4 convs 8/16/16/16, linear 64-16-10",
+            7_226,
+            lambda: ConvEnergy((8, 16, 16, 16), hidden=16),
+        ),
+        StudentSpec("cnn_2k", "CNN", "3 convs 4/8/8, linear 128-10", 2_274, lambda: ConvEnergy((4, 8, 8))),
     )
-}  # fmt: skip
+}
 PAPER_SIZED_STUDENT = "resnet_77k"
 # Students trained a second time with the gradient-matching term (the "beyond the paper" part).
 GRAD_MATCH_STUDENTS = (PAPER_SIZED_STUDENT, "cnn_20k")
@@ -145,8 +167,13 @@ def _tiny_cnn_spec(channels: tuple[int, ...]) -> StudentSpec:
     name = "cnn_" + "-".join(str(c) for c in channels)
     with torch.device("meta"):
         params = sum(p.numel() for p in ConvEnergy(channels).parameters())
-    return StudentSpec(name, "CNN", f"{len(channels)} convs {'/'.join(map(str, channels))}, linear to 10 (sized to "
-                       "1/145 of the teacher)", params, lambda: ConvEnergy(channels))  # fmt: skip
+    return StudentSpec(
+        name,
+        "CNN",
+        f"{len(channels)} convs {'/'.join(map(str, channels))}, linear to 10 (sized to 1/145 of the teacher)",
+        params,
+        lambda: ConvEnergy(channels),
+    )
 
 
 def student_spec(name: str) -> StudentSpec:
@@ -235,10 +262,16 @@ def student_table(teacher_params: int, teacher_flops: int | None = None) -> pd.D
     ``teacher_params`` parameters and whether it is distilled (see :func:`students_for`)."""
     used = set(students_for(teacher_params, teacher_flops))
     rows = [
-        {"student": s.name, "family": s.family, "architecture": s.architecture, "params": s.params,
-         "x fewer than teacher": teacher_params / s.params, "distilled": s.name in used}
+        {
+            "student": s.name,
+            "family": s.family,
+            "architecture": s.architecture,
+            "params": s.params,
+            "x fewer than teacher": teacher_params / s.params,
+            "distilled": s.name in used,
+        }
         for s in STUDENTS.values()
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows)
 
 
@@ -309,9 +342,16 @@ class DistillSet:
         for i, k in enumerate(INPUT_KINDS):
             e = self.energy[self.kind == i]
             if len(e):
-                rows.append({"inputs": k, "n": len(e), "teacher E mean": float(e.mean()),
-                             "teacher E std": float(e.std(correction=0)), "loss scale s_k (mean E^2)": float(e_scale[i]),
-                             "gradient scale g_k": float(g_scale[i])})  # fmt: skip
+                rows.append(
+                    {
+                        "inputs": k,
+                        "n": len(e),
+                        "teacher E mean": float(e.mean()),
+                        "teacher E std": float(e.std(correction=0)),
+                        "loss scale s_k (mean E^2)": float(e_scale[i]),
+                        "gradient scale g_k": float(g_scale[i]),
+                    }
+                )
         return pd.DataFrame(rows)
 
 
@@ -351,7 +391,9 @@ def teacher_targets(
 ) -> DistillSet:
     """Run the teacher once over ``x``: energies and input gradients, kept on ``x``'s device."""
     teacher.eval()
-    energies, grads = batched_energy_grad(teacher, x, batch_size, progress=progress, desc="teacher energies and gradients")
+    energies, grads = batched_energy_grad(
+        teacher, x, batch_size, progress=progress, desc="teacher energies and gradients"
+    )
     return DistillSet(x, kind, energies, grads)
 
 
@@ -383,8 +425,13 @@ def gradient_matching_loss(
 
 
 def distill_loss(
-    student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor | None = None,
-    grad_weight: float = 0.0, energy_w: torch.Tensor | None = None, grad_w: torch.Tensor | None = None,
+    student: nn.Module,
+    x: torch.Tensor,
+    teacher_energy: torch.Tensor,
+    teacher_grad: torch.Tensor | None = None,
+    grad_weight: float = 0.0,
+    energy_w: torch.Tensor | None = None,
+    grad_w: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``L_E + grad_weight * L_G`` on one batch (module docstring), with per-input weights
     ``energy_w`` and ``grad_w`` (from :meth:`DistillSet.loss_weights`; None = plain MSE).
@@ -399,8 +446,12 @@ def distill_loss(
     else:
         energy, grad_term = student(x), torch.zeros((), device=x.device)
     energy_term = weighted_mse(energy, teacher_energy, energy_w)
-    return {"loss": energy_term + grad_weight * grad_term, "energy": energy_term, "grad": grad_term,
-            "energy_mse": F.mse_loss(energy.detach(), teacher_energy)}  # fmt: skip
+    return {
+        "loss": energy_term + grad_weight * grad_term,
+        "energy": energy_term,
+        "grad": grad_term,
+        "energy_mse": F.mse_loss(energy.detach(), teacher_energy),
+    }
 
 
 # ---- the resumable trainer --------------------------------------------------------------
@@ -430,12 +481,23 @@ class Distiller(LoopTrainer):
     HISTORY_COLUMNS = ("step", *LOSS_TERMS)
 
     def __init__(
-        self, student: nn.Module, targets: DistillSet, steps: int, batch_size: int, grad_weight: float = 0.0,
-        lr: float = DISTILL_LR, seed: int = 0, ckpt_path: str | Path | None = None, ckpt_every: int = 200,
-        meta: dict[str, Any] | None = None, balanced: bool = True,
+        self,
+        student: nn.Module,
+        targets: DistillSet,
+        steps: int,
+        batch_size: int,
+        grad_weight: float = 0.0,
+        lr: float = DISTILL_LR,
+        seed: int = 0,
+        ckpt_path: str | Path | None = None,
+        ckpt_every: int = 200,
+        meta: dict[str, Any] | None = None,
+        balanced: bool = True,
     ) -> None:
         if steps < 1 or batch_size < 1 or len(targets) == 0:
-            raise ValueError(f"need steps >= 1, batch_size >= 1 and targets (got {steps}, {batch_size}, {len(targets)})")
+            raise ValueError(
+                f"need steps >= 1, batch_size >= 1 and targets (got {steps}, {batch_size}, {len(targets)})"
+            )
         self.device = targets.x.device
         self.student = student.to(self.device)
         self.targets, self.steps, self.batch_size = targets, steps, batch_size
@@ -446,9 +508,17 @@ class Distiller(LoopTrainer):
         else:  # eq. 6: every input weighs 1, the plain mean of squared errors
             self.energy_w = self.grad_w = torch.ones(len(targets), device=self.device)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
-        self.meta = {"steps": steps, "batch_size": batch_size, "grad_weight": grad_weight, "lr": lr, "seed": seed,
-                     "n_targets": len(targets), "loss": LOSS_NAME if balanced else EQ6_LOSS_NAME,
-                     "scale_floor": SCALE_FLOOR, **(meta or {})}  # fmt: skip
+        self.meta = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "grad_weight": grad_weight,
+            "lr": lr,
+            "seed": seed,
+            "n_targets": len(targets),
+            "loss": LOSS_NAME if balanced else EQ6_LOSS_NAME,
+            "scale_floor": SCALE_FLOOR,
+            **(meta or {}),
+        }
         self.opt = torch.optim.Adam(self.student.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         self._history: list[list[float]] = []  # one row of HISTORY_COLUMNS per step
@@ -458,9 +528,14 @@ class Distiller(LoopTrainer):
         return self.student
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "step": self.step,
-                "history": [list(r) for r in self._history], "meta": dict(self.meta)}  # fmt: skip
+        return {
+            "model": self.student.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": self.step,
+            "history": [list(r) for r in self._history],
+            "meta": dict(self.meta),
+        }
 
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         """Refuse a checkpoint of a run with other ``meta``."""
@@ -479,9 +554,12 @@ class Distiller(LoopTrainer):
         self._history = [list(r) for r in state["history"]]
 
     def fit(
-        self, progress: bool = True, desc: str = "distilling", max_steps: int | None = None,
+        self,
+        progress: bool = True,
+        desc: str = "distilling",
+        max_steps: int | None = None,
         time_budget_s: float | None = None,
-    ) -> pd.DataFrame:  # fmt: skip
+    ) -> pd.DataFrame:
         """Train until ``steps`` are done, or stop at the first checkpoint at or after
         ``max_steps`` steps or once ``time_budget_s`` seconds are spent, so that a later call
         resumes there; returns the history."""
@@ -494,8 +572,15 @@ class Distiller(LoopTrainer):
         """One Adam and scheduler step on the targets ``batch``; returns :data:`LOSS_TERMS` as a
         device tensor (no host sync)."""
         t = self.targets
-        terms = distill_loss(self.student, t.x[batch], t.energy[batch], t.grad[batch], self.grad_weight,
-                             self.energy_w[batch], self.grad_w[batch])  # fmt: skip
+        terms = distill_loss(
+            self.student,
+            t.x[batch],
+            t.energy[batch],
+            t.grad[batch],
+            self.grad_weight,
+            self.energy_w[batch],
+            self.grad_w[batch],
+        )
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.opt.step()
@@ -528,8 +613,17 @@ def student_file(name: str, run: str, seed: int = 0) -> str:
 
 
 def load_or_distill(
-    ctx: Context, name: str, variant: str, targets: DistillSet, steps: int, teacher: nn.Module,
-    grad_weight: float = 0.0, progress: bool = True, seed: int = 0, train: bool | None = None, commit: bool = False,
+    ctx: Context,
+    name: str,
+    variant: str,
+    targets: DistillSet,
+    steps: int,
+    teacher: nn.Module,
+    grad_weight: float = 0.0,
+    progress: bool = True,
+    seed: int = 0,
+    train: bool | None = None,
+    commit: bool = False,
     parent: str = "",
 ) -> tuple[EnergyModel, pd.DataFrame]:
     """The student ``name`` distilled on the ``variant`` inputs (see :data:`VARIANT_INPUTS`) with
@@ -552,8 +646,14 @@ def load_or_distill(
     seed_everything(p.seed + seed)
     student = build_student(name)
     distiller = Distiller(
-        student, targets.select(VARIANT_INPUTS[variant]), steps, p.distill_batch_size, grad_weight=grad_weight,
-        seed=p.seed + seed, ckpt_path=ctx.checkpoints / f"{file}.pt", ckpt_every=p.ckpt_every,
+        student,
+        targets.select(VARIANT_INPUTS[variant]),
+        steps,
+        p.distill_batch_size,
+        grad_weight=grad_weight,
+        seed=p.seed + seed,
+        ckpt_path=ctx.checkpoints / f"{file}.pt",
+        ckpt_every=p.ckpt_every,
         meta={"profile": p.name, "student": name, "variant": run, "teacher": teacher_fingerprint(teacher)},
         balanced=VARIANT_BALANCED[variant],
     )
@@ -567,9 +667,19 @@ def load_or_distill(
     else:
         distiller.fit(progress=progress, desc=f"distilling {name} ({run})")
     if commit:
-        pretrained.commit(p.name, file, "student", distiller.weights_state(), architecture=name,
-                          iterations=distiller.step, seconds=distiller.seconds,
-                          command=pretrained.retrain_command(p.name, file), seed=seed, parent=parent, variant=run)
+        pretrained.commit(
+            p.name,
+            file,
+            "student",
+            distiller.weights_state(),
+            architecture=name,
+            iterations=distiller.step,
+            seconds=distiller.seconds,
+            command=pretrained.retrain_command(p.name, file),
+            seed=seed,
+            parent=parent,
+            variant=run,
+        )
     return distiller.student.eval(), distiller.history
 
 
@@ -601,8 +711,9 @@ def quality_text(row, refs=None) -> str:
     generate (:func:`verdicts.generates` against ``refs``: its FID is then not compared)."""
     from .verdicts import generates
 
-    return (f"IS {row['IS']:.2f} ± {row['IS_std']:.2f}, FID {row['FID']:.0f} ± {row['FID_std']:.0f}"
-            + ("" if generates(row, refs) else " (does not generate)"))
+    return f"IS {row['IS']:.2f} ± {row['IS_std']:.2f}, FID {row['FID']:.0f} ± {row['FID_std']:.0f}" + (
+        "" if generates(row, refs) else " (does not generate)"
+    )
 
 
 def best_student_name(table: pd.DataFrame) -> str:
@@ -625,7 +736,9 @@ def load_best_student(ctx: Context, table: pd.DataFrame) -> EnergyModel:
         return student.eval()
     path = ctx.checkpoints / f"{file}.pt"
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint {path}: run notebooks/05_distillation.ipynb with profile {ctx.profile.name!r}")
+        raise FileNotFoundError(
+            f"no checkpoint {path}: run notebooks/05_distillation.ipynb with profile {ctx.profile.name!r}"
+        )
     student.load_state_dict(load_checkpoint(path, ctx.device)["model"])
     return student.eval()
 
@@ -649,15 +762,20 @@ def heldout_errors(model: nn.Module, held: DistillSet, batch_size: int = 256) ->
         m = held.kind == i
         if m.any():
             mse = float((e[m] - held.energy[m]).pow(2).mean())
-            rows.append({"inputs": k, "energy_mse": mse, "energy_rel": mse / float(e_var[i]),
-                         "grad_rel": float(g_err[m].mean()) / float(g_scale[i]),
-                         "grad_cosine": float(cos[m].mean())})  # fmt: skip
+            rows.append(
+                {
+                    "inputs": k,
+                    "energy_mse": mse,
+                    "energy_rel": mse / float(e_var[i]),
+                    "grad_rel": float(g_err[m].mean()) / float(g_scale[i]),
+                    "grad_cosine": float(cos[m].mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def score_model(
-    ev: Evaluator, model: nn.Module, student: str, variant: str, held: DistillSet | None = None,
-    **score_kwargs: Any,
+    ev: Evaluator, model: nn.Module, student: str, variant: str, held: DistillSet | None = None, **score_kwargs: Any
 ) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
     """``Evaluator.score`` (which seeds its own generation, so every model starts its chains from
     the same noise) plus ``student``/``variant`` columns and, given held-out targets, per input
@@ -673,7 +791,7 @@ def score_model(
 
 
 def score_seeds(
-    ev: Evaluator, trained: Sequence[nn.Module], student: str, variant: str, held: DistillSet | None = None,
+    ev: Evaluator, trained: Sequence[nn.Module], student: str, variant: str, held: DistillSet | None = None
 ) -> tuple[dict, torch.Tensor | None]:
     """One table row for a student distilled with several training seeds (``trained``, seed 0
     first): each seed's model scored by :func:`score_model`, the rows combined as notebook 04
@@ -715,8 +833,15 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
     scores, first = [], None
     for seed in ev.seeds:
         seed_everything(seed)
-        samples = generate(model, len(starts), p.gen_sgld_config(steps), p.gen_batch_size, device=ev.device, init=starts,
-                           sampler=ev.sampler(model))
+        samples = generate(
+            model,
+            len(starts),
+            p.gen_sgld_config(steps),
+            p.gen_batch_size,
+            device=ev.device,
+            init=starts,
+            sampler=ev.sampler(model),
+        )
         scores.append(ev.sample_quality(samples))
         first = samples if first is None else first
     out: dict[str, float] = {"n_seeds": len(scores)}
@@ -728,7 +853,11 @@ def sample_from(model: nn.Module, starts: torch.Tensor, ev: Evaluator, steps: in
 def buffer_starts(buffer: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``n`` chain starts drawn from the teacher's buffer (with replacement when n > size)."""
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(buffer), (n,), generator=g) if n > len(buffer) else torch.randperm(len(buffer), generator=g)[:n]
+    idx = (
+        torch.randint(len(buffer), (n,), generator=g)
+        if n > len(buffer)
+        else torch.randperm(len(buffer), generator=g)[:n]
+    )
     return buffer[idx.to(buffer.device)]
 
 
@@ -739,7 +868,9 @@ FIGURE3_METRICS = (
     ("auroc_worst", "worst-case OOD AUROC over the paper's transforms (noise, upside-down, reduced)"),
     ("sgld_img_steps_per_s", "SGLD image-steps / s"),
 )
-AUROC_CHANCE = verdicts.CHANCE_AUROC  # below it a detector is inverted (it scores the transformed digits as more typical)
+AUROC_CHANCE = (
+    verdicts.CHANCE_AUROC
+)  # below it a detector is inverted (it scores the transformed digits as more typical)
 
 
 def _std(df: pd.DataFrame | pd.Series, col: str) -> Any:
@@ -752,8 +883,12 @@ def _std(df: pd.DataFrame | pd.Series, col: str) -> Any:
 
 
 def plot_vs_size(
-    df: pd.DataFrame, teacher: dict | pd.Series, metrics: Sequence[tuple[str, str]] = FIGURE3_METRICS,
-    title: str | None = None, save: str | Path | None = None, highlight: pd.Series | None = None,
+    df: pd.DataFrame,
+    teacher: dict | pd.Series,
+    metrics: Sequence[tuple[str, str]] = FIGURE3_METRICS,
+    title: str | None = None,
+    save: str | Path | None = None,
+    highlight: pd.Series | None = None,
 ) -> plt.Figure:
     """Figure 3: each metric against the student's parameter count (log x), one line per
     variant, the teacher as a dashed reference line (with its seed-to-seed std as a band).
@@ -763,17 +898,27 @@ def plot_vs_size(
     ncols = min(2, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.axis("off")
     for ax, (col, label) in zip(axes.flat, metrics):
         for variant, part in df.sort_values("params").groupby("variant", sort=False):
-            ax.errorbar(part["params"], part[col], yerr=_std(part, col), fmt="o-", capsize=3,
-                        label=f"students ({variant})")
+            ax.errorbar(
+                part["params"], part[col], yerr=_std(part, col), fmt="o-", capsize=3, label=f"students ({variant})"
+            )
             for r in part.itertuples():
-                ax.annotate(r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
         if highlight is not None:
-            ax.scatter([highlight["params"]], [highlight[col]], s=160, facecolors="none", edgecolors="r", zorder=5,
-                       label=f"best: {highlight['student']} ({highlight['variant']})")
+            ax.scatter(
+                [highlight["params"]],
+                [highlight[col]],
+                s=160,
+                facecolors="none",
+                edgecolors="r",
+                zorder=5,
+                label=f"best: {highlight['student']} ({highlight['variant']})",
+            )
         ax.axhline(teacher[col], color="k", ls="--", lw=1, label="baseline (teacher)")
         t_std = _std(teacher, col)
         if t_std is not None:
@@ -793,7 +938,10 @@ def plot_vs_size(
 
 
 def sample_grids(
-    samples: dict[str, torch.Tensor], n: int = 10, nrow: int = 10, title: str | None = None,
+    samples: dict[str, torch.Tensor],
+    n: int = 10,
+    nrow: int = 10,
+    title: str | None = None,
     save: str | Path | None = None,
 ) -> plt.Figure:
     """One image grid per model (its first ``n`` samples), stacked vertically."""
@@ -806,17 +954,16 @@ def sample_grids(
     return finish(fig, title, save)
 
 
-def plot_heldout(
-    df: pd.DataFrame, title: str | None = None, save: str | Path | None = None
-) -> plt.Figure:
+def plot_heldout(df: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
     """Bars per input kind and run (a :func:`heldout_errors` table with a ``run`` column): the
     held-out relative energy error (log; comparable across kinds) and the gradient cosine."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     sns.barplot(df, x="inputs", y="energy_rel", hue="run", ax=axes[0])
     axes[0].set_yscale("log")
     axes[0].axhline(1, color="k", ls=":", lw=0.8)
-    axes[0].set_title("held-out energy MSE / variance of teacher energies\n(lower is better; 1 = the kind's mean)",
-                      fontsize=9)
+    axes[0].set_title(
+        "held-out energy MSE / variance of teacher energies\n(lower is better; 1 = the kind's mean)", fontsize=9
+    )
     sns.barplot(df, x="inputs", y="grad_cosine", hue="run", ax=axes[1])
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_title("cosine(dE_student/dx, dE_teacher/dx) (1 = same direction)", fontsize=9)

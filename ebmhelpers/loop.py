@@ -109,7 +109,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._bar.close()
 
 
@@ -122,11 +124,19 @@ class ResumableLoop:
     """
 
     def __init__(
-        self, n_items: int, batch_size: int, total_steps: int, seed: int, ckpt_every: int,
-        device: torch.device | str = "cpu", max_iters_per_epoch: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        n_items: int,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        ckpt_every: int,
+        device: torch.device | str = "cpu",
+        max_iters_per_epoch: int | None = None,
+    ) -> None:
         if n_items < 1 or batch_size < 1 or ckpt_every < 1:
-            raise ValueError(f"need n_items, batch_size and ckpt_every >= 1 (got {n_items}, {batch_size}, {ckpt_every})")
+            raise ValueError(
+                f"need n_items, batch_size and ckpt_every >= 1 (got {n_items}, {batch_size}, {ckpt_every})"
+            )
         self.n_items, self.batch_size, self.total_steps = n_items, batch_size, total_steps
         self.seed, self.ckpt_every, self.device = seed, ckpt_every, torch.device(device)
         self.iters_per_epoch = iters_per_epoch(n_items, batch_size, max_iters_per_epoch)
@@ -153,9 +163,11 @@ class ResumableLoop:
         must agree with it (else the run's batch size or epoch length changed since it was saved)."""
         expected = divmod(step, self.iters_per_epoch)
         if (epoch, it) != (None, None) and (epoch, it) != expected:
-            raise ValueError(f"a checkpoint at step {step} says epoch {epoch}, iteration {it}, but with "
-                             f"{self.iters_per_epoch} iterations per epoch that step is epoch {expected[0]}, "
-                             f"iteration {expected[1]}: it belongs to a run with other settings")  # fmt: skip
+            raise ValueError(
+                f"a checkpoint at step {step} says epoch {epoch}, iteration {it}, but with "
+                f"{self.iters_per_epoch} iterations per epoch that step is epoch {expected[0]}, "
+                f"iteration {expected[1]}: it belongs to a run with other settings"
+            )
         self.step = step
 
     def batch(self) -> torch.Tensor:
@@ -205,9 +217,13 @@ class ResumableLoop:
         return length >= self.ckpt_every or self.it == 0 or self.done
 
     def _end_window(
-        self, window: list[torch.Tensor], on_checkpoint: Callable[[Window], bool], bar: Progress,
-        postfix: Callable[[Window], dict[str, str]] | None, limits: Limits,
-    ) -> bool:  # fmt: skip
+        self,
+        window: list[torch.Tensor],
+        on_checkpoint: Callable[[Window], bool],
+        bar: Progress,
+        postfix: Callable[[Window], dict[str, str]] | None,
+        limits: Limits,
+    ) -> bool:
         """Hand the window to ``on_checkpoint`` and follow its verdict; returns whether to stop."""
         closed = Window(self.step - len(window), torch.stack(window).cpu(), self.it == 0)
         if not on_checkpoint(closed):
@@ -304,8 +320,12 @@ class LoopTrainer(abc.ABC):
         (pruning masks as booleans), the position, the history and the training seconds."""
         from .pretrained import encode_masks, pack_history
 
-        return {"model": encode_masks(self.trained_model.state_dict()), "step": self.step,
-                "history": pack_history(self._history), "seconds": self._elapsed()}  # fmt: skip
+        return {
+            "model": encode_masks(self.trained_model.state_dict()),
+            "step": self.step,
+            "history": pack_history(self._history),
+            "seconds": self._elapsed(),
+        }
 
     def install(self, state: dict[str, Any]) -> None:
         """Take over a committed run (:meth:`weights_state`) in memory: weights, position, history and
@@ -348,10 +368,16 @@ class LoopTrainer(abc.ABC):
 
     # ---- the loop ---------------------------------------------------------------------
     def _fit(
-        self, train_step: Callable[[torch.Tensor], torch.Tensor], on_checkpoint: Callable[[Window], bool],
-        postfix: Callable[[Window], dict[str, str]], max_steps: int | None, time_budget_s: float | None,
-        progress: bool, desc: str, after_step: Callable[[], None] | None = None,
-    ) -> pd.DataFrame:  # fmt: skip
+        self,
+        train_step: Callable[[torch.Tensor], torch.Tensor],
+        on_checkpoint: Callable[[Window], bool],
+        postfix: Callable[[Window], dict[str, str]],
+        max_steps: int | None,
+        time_budget_s: float | None,
+        progress: bool,
+        desc: str,
+        after_step: Callable[[], None] | None = None,
+    ) -> pd.DataFrame:
         """Run ``self.loop`` (:meth:`ResumableLoop.run`) until the run is done, or stop at the first
         kept checkpoint at or after ``max_steps`` total iterations or once ``time_budget_s`` seconds
         are spent, so that a later call resumes there; returns the history. With
@@ -362,8 +388,15 @@ class LoopTrainer(abc.ABC):
         try:
             if self.KEEP_LAST_GOOD and self._good is None:
                 self.save()
-            self.loop.run(train_step, on_checkpoint, after_step=after_step, postfix=postfix, limits=limits,
-                          progress=progress, desc=desc)  # fmt: skip
+            self.loop.run(
+                train_step,
+                on_checkpoint,
+                after_step=after_step,
+                postfix=postfix,
+                limits=limits,
+                progress=progress,
+                desc=desc,
+            )
         finally:
             self._clock = None  # the time counted is the time up to the last checkpoint, as a resumed run sees it
         return self.history

@@ -198,11 +198,15 @@ OOD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 PAPER_OOD_SETS = ("noise", "flip", "reduced")  # the rows of the paper's Table 2
 OOD_SETS = (*OOD_TRANSFORMS, "fashion", "uniform")  # every set of the OOD table, in order
 OOD_LABELS = {
-    "noise": f"Gaussian noise, std {NOISE_STD} (tutorial 8)", "flip": "upside-down (180-degree rotation)",
-    "reduced": "reduced to a corner (tutorial 8)", "noise_strong": f"Gaussian noise, std {STRONG_NOISE_STD} (extra)",
-    "rot90": "rotated 90 degrees (extra)", "shrink_centre": "shrunk to half size, centred (extra)",
-    "fashion": "Fashion-MNIST", "uniform": "uniform noise",
-}  # fmt: skip
+    "noise": f"Gaussian noise, std {NOISE_STD} (tutorial 8)",
+    "flip": "upside-down (180-degree rotation)",
+    "reduced": "reduced to a corner (tutorial 8)",
+    "noise_strong": f"Gaussian noise, std {STRONG_NOISE_STD} (extra)",
+    "rot90": "rotated 90 degrees (extra)",
+    "shrink_centre": "shrunk to half size, centred (extra)",
+    "fashion": "Fashion-MNIST",
+    "uniform": "uniform noise",
+}
 
 
 # ---- cost -------------------------------------------------------------------------------
@@ -244,7 +248,7 @@ MIN_INTERLEAVED_REPEATS = 5  # a speed-up is never judged on fewer timed runs pe
 
 
 def interleaved_times(
-    fns: dict[str, Callable[[], object]], device: torch.device | str, repeats: int = 7, warmup: int = 2,
+    fns: dict[str, Callable[[], object]], device: torch.device | str, repeats: int = 7, warmup: int = 2
 ) -> pd.DataFrame:
     """Times the compared callables alternately: after ``warmup`` untimed runs of each, ``repeats``
     rounds (at least :data:`MIN_INTERLEAVED_REPEATS`) that run every one of them once, the order
@@ -260,7 +264,7 @@ def interleaved_times(
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             fns[name]()
             synchronize(device)
@@ -268,8 +272,17 @@ def interleaved_times(
     rows = []
     for name, ts in times.items():
         q1, _, q3 = np.percentile(ts, [25, 50, 75])
-        rows.append({"model": name, "median_s": statistics.median(ts), "q1_s": float(q1), "q3_s": float(q3),
-                     "min_s": min(ts), "max_s": max(ts), "n": len(ts)})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "median_s": statistics.median(ts),
+                "q1_s": float(q1),
+                "q3_s": float(q3),
+                "min_s": min(ts),
+                "max_s": max(ts),
+                "n": len(ts),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -302,8 +315,13 @@ def speedups_vs(times: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def compare_latency(
-    models: dict[str, nn.Module], batch: int, device: torch.device | str, reference: str | None = None,
-    repeats: int = 7, warmup: int = 2, x: torch.Tensor | None = None,
+    models: dict[str, nn.Module],
+    batch: int,
+    device: torch.device | str,
+    reference: str | None = None,
+    repeats: int = 7,
+    warmup: int = 2,
+    x: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """No-grad energy evaluations of ``batch`` digits, timed interleaved (:func:`interleaved_times`),
     with the speed-up of each model over ``reference`` (default: the first) and its verdict.
@@ -315,6 +333,7 @@ def compare_latency(
         def f() -> object:
             with torch.no_grad():
                 return model(x)
+
         return f
 
     times = interleaved_times({name: run(m) for name, m in models.items()}, device, repeats, warmup)
@@ -331,8 +350,14 @@ def throughput_config(cfg: SGLDConfig) -> SGLDConfig:
 
 
 def sgld_throughput(
-    model: nn.Module, cfg: SGLDConfig, batch: int, device: torch.device, repeats: int = 3, warmup: int = 1,
-    amp_dtype: str | None = None, sampler: Callable[[torch.Tensor, SGLDConfig], torch.Tensor] | None = None,
+    model: nn.Module,
+    cfg: SGLDConfig,
+    batch: int,
+    device: torch.device,
+    repeats: int = 3,
+    warmup: int = 1,
+    amp_dtype: str | None = None,
+    sampler: Callable[[torch.Tensor, SGLDConfig], torch.Tensor] | None = None,
 ) -> float:
     """SGLD image-steps per second: ``batch * cfg.steps`` over the median time of a run.
     ``sampler(x, cfg)`` runs the chains when given (a model's :meth:`Evaluator.sampler`, so the
@@ -352,8 +377,9 @@ def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None 
     return {
         f"latency_ms_{device.type}": latency,
         "latency_batch": p.latency_batch,
-        "sgld_img_steps_per_s": sgld_throughput(model, throughput_config(p.gen_sgld_config()), p.latency_batch, device,
-                                                sampler=ev.sampler(model)),  # fmt: skip
+        "sgld_img_steps_per_s": sgld_throughput(
+            model, throughput_config(p.gen_sgld_config()), p.latency_batch, device, sampler=ev.sampler(model)
+        ),
         "hardware": device_name(device),
     }
 
@@ -415,13 +441,16 @@ class Evaluator:
         bs = self.ctx.profile.eval_batch_size
         logits = batched(self.classifier, samples, bs, self.device)
         mu, sigma = feature_stats(self._features(samples))
-        return {"IS": inception_score(logits), "FID": frechet_distance(mu, sigma, self.real_mu, self.real_sigma),
-                "entropy_bits": class_entropy_bits(logits), "confident": confident_fraction(logits),
-                "saturation": saturation(samples)}  # fmt: skip
+        return {
+            "IS": inception_score(logits),
+            "FID": frechet_distance(mu, sigma, self.real_mu, self.real_sigma),
+            "entropy_bits": class_entropy_bits(logits),
+            "confident": confident_fraction(logits),
+            "saturation": saturation(samples),
+        }
 
     def generate(
-        self, model: nn.Module, seed: int, cfg: SGLDConfig | None = None, n: int | None = None,
-        progress: bool = False,
+        self, model: nn.Module, seed: int, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = False
     ) -> torch.Tensor:
         """``n`` (default ``n_gen``) digits by SGLD (:meth:`sampler`) from uniform noise on the model's
         device; the starts and the SGLD noise depend only on ``seed``, so every model gets the same ones."""
@@ -430,11 +459,12 @@ class Evaluator:
         device = model_device(model)
         starts = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).mul_(2).sub_(1)
         seed_everything(seed)
-        return generate(model, n, cfg, p.gen_batch_size, device=device, init=starts, progress=progress,
-                        sampler=self.sampler(model)).cpu()
+        return generate(
+            model, n, cfg, p.gen_batch_size, device=device, init=starts, progress=progress, sampler=self.sampler(model)
+        ).cpu()
 
     def quality(
-        self, model: nn.Module, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = True,
+        self, model: nn.Module, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = True
     ) -> tuple[dict[str, float], torch.Tensor]:
         """IS and FID over every seed of :attr:`seeds`: ``IS``, ``FID`` (means), ``IS_std``,
         ``FID_std`` and ``n_seeds``; also returns the samples of every seed, in seed order. Raises
@@ -478,8 +508,13 @@ class Evaluator:
 
     # ---- everything -------------------------------------------------------------------------
     def score(
-        self, model: nn.Module, name: str, samples: torch.Tensor | None = None, generate_samples: bool = True,
-        sgld_cfg: SGLDConfig | None = None, latency_device: torch.device | None = None,
+        self,
+        model: nn.Module,
+        name: str,
+        samples: torch.Tensor | None = None,
+        generate_samples: bool = True,
+        sgld_cfg: SGLDConfig | None = None,
+        latency_device: torch.device | None = None,
         columns: dict[str, Any] | None = None,
     ) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
         """Score one model: a summary row (cost; IS and FID with their spread over the seeds;
@@ -492,11 +527,15 @@ class Evaluator:
         """
         p = self.ctx.profile
         lat_dev = latency_device or self.device
-        row: dict[str, Any] = {"model": name, "params": count_parameters(model),
-                               "size_mb": serialized_size_bytes(model) / 1e6}
+        row: dict[str, Any] = {
+            "model": name,
+            "params": count_parameters(model),
+            "size_mb": serialized_size_bytes(model) / 1e6,
+        }
         cost = measure_cost(model, self, lat_dev) if samples is not None or generate_samples else None
         row[f"latency_ms_{lat_dev.type}"] = (
-            cost[f"latency_ms_{lat_dev.type}"] if cost
+            cost[f"latency_ms_{lat_dev.type}"]
+            if cost
             else latency_ms(model, p.latency_batch, lat_dev, p.latency_repeats, p.latency_warmup)
         )
         row.update(latency_batch=p.latency_batch, hardware=device_name(lat_dev))
@@ -546,8 +585,16 @@ def ood_row(name: str, digits: str, e_in: torch.Tensor, e_out: torch.Tensor, pai
     else:
         gap_se = (e_in.var() / len(e_in) + e_out.var() / len(e_out)).sqrt()
     a = auroc(-e_in, -e_out)
-    return {"ood_set": name, "digits": digits, "n": len(e_out), "gap": float(gap), "gap_se": float(gap_se),
-            "auroc": a, "auroc_se": auroc_se(a, len(e_in), len(e_out)), "inverted": inverted(a)}  # fmt: skip
+    return {
+        "ood_set": name,
+        "digits": digits,
+        "n": len(e_out),
+        "gap": float(gap),
+        "gap_se": float(gap_se),
+        "auroc": a,
+        "auroc_se": auroc_se(a, len(e_in), len(e_out)),
+        "inverted": inverted(a),
+    }
 
 
 SIGNIFICANCE_Z = 2.0  # a difference counts when it exceeds twice its standard error (about 95% confidence)
@@ -572,8 +619,17 @@ def digit_contrasts(ood: pd.DataFrame, column: str = "auroc") -> pd.DataFrame:
         g = group.set_index("digits")
         for d1, d2 in itertools.combinations(g.index, 2):
             a, b, se_a, se_b = g.at[d1, column], g.at[d2, column], g.at[d1, f"{column}_se"], g.at[d2, f"{column}_se"]
-            rows.append({"ood_set": name, "first": d1, "second": d2, "column": column, "difference": a - b,
-                         "se": math.hypot(se_a, se_b), "differs": differs(a, se_a, b, se_b)})  # fmt: skip
+            rows.append(
+                {
+                    "ood_set": name,
+                    "first": d1,
+                    "second": d2,
+                    "column": column,
+                    "difference": a - b,
+                    "se": math.hypot(se_a, se_b),
+                    "differs": differs(a, se_a, b, se_b),
+                }
+            )
     return pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
 
 
@@ -587,9 +643,18 @@ def model_contrasts(ood: pd.DataFrame, reference: str, column: str = "auroc") ->
     rows = []
     for (model, name, digits), r in ood[ood.model != reference].set_index(["model", *keys]).iterrows():
         b = ref.loc[(name, digits)]
-        rows.append({"model": model, "ood_set": name, "digits": digits, "reference": b[column], "value": r[column],
-                     "difference": r[column] - b[column], "se": math.hypot(r[f"{column}_se"], b[f"{column}_se"]),
-                     "differs": differs(r[column], r[f"{column}_se"], b[column], b[f"{column}_se"])})  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "ood_set": name,
+                "digits": digits,
+                "reference": b[column],
+                "value": r[column],
+                "difference": r[column] - b[column],
+                "se": math.hypot(r[f"{column}_se"], b[f"{column}_se"]),
+                "differs": differs(r[column], r[f"{column}_se"], b[column], b[f"{column}_se"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -618,13 +683,22 @@ def reference_quality(ev: Evaluator, n: int) -> pd.DataFrame:
     reference uses test digits) and of ``n`` uniform-noise images (what no generator scores)."""
     train_x, _ = data_mod.load_dataset("mnist", train=True, subset=n, seed=ev.ctx.profile.seed + 7)
     noise = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(ev.ctx.profile.seed + 7)) * 2 - 1
-    return pd.DataFrame([{"samples": "real training digits", **ev.quality_of_samples(train_x)},
-                         {"samples": "uniform noise", **ev.quality_of_samples(noise)}], columns=list(REFERENCE_COLUMNS))  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"samples": "real training digits", **ev.quality_of_samples(train_x)},
+            {"samples": "uniform noise", **ev.quality_of_samples(noise)},
+        ],
+        columns=list(REFERENCE_COLUMNS),
+    )
 
 
 def steps_study(
-    ev: Evaluator, models: dict[str, nn.Module], steps: tuple[int, ...], n: int,
-    step_scales: tuple[float, ...] | None = None, progress: bool = True,
+    ev: Evaluator,
+    models: dict[str, nn.Module],
+    steps: tuple[int, ...],
+    n: int,
+    step_scales: tuple[float, ...] | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """IS and FID (mean and std over the evaluator's seeds) of ``n`` digits generated from noise
     by each model with each number of SGLD steps and each step-size factor (at the training
@@ -639,6 +713,15 @@ def steps_study(
         t0 = time.perf_counter()
         quality, _ = ev.quality(models[name], cfg, n, progress=False)
         seconds = (time.perf_counter() - t0) / max(1, quality["n_seeds"])
-        rows.append({"model": name, "steps": k, "step_size": cfg.step_size, "noise_std": cfg.noise_std, **quality,
-                     "seconds_per_seed": seconds, "n": n})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "steps": k,
+                "step_size": cfg.step_size,
+                "noise_std": cfg.noise_std,
+                **quality,
+                "seconds_per_seed": seconds,
+                "n": n,
+            }
+        )
     return pd.DataFrame(rows, columns=list(STEPS_STUDY_COLUMNS))

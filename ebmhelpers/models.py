@@ -51,9 +51,7 @@ class BasicBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1)
         self.act1 = Swish()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
-        self.shortcut: nn.Module = (
-            nn.Conv2d(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
-        )
+        self.shortcut: nn.Module = nn.Conv2d(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
         self.add = Add()
         self.act2 = Swish()
 
@@ -167,16 +165,25 @@ class MNISTClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Dropout(0.25),
-            nn.Linear(64 * 7 * 7, self.feature_dim), nn.ReLU(),
-        )  # fmt: skip
+            nn.Linear(64 * 7 * 7, self.feature_dim),
+            nn.ReLU(),
+        )
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.feature_dim, 10))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

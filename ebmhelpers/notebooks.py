@@ -95,5 +95,9 @@ def show(obj):
 
 def shown(nb) -> list[tuple[int, str, str]]:
     """(cell index, module, name) of every ``show(module.name)`` line in the code cells of ``nb``."""
-    return [(i, m["module"], m["name"]) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-            for m in SHOW_CALL.finditer(cell.source)]  # fmt: skip
+    return [
+        (i, m["module"], m["name"])
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for m in SHOW_CALL.finditer(cell.source)
+    ]

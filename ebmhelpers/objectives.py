@@ -48,7 +48,11 @@ def eq6_loss(student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, 
 
 
 def score_loss(
-    student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor, grad_scale: float = 1.0,
+    student: nn.Module,
+    x: torch.Tensor,
+    teacher_energy: torch.Tensor,
+    teacher_grad: torch.Tensor,
+    grad_scale: float = 1.0,
 ) -> Terms:
     """Score matching: the per-pixel MSE of input gradients divided by ``grad_scale`` (the teacher's
     mean squared gradient over the training inputs, so 1 is the error of predicting a zero gradient)."""
@@ -57,7 +61,9 @@ def score_loss(
     return _terms(term, torch.zeros((), device=x.device), term, energy, teacher_energy)
 
 
-def difference_loss(student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor) -> Terms:
+def difference_loss(
+    student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor
+) -> Terms:
     """Mean over all ordered pairs of the batch of the squared error of energy differences,
     computed as ``2 * var(E_s - E_t)`` (the same number, linear in the batch size)."""
     energy = student(x)
@@ -75,7 +81,7 @@ def pairwise_logistic(student_energy: torch.Tensor, teacher_energy: torch.Tensor
 
 
 def ranking_loss(
-    student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor, tau: float = 1.0,
+    student: nn.Module, x: torch.Tensor, teacher_energy: torch.Tensor, teacher_grad: torch.Tensor, tau: float = 1.0
 ) -> Terms:
     """:func:`pairwise_logistic` at temperature ``tau`` (the spread of the teacher's energies, so
     the labels are soft for typical pairs and only far-apart pairs are near-certain)."""

@@ -59,13 +59,19 @@ TABLE2_DIGITS = (4, 5, 9)
 # upside-down digit ("an upside-down 5 resembling a 2", §4.3), "reduction" the size-reduced digit.
 TABLE2_OOD_SET = {"noise": "noise", "rotation": "flip", "reduction": "reduced"}
 TABLE2 = {  # model -> {(transform, digit): score}
-    "Baseline": dict(zip(
-        [(t, d) for t in TABLE2_TRANSFORMS for d in TABLE2_DIGITS],
-        (-0.45, -0.35, -0.21, -0.01, -0.01, 0.00, -0.03, -0.04, -0.05))),
-    "Static Quantization": dict(zip(
-        [(t, d) for t in TABLE2_TRANSFORMS for d in TABLE2_DIGITS],
-        (-0.02, -0.02, -0.02, -0.01, -0.01, -0.01, -0.02, -0.02, -0.02))),
-}  # fmt: skip
+    "Baseline": dict(
+        zip(
+            [(t, d) for t in TABLE2_TRANSFORMS for d in TABLE2_DIGITS],
+            (-0.45, -0.35, -0.21, -0.01, -0.01, 0.00, -0.03, -0.04, -0.05),
+        )
+    ),
+    "Static Quantization": dict(
+        zip(
+            [(t, d) for t in TABLE2_TRANSFORMS for d in TABLE2_DIGITS],
+            (-0.02, -0.02, -0.02, -0.01, -0.01, -0.01, -0.02, -0.02, -0.02),
+        )
+    ),
+}
 
 # ---- §3.3.2 and §4.4 pruning (Figure 2) ---------------------------------------------------------
 PRUNE_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # §4.4 "varied from 10% to 90%"
@@ -81,62 +87,91 @@ DISTILL_LOSS = "MSE of energies"  # §3.4, eq. 6: mean_i (E_teacher(x_i) - E_stu
 DISTILL_LOSS_SECTION = "§3.4, eq. 6"
 N_STUDENTS = Reported(6, "students", "§3.4", "We experimented with six student models")
 DISTILL_EPOCHS = Reported(30, "epochs", "§4.5", "we trained the student models for 30 epochs")
-DISTILL_EPOCH_FRACTION = DISTILL_EPOCHS.value / BASELINE_EPOCHS.value  # §4.5 "half the epochs used to train the baseline"
+DISTILL_EPOCH_FRACTION = (
+    DISTILL_EPOCHS.value / BASELINE_EPOCHS.value
+)  # §4.5 "half the epochs used to train the baseline"
 
 # ---- §5 the headline student (Figure 4) ---------------------------------------------------------
 STUDENT_PARAMS = Reported(77_004, "parameters", "§5", "the student model with 77,004 parameters (943 KB)")
 STUDENT_SIZE_KB = Reported(943, "KB", "§5", "the student model with 77,004 parameters (943 KB)")
-STUDENT_RATIO = Reported(145, "x", "§5", "145x fewer parameters than the baseline")  # also the abstract's "1/145th-sized"
+STUDENT_RATIO = Reported(
+    145, "x", "§5", "145x fewer parameters than the baseline"
+)  # also the abstract's "1/145th-sized"
 FIGURE4_PRUNING = ("unstructured", "Conv2d", 0.6)  # §5: "unstructured 60% pruning of Conv2d layers"
 FIGURE4_SECTION = "§5"
 
 # ---- what the paper says about its figures and tables, verbatim ------------------------------
 CLAIMS: dict[str, tuple[str, str]] = {  # key -> (section, the paper's sentence or clause, verbatim)
-    "abstract_headline": ("Abstract", "A 1/145th-sized student model created via distillation matches baseline "
-                                      "image quality and anomaly detection."),
-    "table2_noise": ("§4.3", "It shows the baseline model is more sensitive to noise, with quantized models less "
-                             "adept at noise detection."),
+    "abstract_headline": (
+        "Abstract",
+        "A 1/145th-sized student model created via distillation matches baseline image quality and anomaly detection.",
+    ),
+    "table2_noise": (
+        "§4.3",
+        "It shows the baseline model is more sensitive to noise, with quantized models less adept at noise detection.",
+    ),
     "table2_rotation": ("§4.3", "Both models struggle with rotated digits, particularly with 5 and 9"),
     "table2_reduction": ("§4.3", "size reductions yield nearly zero scores from both models, indicating only"),
     "table2_reduction_end": ("§4.3", "a marginal ability to recognize these as non-authentic images."),
     "fig2_global": ("§4.4", "From Figure 2, an increased global pruning ratio significantly affects all three scores."),
-    "fig2_fid": ("§4.4", "The FID score under unstructured pruning declines more sharply yet maintains higher overall "
-                         "values, suggesting better image quality retention than structured pruning."),
+    "fig2_fid": (
+        "§4.4",
+        "The FID score under unstructured pruning declines more sharply yet maintains higher overall "
+        "values, suggesting better image quality retention than structured pruning.",
+    ),
     "fig2_is": ("§4.4", "Both methods exhibit volatility for the IS score, with notable drops at 30% and 40% pruning."),
-    "fig2_ood": ("§4.4", "unstructured pruning shows less stability but generally better performance over various "
-                         "pruning levels."),
-    "fig2_conv": ("§4.4", "When only pruning the Conv2d layers, the FID and IS scores show a stable pre-training pruning "
-                          "performance slightly superior to its global counterparts, with unstructured pruning "
-                          "maintaining the upper hand."),
-    "fig2_finetuned": ("§4.4", "The fine-tuned pruned models show increased performance even at the 80% and 90% "
-                               "pruning levels, maintaining close-to-perfect OOD scores."),
-    "fig3_medium": ("§4.5", "Figure 3 reveals that for medium-sized student models, this strategy is indeed efficient "
-                            "in preserving performance across all metrics."),
-    "fig3_smallest": ("§4.5", "even the smallest student models show a competitive performance to most pruned models "
-                              "from Figure 2"),
-    "fig3_vs_quantized": ("§4.5", "the student models are either comparable or superior in performance at OOD for "
-                                  "transformed images."),
+    "fig2_ood": (
+        "§4.4",
+        "unstructured pruning shows less stability but generally better performance over various pruning levels.",
+    ),
+    "fig2_conv": (
+        "§4.4",
+        "When only pruning the Conv2d layers, the FID and IS scores show a stable pre-training pruning "
+        "performance slightly superior to its global counterparts, with unstructured pruning "
+        "maintaining the upper hand.",
+    ),
+    "fig2_finetuned": (
+        "§4.4",
+        "The fine-tuned pruned models show increased performance even at the 80% and 90% "
+        "pruning levels, maintaining close-to-perfect OOD scores.",
+    ),
+    "fig3_medium": (
+        "§4.5",
+        "Figure 3 reveals that for medium-sized student models, this strategy is indeed efficient "
+        "in preserving performance across all metrics.",
+    ),
+    "fig3_smallest": (
+        "§4.5",
+        "even the smallest student models show a competitive performance to most pruned models from Figure 2",
+    ),
+    "fig3_vs_quantized": (
+        "§4.5",
+        "the student models are either comparable or superior in performance at OOD for transformed images.",
+    ),
     "fig4_pruned": ("§5", "the pre-training pruned model has clearer digits"),
     "classifier": ("§4.1", "To compute the IS and FID scores, we trained a simple classifier."),
-    "conclusion_student": ("§5", "the student model with 77,004 parameters (943 KB) is the most efficient for "
-                                 "deployment in resource-constraint environments because of its reduced size, 145x "
-                                 "fewer parameters than the baseline, and comparable performance with the larger "
-                                 "alternatives."),
-}  # fmt: skip
+    "conclusion_student": (
+        "§5",
+        "the student model with 77,004 parameters (943 KB) is the most efficient for "
+        "deployment in resource-constraint environments because of its reduced size, 145x "
+        "fewer parameters than the baseline, and comparable performance with the larger "
+        "alternatives.",
+    ),
+}
 
 # ---- attributions: what the paper's equations and algorithms are ------------------------------
 ATTRIBUTIONS = {
     "energy": "§3.1, eq. 4: the energy is the mean of the network's 10 logits",
     "eq5": "§3.1, eq. 5: the parameter gradient of that mean-of-logits energy (not the training loss)",
     "loss": "§3.2, Algorithm 2 lines 9-11: L_CD + alpha L_RG, with L_CD = mean(E(x+) - E(x-)) and "
-            "L_RG = mean(E(x+)^2 + E(x-)^2)",
+    "L_RG = mean(E(x+)^2 + E(x-)^2)",
     "buffer": "§3.2, Algorithm 2 line 1 ('Initialize empty buffer'), line 4 (95% from the buffer, else U(-1, 1)) "
-              "and line 12 (the samples are added to the buffer: it grows from empty)",
+    "and line 12 (the samples are added to the buffer: it grows from empty)",
     "network": "§3.1: 'an adjusted version of the ResNet18 architecture' with Swish and without BatchNorm; the "
-               "adjustment for 28x28 digits (3x3 stem, no max-pool) is this project's, the paper does not describe it",
+    "adjustment for 28x28 digits (3x3 stem, no max-pool) is this project's, the paper does not describe it",
     "sgld": "§2.3, Algorithm 1 (from [14]); the step size, noise, K and buffer size are not in the paper: "
-            "they come from its reference [14], P. Lippe's UvA tutorial 8",
-}  # fmt: skip
+    "they come from its reference [14], P. Lippe's UvA tutorial 8",
+}
 
 
 def table2_value(model: str, transform: str, digit: int) -> float:

@@ -25,10 +25,34 @@ import pandas as pd
 
 from . import paper
 from .verdicts import (
-    AUROC_MARGIN, CHANCE_AUROC, CONTRADICTED, FID_MARGIN, INCONCLUSIVE, MARGINAL_AUROC, NOT_TESTABLE, PAPER_AUROCS, REPRODUCED, VERDICTS,
-    Interval, References, _get, auroc_interval, auroc_value_interval, below, combine, generates, inferior, majority, margin,
-    keeps_quality, non_inferior, quality_failures, quality_interval, ratio_verdict, superior,
-)  # fmt: skip
+    AUROC_MARGIN,
+    CHANCE_AUROC,
+    CONTRADICTED,
+    FID_MARGIN,
+    INCONCLUSIVE,
+    MARGINAL_AUROC,
+    NOT_TESTABLE,
+    PAPER_AUROCS,
+    REPRODUCED,
+    VERDICTS,
+    Interval,
+    References,
+    _get,
+    auroc_interval,
+    auroc_value_interval,
+    below,
+    combine,
+    generates,
+    inferior,
+    majority,
+    margin,
+    keeps_quality,
+    non_inferior,
+    quality_failures,
+    quality_interval,
+    ratio_verdict,
+    superior,
+)
 
 COLUMNS = ["claim", "section", "paper", "this project", "rule", "interval", "verdict", "reason"]
 PROTOCOL_COLUMNS = ["choice", "section", "paper", "this run", "status", "how"]
@@ -65,8 +89,16 @@ class Results:
         pruning = read("pruning")
         if pruning is not None and "method" in pruning:
             pruning = pruning[pruning.method == "one-shot"]
-        return cls(base.iloc[0], References.from_folder(folder), read("quantization"), read("baseline_ood"),
-                   read("quantization_ood"), read("quantization_speed"), pruning, read("distillation"))
+        return cls(
+            base.iloc[0],
+            References.from_folder(folder),
+            read("quantization"),
+            read("baseline_ood"),
+            read("quantization_ood"),
+            read("quantization_speed"),
+            pruning,
+            read("distillation"),
+        )
 
 
 def resnet18_params() -> int:
@@ -82,11 +114,14 @@ def resnet18_params() -> int:
 def _paper_profiles() -> list[str]:
     from .profiles import PROFILES
 
-    return [name for name, p in PROFILES.items() if p.baseline == paper.NETWORK and p.epochs == paper.BASELINE_EPOCHS.value]
+    return [
+        name for name, p in PROFILES.items() if p.baseline == paper.NETWORK and p.epochs == paper.BASELINE_EPOCHS.value
+    ]
 
 
-def _row(claim: str, section: str, paper_says: str, ours: str, rule: str, interval: str, verdict: str,
-         reason: str) -> dict:
+def _row(
+    claim: str, section: str, paper_says: str, ours: str, rule: str, interval: str, verdict: str, reason: str
+) -> dict:
     assert verdict in VERDICTS, verdict
     return dict(zip(COLUMNS, (claim, section, paper_says, ours, rule, interval, verdict, reason)))
 
@@ -95,23 +130,32 @@ def _score(r) -> str:
     s_is, s_fid = _get(r, "IS_std"), _get(r, "FID_std")
     if math.isnan(_get(r, "IS")):
         return "no samples"
-    return (f"IS {_get(r, 'IS'):.2f}" + ("" if math.isnan(s_is) else f" ± {s_is:.2f}")
-            + f", FID {_get(r, 'FID'):.0f}" + ("" if math.isnan(s_fid) else f" ± {s_fid:.0f}"))
+    return (
+        f"IS {_get(r, 'IS'):.2f}"
+        + ("" if math.isnan(s_is) else f" ± {s_is:.2f}")
+        + f", FID {_get(r, 'FID'):.0f}"
+        + ("" if math.isnan(s_fid) else f" ± {s_fid:.0f}")
+    )
 
 
 def _scale(res: Results) -> tuple[bool, str]:
     """Whether this run's teacher is at the paper's scale, and the computed reason either way."""
     teacher, r18 = _get(res.base, "params"), resnet18_params()
     at_scale = abs(math.log(teacher / r18)) <= math.log(SCALE_TOLERANCE)
-    what = (f"this teacher has {teacher:,.0f} parameters, the paper's ResNet18 {r18:,} ({r18 / teacher:.0f}x more)"
-            if not at_scale else f"this teacher has {teacher:,.0f} parameters, ResNet18 {r18:,}")
+    what = (
+        f"this teacher has {teacher:,.0f} parameters, the paper's ResNet18 {r18:,} ({r18 / teacher:.0f}x more)"
+        if not at_scale
+        else f"this teacher has {teacher:,.0f} parameters, ResNet18 {r18:,}"
+    )
     return at_scale, what
 
 
 def _needs_paper_network(res: Results) -> str:
     _, what = _scale(res)
-    return (f"{what}; testable with profile(s) {', '.join(_paper_profiles())} (ResNet18), which the paper trained for "
-            f"{paper.BASELINE_DAYS.value:g} days on an {paper.BASELINE_GPU}")
+    return (
+        f"{what}; testable with profile(s) {', '.join(_paper_profiles())} (ResNet18), which the paper trained for "
+        f"{paper.BASELINE_DAYS.value:g} days on an {paper.BASELINE_GPU}"
+    )
 
 
 # ---- the protocol ---------------------------------------------------------------------------
@@ -130,55 +174,113 @@ def protocol_table(folder: str | Path, profile) -> pd.DataFrame:
         rows.append(dict(zip(PROTOCOL_COLUMNS, (choice, section, paper_says, ours, status, how))))
 
     teacher, r18 = _get(res.base, "params"), resnet18_params()
-    add("network", "§3.1", f"ResNet18 ({r18:,} parameters here)", f"{p.baseline} ({teacher:,.0f} parameters)",
-        "followed" if p.baseline == paper.NETWORK else "scaled", f"{r18 / teacher:.3g}x the parameters of this run's")
-    add("baseline epochs", paper.BASELINE_EPOCHS.section, f"{paper.BASELINE_EPOCHS.value:g}", f"{p.epochs}",
+    add(
+        "network",
+        "§3.1",
+        f"ResNet18 ({r18:,} parameters here)",
+        f"{p.baseline} ({teacher:,.0f} parameters)",
+        "followed" if p.baseline == paper.NETWORK else "scaled",
+        f"{r18 / teacher:.3g}x the parameters of this run's",
+    )
+    add(
+        "baseline epochs",
+        paper.BASELINE_EPOCHS.section,
+        f"{paper.BASELINE_EPOCHS.value:g}",
+        f"{p.epochs}",
         "followed" if p.epochs == paper.BASELINE_EPOCHS.value else "scaled",
-        f"{p.epochs / paper.BASELINE_EPOCHS.value:.2g}x the paper's epochs")
+        f"{p.epochs / paper.BASELINE_EPOCHS.value:.2g}x the paper's epochs",
+    )
     if res.base_ood is not None:
         digits = sorted({int(d) for d in res.base_ood.digits.astype(str) if d.isdigit()})
-        add("Table 2 digits", paper.TABLE2_SECTION, " ".join(map(str, paper.TABLE2_DIGITS)), " ".join(map(str, digits)),
-            "followed" if set(paper.TABLE2_DIGITS) <= set(digits) else "not followed", "per-digit rows of the OOD tables")
+        add(
+            "Table 2 digits",
+            paper.TABLE2_SECTION,
+            " ".join(map(str, paper.TABLE2_DIGITS)),
+            " ".join(map(str, digits)),
+            "followed" if set(paper.TABLE2_DIGITS) <= set(digits) else "not followed",
+            "per-digit rows of the OOD tables",
+        )
     if res.pruning is not None:
         ratios = sorted(res.pruning.ratio.round(2).unique())
         missing = sorted(set(paper.PRUNE_RATIOS) - set(ratios))
-        add("pruning ratios", paper.PRUNE_RATIOS_SECTION, ", ".join(f"{r:.0%}" for r in paper.PRUNE_RATIOS),
-            ", ".join(f"{r:.0%}" for r in ratios), "scaled" if missing else "followed",
+        add(
+            "pruning ratios",
+            paper.PRUNE_RATIOS_SECTION,
+            ", ".join(f"{r:.0%}" for r in paper.PRUNE_RATIOS),
+            ", ".join(f"{r:.0%}" for r in ratios),
+            "scaled" if missing else "followed",
             f"missing {', '.join(f'{r:.0%}' for r in missing)} (profile prune_ratios: "
-            f"{', '.join(f'{r:.0%}' for r in p.prune_ratios)})" if missing else "every ratio")
+            f"{', '.join(f'{r:.0%}' for r in p.prune_ratios)})"
+            if missing
+            else "every ratio",
+        )
         names = res.pruning.model.astype(str)
         l1 = names.str.startswith("L1").mean()
-        add("pruning norm", paper.PRUNE_NORM_SECTION, paper.PRUNE_NORM, f"{l1:.0%} of pruned models named L1",
-            "followed" if l1 == 1 else "not followed", "torch.nn.utils.prune, n=1 (model names)")
+        add(
+            "pruning norm",
+            paper.PRUNE_NORM_SECTION,
+            paper.PRUNE_NORM,
+            f"{l1:.0%} of pruned models named L1",
+            "followed" if l1 == 1 else "not followed",
+            "torch.nn.utils.prune, n=1 (model names)",
+        )
         tuned = sorted(res.pruning[res.pruning.finetuned.astype(bool)].strategy.unique())
-        add("fine-tuned strategies", paper.FINETUNE_EPOCHS.section, "the locally (Conv2d-only) pruned models",
-            ", ".join(tuned), "followed" if tuned and all(s.endswith("conv") for s in tuned) else "not followed",
-            "strategies with fine-tuned rows in pruning.csv")
+        add(
+            "fine-tuned strategies",
+            paper.FINETUNE_EPOCHS.section,
+            "the locally (Conv2d-only) pruned models",
+            ", ".join(tuned),
+            "followed" if tuned and all(s.endswith("conv") for s in tuned) else "not followed",
+            "strategies with fine-tuned rows in pruning.csv",
+        )
     n_train = (p.train_subset or 60_000) - p.val_size
     per_epoch = iters_per_epoch(n_train, p.batch_size, p.max_iters_per_epoch)
     ft, total = p.finetune_epochs * (p.finetune_iters or per_epoch), p.epochs * per_epoch
     frac = ft / total
     same = abs(math.log(frac / paper.FINETUNE_FRACTION)) <= math.log(1 + RATIO_TOLERANCE)
-    add("fine-tuning length", paper.FINETUNE_EPOCHS.section,
+    add(
+        "fine-tuning length",
+        paper.FINETUNE_EPOCHS.section,
         f"{paper.FINETUNE_EPOCHS.value:g} of {paper.BASELINE_EPOCHS.value:g} epochs ({paper.FINETUNE_FRACTION:.1%})",
-        f"{ft:,} of {total:,} iterations ({frac:.1%})", "followed" if same and p.epochs == paper.BASELINE_EPOCHS.value
-        else "scaled" if same else "not followed", f"{frac / paper.FINETUNE_FRACTION:.2f}x the paper's proportion")
+        f"{ft:,} of {total:,} iterations ({frac:.1%})",
+        "followed" if same and p.epochs == paper.BASELINE_EPOCHS.value else "scaled" if same else "not followed",
+        f"{frac / paper.FINETUNE_FRACTION:.2f}x the paper's proportion",
+    )
     s_frac = p.student_epochs() / p.epochs
-    add("students' epochs", paper.DISTILL_EPOCHS.section, f"{paper.DISTILL_EPOCHS.value:g} of "
-        f"{paper.BASELINE_EPOCHS.value:g} epochs", f"{p.student_epochs()} of {p.epochs} epochs",
-        "followed" if p.student_epochs() == paper.DISTILL_EPOCHS.value else
-        "scaled" if abs(s_frac - paper.DISTILL_EPOCH_FRACTION) <= 0.5 / max(p.epochs, 1) + 1e-9 else "not followed",
-        f"{s_frac:.0%} of the baseline's epochs (rounded to whole epochs)")
+    add(
+        "students' epochs",
+        paper.DISTILL_EPOCHS.section,
+        f"{paper.DISTILL_EPOCHS.value:g} of {paper.BASELINE_EPOCHS.value:g} epochs",
+        f"{p.student_epochs()} of {p.epochs} epochs",
+        "followed"
+        if p.student_epochs() == paper.DISTILL_EPOCHS.value
+        else "scaled"
+        if abs(s_frac - paper.DISTILL_EPOCH_FRACTION) <= 0.5 / max(p.epochs, 1) + 1e-9
+        else "not followed",
+        f"{s_frac:.0%} of the baseline's epochs (rounded to whole epochs)",
+    )
     if res.students is not None:
         st = res.students
         eq6 = st[st.variant == "eq6"] if "variant" in st else st.iloc[:0]
-        add("distillation loss", paper.DISTILL_LOSS_SECTION, paper.DISTILL_LOSS, f"{len(eq6)} of {len(st)} runs",
-            "followed" if len(eq6) else "not followed", "the other runs are this project's extensions")
+        add(
+            "distillation loss",
+            paper.DISTILL_LOSS_SECTION,
+            paper.DISTILL_LOSS,
+            f"{len(eq6)} of {len(st)} runs",
+            "followed" if len(eq6) else "not followed",
+            "the other runs are this project's extensions",
+        )
         n = st.student.nunique() if "student" in st else len(st)
-        add("number of students", paper.N_STUDENTS.section, f"{paper.N_STUDENTS.value:g}", f"{n}",
-            "followed" if n == paper.N_STUDENTS.value else "scaled", f"smallest {int(st.params.min()):,} parameters, "
+        add(
+            "number of students",
+            paper.N_STUDENTS.section,
+            f"{paper.N_STUDENTS.value:g}",
+            f"{n}",
+            "followed" if n == paper.N_STUDENTS.value else "scaled",
+            f"smallest {int(st.params.min()):,} parameters, "
             f"largest {int(st.params.max()):,} ({teacher / st.params.min():.0f}x and {teacher / st.params.max():.1f}x "
-            "fewer than this teacher)")
+            "fewer than this teacher)",
+        )
     return pd.DataFrame(rows, columns=PROTOCOL_COLUMNS)
 
 
@@ -212,13 +314,22 @@ def _score_rows(res: Results) -> list[dict]:
     for rep, metric, ref_noise in ((paper.BASELINE_FID, "FID", r.noise_FID), (paper.BASELINE_IS, "IS", r.noise_IS)):
         base = _get(res.base, metric)
         place = (math.log(rep.value / ref_noise) / math.log(base / ref_noise)) if base != ref_noise else math.nan
-        rows.append(_row(
-            f"baseline {metric} {rep.text.split()[-1]}", rep.section, f"{rep.value:g}", _score(res.base),
-            "testable only on the paper's classifier's scale (paper.CLASSIFIER_PUBLISHED)", "-", NOT_TESTABLE,
-            f"{paper.CLAIMS['classifier'][0]}: '{paper.CLAIMS['classifier'][1]}', no architecture or weights; on this "
-            f"classifier's scale uniform noise scores {metric} {ref_noise:.4g} and this baseline {base:.4g}, so the paper's "
-            f"{rep.value:g} would sit at {place:.2f} on a log scale where noise is 0 and this baseline 1 (below 0: "
-            "beyond noise); testable with the paper's classifier, or its scores of real digits and noise"))
+        rows.append(
+            _row(
+                f"baseline {metric} {rep.text.split()[-1]}",
+                rep.section,
+                f"{rep.value:g}",
+                _score(res.base),
+                "testable only on the paper's classifier's scale (paper.CLASSIFIER_PUBLISHED)",
+                "-",
+                NOT_TESTABLE,
+                f"{paper.CLAIMS['classifier'][0]}: '{paper.CLAIMS['classifier'][1]}', no architecture or weights; "
+                f"on this classifier's scale uniform noise scores {metric} {ref_noise:.4g} and this baseline "
+                f"{base:.4g}, so the paper's "
+                f"{rep.value:g} would sit at {place:.2f} on a log scale where noise is 0 and this baseline 1 (below 0: "
+                "beyond noise); testable with the paper's classifier, or its scores of real digits and noise",
+            )
+        )
     return rows
 
 
@@ -232,14 +343,29 @@ def _table1_rows(res: Results) -> list[dict]:
     ours = _get(res.base, "size_mb") / _get(int8, "size_mb")
     bound = FP32_BYTES / INT8_BYTES
     r18_mb = resnet18_params() * FP32_BYTES / 1e6
-    size_reason = (f"the paper's {p_mb / q_mb:.1f}x exceeds the {bound:g}x that int8 weights can save over fp32 ones: its "
-                   f"{p_mb} MB is {p_mb / r18_mb:.2f}x ResNet18's {r18_mb:.1f} MB of fp32 weights, a file holding more than "
-                   "the weights (e.g. optimizer state); " if p_mb / q_mb > bound else "") + _needs_paper_network(res)
-    rows = [_row("Table 1: compression ratio of 11.9x", paper.TABLE1_SECTION, f"{p_mb} MB / {q_mb} MB = {p_mb / q_mb:.1f}x",
-                 f"{_get(res.base, 'size_mb'):.3f} MB / {_get(int8, 'size_mb'):.3f} MB = {ours:.2f}x (weights / weights)",
-                 f"needs the paper's network and a ratio int8 weights can reach (at most {bound:g}x)", "-",
-                 NOT_TESTABLE if not at_scale or p_mb / q_mb > bound else REPRODUCED
-                 if abs(math.log(ours / (p_mb / q_mb))) <= math.log(1 + RATIO_TOLERANCE) else CONTRADICTED, size_reason)]
+    size_reason = (
+        f"the paper's {p_mb / q_mb:.1f}x exceeds the {bound:g}x that int8 weights can save over fp32 ones: its "
+        f"{p_mb} MB is {p_mb / r18_mb:.2f}x ResNet18's {r18_mb:.1f} MB of fp32 weights, a file holding more than "
+        "the weights (e.g. optimizer state); "
+        if p_mb / q_mb > bound
+        else ""
+    ) + _needs_paper_network(res)
+    rows = [
+        _row(
+            "Table 1: compression ratio of 11.9x",
+            paper.TABLE1_SECTION,
+            f"{p_mb} MB / {q_mb} MB = {p_mb / q_mb:.1f}x",
+            f"{_get(res.base, 'size_mb'):.3f} MB / {_get(int8, 'size_mb'):.3f} MB = {ours:.2f}x (weights / weights)",
+            f"needs the paper's network and a ratio int8 weights can reach (at most {bound:g}x)",
+            "-",
+            NOT_TESTABLE
+            if not at_scale or p_mb / q_mb > bound
+            else REPRODUCED
+            if abs(math.log(ours / (p_mb / q_mb))) <= math.log(1 + RATIO_TOLERANCE)
+            else CONTRADICTED,
+            size_reason,
+        )
+    ]
     lo = hi = math.nan
     how = "separate timings"
     if res.qspeed is not None and (res.qspeed.model == "int8 static").any():
@@ -249,11 +375,18 @@ def _table1_rows(res: Results) -> list[dict]:
     else:
         ratio = _get(res.base, "latency_ms_cpu") / _get(int8, "latency_ms_cpu")
     measured = ratio_verdict(ratio, lo, hi) if not math.isnan(lo) else ratio_verdict(ratio)
-    rows.append(_row("Table 1: 50% faster inference (int8)", paper.TABLE1_SECTION, f"{p_s} s / {q_s} s = {p_s / q_s:.2f}x",
-                     f"{ratio:.2f}x ({how}): {measured}", "needs the paper's network (int8's gain depends on the layers)",
-                     f"speed-up {ratio:.2f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else "-",
-                     (REPRODUCED if measured == "faster" else CONTRADICTED) if at_scale else NOT_TESTABLE,
-                     _needs_paper_network(res) + f"; measured here on {res.base.get('hardware', 'this CPU')}"))
+    rows.append(
+        _row(
+            "Table 1: 50% faster inference (int8)",
+            paper.TABLE1_SECTION,
+            f"{p_s} s / {q_s} s = {p_s / q_s:.2f}x",
+            f"{ratio:.2f}x ({how}): {measured}",
+            "needs the paper's network (int8's gain depends on the layers)",
+            f"speed-up {ratio:.2f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else "-",
+            (REPRODUCED if measured == "faster" else CONTRADICTED) if at_scale else NOT_TESTABLE,
+            _needs_paper_network(res) + f"; measured here on {res.base.get('hardware', 'this CPU')}",
+        )
+    )
     return rows
 
 
@@ -278,13 +411,20 @@ def _table2_rows(res: Results) -> list[dict]:
         (b, nb), (q, nq) = _ood(res, "baseline", "noise", d), _ood(res, "int8 static", "noise", d)
         iv = auroc_interval(q, b, nq, nb, label=f"digit {d}")
         parts.append((iv, inferior(iv, AUROC_MARGIN)))
-    rows.append(_claim_row(
-        "int8 less adept at noise detection than the baseline", paper.CLAIMS["table2_noise"][0],
-        "noise scores " + " / ".join(f"{paper.table2_value('Baseline', 'noise', int(d)):.2f}" for d in digits) +
-        " (baseline) vs " + " / ".join(f"{paper.table2_value('Static Quantization', 'noise', int(d)):.2f}" for d in digits),
-        "int8 AUROC minus baseline AUROC on noisy 4 / 5 / 9", parts,
-        f"'less adept': int8's AUROC lower on every digit (interval below 0); contradicted when it is not lower by "
-        f"more than {AUROC_MARGIN} on some digit"))
+    rows.append(
+        _claim_row(
+            "int8 less adept at noise detection than the baseline",
+            paper.CLAIMS["table2_noise"][0],
+            "noise scores "
+            + " / ".join(f"{paper.table2_value('Baseline', 'noise', int(d)):.2f}" for d in digits)
+            + " (baseline) vs "
+            + " / ".join(f"{paper.table2_value('Static Quantization', 'noise', int(d)):.2f}" for d in digits),
+            "int8 AUROC minus baseline AUROC on noisy 4 / 5 / 9",
+            parts,
+            f"'less adept': int8's AUROC lower on every digit (interval below 0); contradicted when it is not lower by "
+            f"more than {AUROC_MARGIN} on some digit",
+        )
+    )
     # §4.3: both struggle with rotated digits
     parts = []
     for name, model in MODELS2.items():
@@ -293,11 +433,17 @@ def _table2_rows(res: Results) -> list[dict]:
         other = min(others, key=lambda s: others[s][0])
         iv = auroc_interval(flip, others[other][0], n, others[other][1], label=f"{name}: flip - {other}")
         parts.append((iv, inferior(iv, AUROC_MARGIN)))
-    rows.append(_claim_row(
-        "both models struggle with rotated digits", paper.CLAIMS["table2_rotation"][0], "rotation scores "
-        f"{paper.table2_range('Baseline', 'rotation')[0]:.2f}..{paper.table2_range('Baseline', 'rotation')[1]:.2f}",
-        "AUROC on upside-down digits minus the lowest other paper transform's, per model", parts,
-        "'struggle': the upside-down digits are each model's worst-separated transform"))
+    rows.append(
+        _claim_row(
+            "both models struggle with rotated digits",
+            paper.CLAIMS["table2_rotation"][0],
+            "rotation scores "
+            f"{paper.table2_range('Baseline', 'rotation')[0]:.2f}..{paper.table2_range('Baseline', 'rotation')[1]:.2f}",
+            "AUROC on upside-down digits minus the lowest other paper transform's, per model",
+            parts,
+            "'struggle': the upside-down digits are each model's worst-separated transform",
+        )
+    )
     # §4.3: particularly 5 and 9
     parts = []
     for name, model in MODELS2.items():
@@ -306,10 +452,16 @@ def _table2_rows(res: Results) -> list[dict]:
             a, n = _ood(res, model, "flip", d)
             iv = auroc_interval(a, a4, n, n4, label=f"{name}: {d} - 4")
             parts.append((iv, inferior(iv, AUROC_MARGIN)))
-    rows.append(_claim_row(
-        "... particularly with 5 and 9", paper.CLAIMS["table2_rotation"][0], "5 and 9 (visual ambiguity when inverted)",
-        "upside-down AUROC of 5 and of 9 minus that of 4, per model (about 200 digits each)", parts,
-        "5 and 9 separated worse than 4 for both models"))
+    rows.append(
+        _claim_row(
+            "... particularly with 5 and 9",
+            paper.CLAIMS["table2_rotation"][0],
+            "5 and 9 (visual ambiguity when inverted)",
+            "upside-down AUROC of 5 and of 9 minus that of 4, per model (about 200 digits each)",
+            parts,
+            "5 and 9 separated worse than 4 for both models",
+        )
+    )
     # §4.3: size reductions, only a marginal ability; every size-reduction variant the OOD tables hold
     from .metrics import OOD_LABELS
 
@@ -321,25 +473,38 @@ def _table2_rows(res: Results) -> list[dict]:
             a, n = _ood(res, model, ood_set)
             iv = auroc_value_interval(a, n, f"{name} AUROC")
             parts.append((iv, below(iv, MARGINAL_AUROC)))
-        rows.append(_claim_row(
-            f"size reductions: only a marginal ability to detect them ({OOD_LABELS[ood_set]})",
-            paper.CLAIMS["table2_reduction"][0], "reduction scores "
-            f"{paper.table2_range('Baseline', 'reduction')[0]:.2f}..{paper.table2_range('Baseline', 'reduction')[1]:.2f}",
-            "AUROC of each model (all digits), normal interval", parts,
-            f"'marginal': AUROC below {MARGINAL_AUROC} for both models (an inverted detector, below "
-            f"{CHANCE_AUROC}, detects nothing either)"))
+        rows.append(
+            _claim_row(
+                f"size reductions: only a marginal ability to detect them ({OOD_LABELS[ood_set]})",
+                paper.CLAIMS["table2_reduction"][0],
+                "reduction scores {:.2f}..{:.2f}".format(*paper.table2_range("Baseline", "reduction")),
+                "AUROC of each model (all digits), normal interval",
+                parts,
+                f"'marginal': AUROC below {MARGINAL_AUROC} for both models (an inverted detector, below "
+                f"{CHANCE_AUROC}, detects nothing either)",
+            )
+        )
     return rows
 
 
-def _claim_row(claim: str, section: str, paper_says: str, what: str, parts: list[tuple[Interval, str]],
-               rule: str, combiner=combine) -> dict:
+def _claim_row(
+    claim: str, section: str, paper_says: str, what: str, parts: list[tuple[Interval, str]], rule: str, combiner=combine
+) -> dict:
     """A claim judged by several (interval, verdict) parts, combined by ``combiner``."""
     verdict = combiner([v for _, v in parts])
     ours = "; ".join(f"{iv.label or iv.metric}: {v}" for iv, v in parts)
-    return _row(claim, section, paper_says, f"{what}: {ours}", rule, "; ".join(iv.text() for iv, _ in parts), verdict,
-                f"{sum(v == REPRODUCED for _, v in parts)} of {len(parts)} parts reproduced, "
-                f"{sum(v == CONTRADICTED for _, v in parts)} contradicted, {sum(v == INCONCLUSIVE for _, v in parts)} "
-                f"inconclusive (interval across the margin), {sum(v == NOT_TESTABLE for _, v in parts)} not testable")
+    return _row(
+        claim,
+        section,
+        paper_says,
+        f"{what}: {ours}",
+        rule,
+        "; ".join(iv.text() for iv, _ in parts),
+        verdict,
+        f"{sum(v == REPRODUCED for _, v in parts)} of {len(parts)} parts reproduced, "
+        f"{sum(v == CONTRADICTED for _, v in parts)} contradicted, {sum(v == INCONCLUSIVE for _, v in parts)} "
+        f"inconclusive (interval across the margin), {sum(v == NOT_TESTABLE for _, v in parts)} not testable",
+    )
 
 
 # ---- pruning --------------------------------------------------------------------------------
@@ -374,20 +539,29 @@ def _pruning_rows(res: Results) -> list[dict]:
         for metric in ("FID", "IS"):
             iv = quality_interval(r, base, metric, f"{strat} {hi:.0%} {metric}")
             parts.append((iv, inferior(iv, margin(metric))))
-        ivs = [auroc_interval(_get(r, c), _get(base, c), refs.n(c.removeprefix("auroc_")), label=f"{strat} {hi:.0%} {c}")
-               for c in PAPER_AUROCS]
+        ivs = [
+            auroc_interval(_get(r, c), _get(base, c), refs.n(c.removeprefix("auroc_")), label=f"{strat} {hi:.0%} {c}")
+            for c in PAPER_AUROCS
+        ]
         worst = min(ivs, key=lambda i: i.estimate)
         parts.append((worst, inferior(worst, AUROC_MARGIN)))
-    rows.append(_claim_row("increased global pruning significantly affects all three scores", paper.CLAIMS["fig2_global"][0],
-                           paper.CLAIMS["fig2_global"][1], f"highest ratio run ({hi:.0%}) against the baseline", parts,
-                           "FID, IS and the most-affected paper AUROC each worse than the baseline's at the highest ratio"))
+    rows.append(
+        _claim_row(
+            "increased global pruning significantly affects all three scores",
+            paper.CLAIMS["fig2_global"][0],
+            paper.CLAIMS["fig2_global"][1],
+            f"highest ratio run ({hi:.0%}) against the baseline",
+            parts,
+            "FID, IS and the most-affected paper AUROC each worse than the baseline's at the highest ratio",
+        )
+    )
     # pairwise strategy comparisons over the ratios run
     for claim, a_s, b_s, what in (
         ("fig2_fid", "unstructured_global", "structured_global", "quality"),
         ("fig2_ood", "unstructured_global", "structured_global", "ood"),
         ("fig2_conv", "unstructured_conv", "unstructured_global", "quality"),
         ("fig2_conv", "structured_conv", "structured_global", "quality"),
-    ):  # fmt: skip
+    ):
         parts = []
         for ratio in ratios:
             a, b = _pick(pr, a_s, ratio), _pick(pr, b_s, ratio)
@@ -396,24 +570,47 @@ def _pruning_rows(res: Results) -> list[dict]:
             if what == "quality":
                 parts.append(_better_fid(a, b, refs, f"{ratio:.0%}"))
             else:
-                iv = auroc_interval(_get(a, "auroc_worst"), _get(b, "auroc_worst"), refs.n("flip"),
-                                    label=f"{ratio:.0%} worst AUROC")
+                iv = auroc_interval(
+                    _get(a, "auroc_worst"), _get(b, "auroc_worst"), refs.n("flip"), label=f"{ratio:.0%} worst AUROC"
+                )
                 parts.append((iv, superior(iv, AUROC_MARGIN)))
-        label = {"fig2_fid": "unstructured better image quality than structured (global)",
-                 "fig2_ood": "unstructured generally better OOD than structured (global)"}.get(
-            claim, f"Conv2d-only superior to global ({a_s.split('_')[0]})")
-        rows.append(_claim_row(label, paper.CLAIMS[claim][0], paper.CLAIMS[claim][1], f"{a_s} vs {b_s} per ratio ({pct})",
-                               parts, ("FID among models that generate (one generating: it wins; neither: not testable)"
-                                       if what == "quality" else "worst paper AUROC") + "; majority of the testable ratios",
-                               combiner=majority))
+        label = {
+            "fig2_fid": "unstructured better image quality than structured (global)",
+            "fig2_ood": "unstructured generally better OOD than structured (global)",
+        }.get(claim, f"Conv2d-only superior to global ({a_s.split('_')[0]})")
+        rows.append(
+            _claim_row(
+                label,
+                paper.CLAIMS[claim][0],
+                paper.CLAIMS[claim][1],
+                f"{a_s} vs {b_s} per ratio ({pct})",
+                parts,
+                (
+                    "FID among models that generate (one generating: it wins; neither: not testable)"
+                    if what == "quality"
+                    else "worst paper AUROC"
+                )
+                + "; majority of the testable ratios",
+                combiner=majority,
+            )
+        )
     # IS drops at 30% and 40%: needs each of them with both neighbours
     needed = {0.2, 0.3, 0.4, 0.5}
     missing = sorted(needed - set(ratios))
     if missing:
-        rows.append(_row("IS volatile, notable drops at 30% and 40%", paper.CLAIMS["fig2_is"][0], paper.CLAIMS["fig2_is"][1],
-                         f"ratios run: {pct}", "IS at 30% and at 40% below both neighbouring ratios'", "-", NOT_TESTABLE,
-                         f"needs ratios {', '.join(f'{r:.0%}' for r in missing)}: a profile whose prune_ratios hold "
-                         "10% to 90% in steps of 10% (the paper's)"))
+        rows.append(
+            _row(
+                "IS volatile, notable drops at 30% and 40%",
+                paper.CLAIMS["fig2_is"][0],
+                paper.CLAIMS["fig2_is"][1],
+                f"ratios run: {pct}",
+                "IS at 30% and at 40% below both neighbouring ratios'",
+                "-",
+                NOT_TESTABLE,
+                f"needs ratios {', '.join(f'{r:.0%}' for r in missing)}: a profile whose prune_ratios hold "
+                "10% to 90% in steps of 10% (the paper's)",
+            )
+        )
     else:
         parts = []
         for strat in pre.strategy.unique():
@@ -423,9 +620,16 @@ def _pruning_rows(res: Results) -> list[dict]:
                     other = _pick(pr, strat, nb)
                     iv = quality_interval(cur, other, "IS", f"{strat} {r:.0%} vs {nb:.0%} IS")
                     parts.append((iv, inferior(iv, margin("IS"))))
-        rows.append(_claim_row("IS volatile, notable drops at 30% and 40%", paper.CLAIMS["fig2_is"][0],
-                               paper.CLAIMS["fig2_is"][1], "IS against the neighbouring ratios", parts,
-                               "IS at 30% and 40% below both neighbours, every strategy"))
+        rows.append(
+            _claim_row(
+                "IS volatile, notable drops at 30% and 40%",
+                paper.CLAIMS["fig2_is"][0],
+                paper.CLAIMS["fig2_is"][1],
+                "IS against the neighbouring ratios",
+                parts,
+                "IS at 30% and 40% below both neighbours, every strategy",
+            )
+        )
     # fine-tuned 80-90%: better than before, close-to-perfect OOD
     parts = []
     high = [r for r in (0.8, 0.9) if r in ratios]
@@ -436,14 +640,22 @@ def _pruning_rows(res: Results) -> list[dict]:
                 continue
             parts.append(_better_fid(ft, os_, refs, f"{strat} {r:.0%} fine-tuned vs one-shot"))
             for c in PAPER_AUROCS:
-                iv = auroc_interval(_get(ft, c), _get(base, c), refs.n(c.removeprefix("auroc_")),
-                                    label=f"{strat} {r:.0%} ft {c} - baseline")
+                iv = auroc_interval(
+                    _get(ft, c),
+                    _get(base, c),
+                    refs.n(c.removeprefix("auroc_")),
+                    label=f"{strat} {r:.0%} ft {c} - baseline",
+                )
                 parts.append((iv, non_inferior(iv, AUROC_MARGIN)))
     absent = [f"{r:.0%}" for r in (0.8, 0.9) if r not in ratios]
-    row = _claim_row("fine-tuned pruned models improve at 80-90%, keeping close-to-perfect OOD",
-                     paper.CLAIMS["fig2_finetuned"][0], paper.CLAIMS["fig2_finetuned"][1],
-                     "fine-tuned against one-shot (FID) and against the baseline (each paper AUROC)", parts,
-                     f"better than before fine-tuning and every paper AUROC within {AUROC_MARGIN} of the baseline's")
+    row = _claim_row(
+        "fine-tuned pruned models improve at 80-90%, keeping close-to-perfect OOD",
+        paper.CLAIMS["fig2_finetuned"][0],
+        paper.CLAIMS["fig2_finetuned"][1],
+        "fine-tuned against one-shot (FID) and against the baseline (each paper AUROC)",
+        parts,
+        f"better than before fine-tuning and every paper AUROC within {AUROC_MARGIN} of the baseline's",
+    )
     if absent:
         row["reason"] += f"; not run here: {', '.join(absent)} (needs a profile with the paper's ratios)"
     rows.append(row)
@@ -451,15 +663,30 @@ def _pruning_rows(res: Results) -> list[dict]:
     strat, ratio = "unstructured_conv", paper.FIGURE4_PRUNING[2]
     one, tuned = _pick(pr, strat, ratio), _pick(pr, strat, ratio, True)
     if one is None or tuned is None:
-        rows.append(_row("Figure 4: the pre-training pruned model has clearer digits", paper.FIGURE4_SECTION,
-                         paper.CLAIMS["fig4_pruned"][1], f"no {strat} at {ratio:.0%} in pruning.csv", "-", "-",
-                         NOT_TESTABLE, f"needs {strat} at {ratio:.0%}, one-shot and fine-tuned (notebook 04)"))
+        rows.append(
+            _row(
+                "Figure 4: the pre-training pruned model has clearer digits",
+                paper.FIGURE4_SECTION,
+                paper.CLAIMS["fig4_pruned"][1],
+                f"no {strat} at {ratio:.0%} in pruning.csv",
+                "-",
+                "-",
+                NOT_TESTABLE,
+                f"needs {strat} at {ratio:.0%}, one-shot and fine-tuned (notebook 04)",
+            )
+        )
     else:
-        rows.append(_claim_row("Figure 4: the pre-training pruned model has clearer digits", paper.FIGURE4_SECTION,
-                               paper.CLAIMS["fig4_pruned"][1], f"one-shot {_score(one)}; fine-tuned {_score(tuned)}",
-                               [_better_fid(one, tuned, refs, f"{ratio:.0%} one-shot vs fine-tuned")],
-                               "a visual claim, judged by its measurable part: generates, then FID (the digits are in "
-                               "notebook 06's Figure 4)"))
+        rows.append(
+            _claim_row(
+                "Figure 4: the pre-training pruned model has clearer digits",
+                paper.FIGURE4_SECTION,
+                paper.CLAIMS["fig4_pruned"][1],
+                f"one-shot {_score(one)}; fine-tuned {_score(tuned)}",
+                [_better_fid(one, tuned, refs, f"{ratio:.0%} one-shot vs fine-tuned")],
+                "a visual claim, judged by its measurable part: generates, then FID (the digits are in "
+                "notebook 06's Figure 4)",
+            )
+        )
     return rows
 
 
@@ -473,53 +700,97 @@ def _student_rows(res: Results) -> list[dict]:
     ratio = teacher / float(smallest.params.iloc[0])
     # claims about absolute student sizes: the paper's smallest student is as large as this whole teacher
     keeps = [r.model for _, r in st.iterrows() if keeps_quality(r, base, refs)]
-    near = st.loc[(st.params.astype(float) / (teacher / paper.STUDENT_RATIO.value)).map(lambda v: abs(math.log(v))).idxmin()]
+    near = st.loc[
+        (st.params.astype(float) / (teacher / paper.STUDENT_RATIO.value)).map(lambda v: abs(math.log(v))).idxmin()
+    ]
     fails = quality_failures(near, base, refs)
     for key, claim, ours in (
-        ("fig3_medium", "medium-sized students preserve performance across all metrics",
-         f"{len(keeps)} of {len(st)} students keep the baseline's quality" + (f": {', '.join(keeps)}" if keeps else "")),
-        ("abstract_headline", "a 1/145th-sized student matches the baseline's image quality and anomaly detection",
-         f"{near.model} ({teacher / _get(near, 'params'):.0f}x fewer parameters): "
-         + ("keeps quality" if not fails else "does not keep quality: " + "; ".join(fails))),
-    ):  # fmt: skip
-        verdict = NOT_TESTABLE if not at_scale else REPRODUCED if (keeps if key == "fig3_medium" else not fails) \
+        (
+            "fig3_medium",
+            "medium-sized students preserve performance across all metrics",
+            f"{len(keeps)} of {len(st)} students keep the baseline's quality"
+            + (f": {', '.join(keeps)}" if keeps else ""),
+        ),
+        (
+            "abstract_headline",
+            "a 1/145th-sized student matches the baseline's image quality and anomaly detection",
+            f"{near.model} ({teacher / _get(near, 'params'):.0f}x fewer parameters): "
+            + ("keeps quality" if not fails else "does not keep quality: " + "; ".join(fails)),
+        ),
+    ):
+        verdict = (
+            NOT_TESTABLE
+            if not at_scale
+            else REPRODUCED
+            if (keeps if key == "fig3_medium" else not fails)
             else CONTRADICTED
-        rows.append(_row(
-            claim, paper.CLAIMS[key][0], paper.CLAIMS[key][1], ours,
-            "keeps quality (verdicts.keeps_quality) at the paper's student sizes, distilled from its ResNet18", "-",
-            verdict, f"the paper's smallest student ({paper.STUDENT_PARAMS.value:,.0f} parameters) is "
-            f"{paper.STUDENT_PARAMS.value / teacher:.2f}x this whole teacher; " + _needs_paper_network(res)))
+        )
+        rows.append(
+            _row(
+                claim,
+                paper.CLAIMS[key][0],
+                paper.CLAIMS[key][1],
+                ours,
+                "keeps quality (verdicts.keeps_quality) at the paper's student sizes, distilled from its ResNet18",
+                "-",
+                verdict,
+                f"the paper's smallest student ({paper.STUDENT_PARAMS.value:,.0f} parameters) is "
+                f"{paper.STUDENT_PARAMS.value / teacher:.2f}x this whole teacher; " + _needs_paper_network(res),
+            )
+        )
     # the smallest students against most pruned models (same teacher)
     parts = []
     for _, s in smallest.iterrows():
         for _, p in res.pruning.iterrows() if res.pruning is not None else []:
             iv = quality_interval(s, p, "FID", f"{s.model} vs {p.model}")
             gs, gp = generates(s, refs), generates(p, refs)
-            v = (non_inferior(iv, margin("FID")) if gs and gp else REPRODUCED if gs else CONTRADICTED if gp
-                 else NOT_TESTABLE)  # fmt: skip
+            v = (
+                non_inferior(iv, margin("FID"))
+                if gs and gp
+                else REPRODUCED
+                if gs
+                else CONTRADICTED
+                if gp
+                else NOT_TESTABLE
+            )
             parts.append((iv, v))
     same_ratio = abs(math.log(ratio / paper.STUDENT_RATIO.value)) <= math.log(1 + RATIO_TOLERANCE)
-    row = _claim_row("even the smallest students are competitive with most pruned models", paper.CLAIMS["fig3_smallest"][0],
-                     paper.CLAIMS["fig3_smallest"][1], f"smallest student(s) ({ratio:.0f}x fewer parameters than this "
-                     "teacher) against each one-shot pruned model", parts,
-                     f"FID at most {FID_MARGIN:.0%} above the pruned model's among models that generate "
-                     "(one generating: it wins; neither: not testable); majority of the testable pairs", combiner=majority)
+    row = _claim_row(
+        "even the smallest students are competitive with most pruned models",
+        paper.CLAIMS["fig3_smallest"][0],
+        paper.CLAIMS["fig3_smallest"][1],
+        f"smallest student(s) ({ratio:.0f}x fewer parameters than this teacher) against each one-shot pruned model",
+        parts,
+        f"FID at most {FID_MARGIN:.0%} above the pruned model's among models that generate "
+        "(one generating: it wins; neither: not testable); majority of the testable pairs",
+        combiner=majority,
+    )
     if not same_ratio:
         row["verdict"] = NOT_TESTABLE
-        row["reason"] = (f"the smallest student here is {ratio:.0f}x smaller than its teacher, the paper's "
-                         f"{paper.STUDENT_RATIO.value:g}x: needs students at the paper's ratio")
+        row["reason"] = (
+            f"the smallest student here is {ratio:.0f}x smaller than its teacher, the paper's "
+            f"{paper.STUDENT_RATIO.value:g}x: needs students at the paper's ratio"
+        )
     rows.append(row)
     # students comparable or superior to int8 at OOD
     if res.quant is not None and (res.quant.model == "int8 static").any():
         int8 = res.quant[res.quant.model == "int8 static"].iloc[0]
         parts = []
         for _, s in st.iterrows():
-            ivs = [auroc_interval(_get(s, c), _get(int8, c), refs.n(c.removeprefix("auroc_")), label=f"{s.model} {c}")
-                   for c in PAPER_AUROCS]
+            ivs = [
+                auroc_interval(_get(s, c), _get(int8, c), refs.n(c.removeprefix("auroc_")), label=f"{s.model} {c}")
+                for c in PAPER_AUROCS
+            ]
             worst = min(ivs, key=lambda i: i.estimate)
             parts.append((worst, non_inferior(worst, AUROC_MARGIN)))
-        rows.append(_claim_row("students comparable or superior to the quantized model at OOD",
-                               paper.CLAIMS["fig3_vs_quantized"][0], paper.CLAIMS["fig3_vs_quantized"][1],
-                               "each student's most-behind paper AUROC minus int8 static's", parts,
-                               f"every student within {AUROC_MARGIN} of int8 static (or above) on every paper transform"))
+        rows.append(
+            _claim_row(
+                "students comparable or superior to the quantized model at OOD",
+                paper.CLAIMS["fig3_vs_quantized"][0],
+                paper.CLAIMS["fig3_vs_quantized"][1],
+                "each student's most-behind paper AUROC minus int8 static's",
+                parts,
+                f"every student within {AUROC_MARGIN} of int8 static (or above) on every paper transform",
+            )
+        )
     return rows

@@ -31,6 +31,7 @@ def error_bars(ax, x, y, yerr=None, xerr=None, **kwargs) -> None:
     """``ax.errorbar`` with the series' conventions: an error column (a Series: a std over seeds, or
     an (2, n) array of lower and upper extents) that was never measured (all NaN) draws no bar, and
     single NaNs draw none for that point; defaults: round markers, small caps."""
+
     def clean(err):
         if err is None:
             return None
@@ -45,7 +46,9 @@ def image_grid(
     images: torch.Tensor, nrow: int = 10, title: str | None = None, save: str | Path | None = None, ax=None
 ) -> plt.Figure:
     """A grid of [-1, 1] images (N, 1, 28, 28)."""
-    grid = torchvision.utils.make_grid(images.detach().float().cpu(), nrow=nrow, value_range=(-1, 1), normalize=True, pad_value=1)
+    grid = torchvision.utils.make_grid(
+        images.detach().float().cpu(), nrow=nrow, value_range=(-1, 1), normalize=True, pad_value=1
+    )
     if ax is None:
         rows = -(-len(images) // nrow)
         fig, ax = plt.subplots(figsize=(nrow * 0.8, rows * 0.8 + 0.5))
@@ -57,7 +60,10 @@ def image_grid(
 
 
 def chain_strip(
-    chain: torch.Tensor, steps: list[int] | None = None, n_chains: int = 6, title: str | None = None,
+    chain: torch.Tensor,
+    steps: list[int] | None = None,
+    n_chains: int = 6,
+    title: str | None = None,
     save: str | Path | None = None,
 ) -> plt.Figure:
     """Rows of SGLD chains (T, N, 1, 28, 28) from noise (left) to samples (right)."""
@@ -75,7 +81,9 @@ def chain_strip(
     return finish(fig, title, save)
 
 
-def training_curves(history: pd.DataFrame, title: str | None = None, save: str | Path | None = None, smooth: int = 1) -> plt.Figure:
+def training_curves(
+    history: pd.DataFrame, title: str | None = None, save: str | Path | None = None, smooth: int = 1
+) -> plt.Figure:
     """Loss terms and mean energies of real and sampled images against the iteration."""
     h = history.set_index("step").rolling(max(1, smooth), min_periods=1).mean()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -110,7 +118,10 @@ def _overlapping(ranges: dict[str, tuple[float, float]], slack: float = 0.25) ->
 
 
 def energy_histograms(
-    energies: dict[str, torch.Tensor], title: str | None = None, save: str | Path | None = None, ax=None,
+    energies: dict[str, torch.Tensor],
+    title: str | None = None,
+    save: str | Path | None = None,
+    ax=None,
     bins_per_set: int = 40,
 ) -> plt.Figure:
     """Densities of -E (higher = more digit-like) for several image sets, each with
@@ -132,8 +143,9 @@ def energy_histograms(
         groups = [[k for k in values if k in shown]]
     if ax is None:
         widths = [1 + len(g) for g in groups]
-        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 2.5, 3.6), squeeze=False,
-                                 gridspec_kw={"width_ratios": widths})
+        fig, axes = plt.subplots(
+            1, len(groups), figsize=(3.2 * len(groups) + 2.5, 3.6), squeeze=False, gridspec_kw={"width_ratios": widths}
+        )
         axes = list(axes[0])
     else:
         fig, axes = ax.figure, [ax]
@@ -142,9 +154,18 @@ def energy_histograms(
             v = values[name]
             span = float(v.max() - v.min())
             bins = max(5, min(bins_per_set, len(v) // 4))
-            a.hist(v, bins=bins, range=None if span > 0 else (v[0] - 0.5, v[0] + 0.5), density=True,
-                   histtype="stepfilled", alpha=0.35, color=colours[name], edgecolor=colours[name], lw=1.2,
-                   label=f"{name} (n={len(v)}, median {float(pd.Series(v).median()):.3g})")
+            a.hist(
+                v,
+                bins=bins,
+                range=None if span > 0 else (v[0] - 0.5, v[0] + 0.5),
+                density=True,
+                histtype="stepfilled",
+                alpha=0.35,
+                color=colours[name],
+                edgecolor=colours[name],
+                lw=1.2,
+                label=f"{name} (n={len(v)}, median {float(pd.Series(v).median()):.3g})",
+            )
         a.set_xlabel("-E(x)  (higher = more digit-like)")
         for name in off_axis:
             a.plot([], [], " ", label=f"{name}: off this axis, median {float(np.median(values[name])):.3g}")
@@ -154,20 +175,30 @@ def energy_histograms(
 
 
 def quality_vs_steps(
-    study: pd.DataFrame, references: dict[str, dict[str, float]] | None = None, title: str | None = None,
+    study: pd.DataFrame,
+    references: dict[str, dict[str, float]] | None = None,
+    title: str | None = None,
     save: str | Path | None = None,
 ) -> plt.Figure:
     """FID and IS (error bars: std over seeds) against SGLD steps, one line per model (colour) and
-    step size (line style) in a :func:`~ebmhelpers.metrics.steps_study` table; ``references`` (label -> {"IS", "FID"}) are
-    drawn as horizontal lines (e.g. real digits, uniform noise, the replay buffer)."""
+    step size (line style) in a :func:`~ebmhelpers.metrics.steps_study` table; ``references``
+    (label -> {"IS", "FID"}) are drawn as horizontal lines (e.g. real digits, uniform noise, the replay buffer)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     sizes = sorted(study.step_size.unique())
     colours = {name: f"C{i}" for i, name in enumerate(study.model.unique())}
     for ax, metric in zip(axes, ("FID", "IS")):
         for (name, size), part in study.groupby(["model", "step_size"], sort=False):
             label = name if len(sizes) == 1 else f"{name}, step size {size:g}"
-            error_bars(ax, part.steps, part[metric], part[f"{metric}_std"], capsize=3, label=label, color=colours[name],
-                       ls=("-", "--", ":", "-.")[sizes.index(size) % 4])  # fmt: skip
+            error_bars(
+                ax,
+                part.steps,
+                part[metric],
+                part[f"{metric}_std"],
+                capsize=3,
+                label=label,
+                color=colours[name],
+                ls=("-", "--", ":", "-.")[sizes.index(size) % 4],
+            )
         for i, (label, ref) in enumerate((references or {}).items()):
             ax.axhline(ref[metric], ls=(0, (4, 2 + i)), lw=1, color=f"C{7 + i % 3}", label=label)
         ax.set_xscale("log", base=2)
@@ -195,9 +226,13 @@ def training_length(study: pd.DataFrame, title: str | None = None, save: str | P
             buffer = samples != "from noise"
             ls = "--" if buffer else styles.setdefault(weights, ":" if len(styles) == 1 else "-.")
             label = f"{recipe}: {samples}" + ("" if buffer or weights == "trained" else f", {weights}")
-            ax.plot(part.step * part.K / 1000, part[metric], marker="o", ms=4, color=colours[recipe], ls=ls,
-                    label=label)
-        ax.set(xlabel="training compute: iterations x K (thousand SGLD steps of a batch)", ylabel=f"{metric} (validation digits)")
+            ax.plot(
+                part.step * part.K / 1000, part[metric], marker="o", ms=4, color=colours[recipe], ls=ls, label=label
+            )
+        ax.set(
+            xlabel="training compute: iterations x K (thousand SGLD steps of a batch)",
+            ylabel=f"{metric} (validation digits)",
+        )
     axes[0].set_yscale("log")
     axes[1].legend(fontsize=7, loc="best")
     axes[0].set_title("FID (lower is better)", fontsize=9)
@@ -206,8 +241,12 @@ def training_length(study: pd.DataFrame, title: str | None = None, save: str | P
 
 
 def labelled_grids(
-    grids: dict[str, torch.Tensor], nrow: int = 10, n: int = 30, title: str | None = None,
-    save: str | Path | None = None, ncols: int = 3,
+    grids: dict[str, torch.Tensor],
+    nrow: int = 10,
+    n: int = 30,
+    title: str | None = None,
+    save: str | Path | None = None,
+    ncols: int = 3,
 ) -> plt.Figure:
     """Image grids, each with its label (e.g. its IS and FID) as a title, at most ``ncols`` side by
     side and the rest in further rows, so that many grids make a readable page, not a long strip."""
@@ -215,7 +254,7 @@ def labelled_grids(
     cols = min(ncols, len(grids))
     lines = -(-len(grids) // cols)
     fig, axes = plt.subplots(lines, cols, figsize=(0.5 * nrow * cols + 0.5, (0.5 * rows + 0.6) * lines), squeeze=False)
-    for ax in axes.flat[len(grids):]:
+    for ax in axes.flat[len(grids) :]:
         ax.axis("off")
     for ax, (label, images) in zip(axes.flat, grids.items()):
         image_grid(images[:n], nrow=nrow, ax=ax)
@@ -223,8 +262,9 @@ def labelled_grids(
     return finish(fig, title, save)
 
 
-def sampling_budget(budget: pd.DataFrame, gen_steps: int, title: str | None = None, save: str | Path | None = None
-                    ) -> plt.Figure:
+def sampling_budget(
+    budget: pd.DataFrame, gen_steps: int, title: str | None = None, save: str | Path | None = None
+) -> plt.Figure:
     """FID (error bars: std over seeds) and the time of one chain against the SGLD steps K, for a
     :func:`budget.sampling_budget` table: one colour per model in both panels, one line style per
     step rule; a dotted line at the profile's ``gen_steps``."""
@@ -248,7 +288,7 @@ def sampling_budget(budget: pd.DataFrame, gen_steps: int, title: str | None = No
 
 
 def row_labelled_grid(
-    rows: dict[str, torch.Tensor], n: int = 8, title: str | None = None, save: str | Path | None = None,
+    rows: dict[str, torch.Tensor], n: int = 8, title: str | None = None, save: str | Path | None = None
 ) -> plt.Figure:
     """One row of ``n`` [-1, 1] images per entry of ``rows``, its label written to the left of it."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(0.8 * n + 2.2, 0.85 * len(rows) + 0.5), squeeze=False)
@@ -284,7 +324,10 @@ def _legible_log_x(ax) -> None:
 
 
 def pareto_plot(
-    table: pd.DataFrame, panels: list[tuple[str, str, bool]], title: str | None = None, save: str | Path | None = None,
+    table: pd.DataFrame,
+    panels: list[tuple[str, str, bool]],
+    title: str | None = None,
+    save: str | Path | None = None,
     labels: dict[str, str] | None = None,
 ) -> plt.Figure:
     """Quality against cost, one panel per ``(cost, quality, lower_is_better)``, colour and marker
@@ -312,18 +355,40 @@ def pareto_plot(
             for alive in (True, False):
                 d = shown[(shown.family == fam) & (gen == alive)]
                 if not d.empty:
-                    ax.scatter(d[cost], d[quality], marker=markers[fam], s=50, zorder=3, label=fam if alive else
-                               f"{fam}: does not generate", color=f"C{i}" if alive else "none", edgecolors=f"C{i}")
+                    ax.scatter(
+                        d[cost],
+                        d[quality],
+                        marker=markers[fam],
+                        s=50,
+                        zorder=3,
+                        label=fam if alive else f"{fam}: does not generate",
+                        color=f"C{i}" if alive else "none",
+                        edgecolors=f"C{i}",
+                    )
         xerr = None
         if f"{cost}_lo" in shown and f"{cost}_hi" in shown:
             xerr = np.clip([shown[cost] - shown[f"{cost}_lo"], shown[f"{cost}_hi"] - shown[cost]], 0, None)
-        error_bars(ax, shown[cost], shown[quality], shown.get(f"{quality}_std"), xerr=xerr, fmt="none", ecolor="gray",
-                   lw=1, marker=None)
+        error_bars(
+            ax,
+            shown[cost],
+            shown[quality],
+            shown.get(f"{quality}_std"),
+            xerr=xerr,
+            fmt="none",
+            ecolor="gray",
+            lw=1,
+            marker=None,
+        )
         front = verdicts.pareto_front(shown[gen], cost, quality, lower_better)
         ax.step(front[cost], front[quality], "k--", where="post", lw=1, label="Pareto front (models that generate)")
         if left_out.any():
-            ax.plot([], [], ls="none", label=f"not shown: {int(left_out.sum())} masked pruned model(s)\n"
-                                             "(zeros stored densely: file = dense size)")  # fmt: skip
+            ax.plot(
+                [],
+                [],
+                ls="none",
+                label=f"not shown: {int(left_out.sum())} masked pruned model(s)\n"
+                "(zeros stored densely: file = dense size)",
+            )
         if untimed:
             ax.plot([], [], ls="none", label=f"not shown: {untimed} model(s) without {(labels or {}).get(cost, cost)}")
         if quality.startswith("auroc"):
@@ -379,8 +444,13 @@ def _error(d: pd.DataFrame, metric: str) -> np.ndarray | None:
     return d[col].fillna(0.0).to_numpy()
 
 
-def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None,
-                 refs: verdicts.References | None = None) -> plt.Figure:
+def plot_figure2(
+    pruning: pd.DataFrame,
+    baseline_row: dict,
+    title: str | None = None,
+    save=None,
+    refs: verdicts.References | None = None,
+) -> plt.Figure:
     """The paper's Figure 2: one panel per metric of :data:`pruning.QUALITY_METRICS` (FID, IS and the
     AUROC of each OOD transform) against the pruning ratio, one line per strategy (dashed with
     hollow markers after fine-tuning), lottery tickets as stars, the baseline as a dotted line.
@@ -404,14 +474,32 @@ def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = 
             for tuned, style in ((False, "-"), (True, "--")):
                 d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
                 if not d.empty:
-                    ax.errorbar(d.ratio, d[metric], yerr=_error(d, metric), fmt=style, marker="o", ms=5, capsize=2,
-                                color=colors[key], mfc="none" if tuned else colors[key],
-                                label=s.label + (" + fine-tuned" if tuned else ""))  # fmt: skip
+                    ax.errorbar(
+                        d.ratio,
+                        d[metric],
+                        yerr=_error(d, metric),
+                        fmt=style,
+                        marker="o",
+                        ms=5,
+                        capsize=2,
+                        color=colors[key],
+                        mfc="none" if tuned else colors[key],
+                        label=s.label + (" + fine-tuned" if tuned else ""),
+                    )
             t = lottery[lottery.strategy == f"lottery_{key}"]
             if not t.empty:
                 ax.errorbar(t.ratio, t[metric], yerr=_error(t, metric), fmt="none", color=colors[key], capsize=2)
-                ax.scatter(t.ratio, t[metric], marker="*", s=140, color=colors[key], edgecolors="k", linewidths=0.5,
-                           zorder=3, label=f"{s.label}: lottery ticket")  # fmt: skip
+                ax.scatter(
+                    t.ratio,
+                    t[metric],
+                    marker="*",
+                    s=140,
+                    color=colors[key],
+                    edgecolors="k",
+                    linewidths=0.5,
+                    zorder=3,
+                    label=f"{s.label}: lottery ticket",
+                )
         _mark_unstable(ax, pruning[pruning.finetuned.astype(bool)], "ratio", metric, seen)
         base, spread = baseline_row[metric], baseline_row.get(ERROR_BARS.get(metric, ""), float("nan"))
         ax.axhline(base, color="0.3", ls=":", label="baseline")
@@ -419,8 +507,13 @@ def plot_figure2(pruning: pd.DataFrame, baseline_row: dict, title: str | None = 
             ax.axhspan(base - spread, base + spread, color="0.3", alpha=0.12, lw=0)
         floor = {"IS": "is_min", "FID": "fid_max"}.get(metric) if refs is not None else None
         if floor:
-            ax.axhline(getattr(refs, floor), color="crimson", lw=0.8, ls="--",
-                       label="generates: IS above, FID below the dashed red line")
+            ax.axhline(
+                getattr(refs, floor),
+                color="crimson",
+                lw=0.8,
+                ls="--",
+                label="generates: IS above, FID below the dashed red line",
+            )
         if metric.startswith("auroc_"):
             ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
             ax.set_ylim(0, 1.02)
@@ -449,7 +542,11 @@ def _speed_points(speed: pd.DataFrame, quality: pd.DataFrame, metric: str, refs)
 
 
 def plot_speedup(
-    speed: pd.DataFrame, quality: pd.DataFrame, baseline_row: dict, title: str | None = None, save=None,
+    speed: pd.DataFrame,
+    quality: pd.DataFrame,
+    baseline_row: dict,
+    title: str | None = None,
+    save=None,
     refs: verdicts.References | None = None,
 ) -> plt.Figure:
     """Quality (FID, worst OOD AUROC) against the latency speed-up over the dense baseline, timed
@@ -474,8 +571,16 @@ def plot_speedup(
             label = f"{STRATEGIES[key].label}, {variant}" + (" + ft" if tuned else "")
             err = np.clip([g[x] - g.speedup_lo, g.speedup_hi - g[x]], 0, None)
             ax.errorbar(g[x], g[metric], xerr=err, fmt="none", ecolor=colors[key], lw=0.8, capsize=2)
-            ax.scatter(g[x], g[metric], marker="s" if variant == "masked" else "o", s=36, label=label,
-                       color="none" if tuned else colors[key], edgecolors=colors[key], zorder=3)  # fmt: skip
+            ax.scatter(
+                g[x],
+                g[metric],
+                marker="s" if variant == "masked" else "o",
+                s=36,
+                label=label,
+                color="none" if tuned else colors[key],
+                edgecolors=colors[key],
+                zorder=3,
+            )
             for _, r in g.iterrows():
                 ax.annotate(f"{r.ratio:.0%}", (r[x], r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         _mark_unstable(ax, points[points.finetuned.astype(bool)], x, metric, seen)
@@ -494,8 +599,10 @@ def plot_speedup(
             ax.axhline(CHANCE_AUROC, color="crimson", lw=0.8, ls="-.", label="chance (below: inverted)")
         if metric == "FID":
             ax.set_yscale("log")
-        ax.set(xlabel="latency speed-up over the baseline (x), interleaved median; bars: quartiles",
-               title=METRIC_LABELS[metric])
+        ax.set(
+            xlabel="latency speed-up over the baseline (x), interleaved median; bars: quartiles",
+            title=METRIC_LABELS[metric],
+        )
         ax.xaxis.label.set_fontsize(8)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
@@ -523,8 +630,11 @@ def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = Non
 
 
 def plot_distill_study(
-    summary: pd.DataFrame, teacher: pd.Series, metrics: tuple[str, ...] = ("FID", "IS", "auroc_worst"),
-    title: str | None = None, save: str | Path | None = None,
+    summary: pd.DataFrame,
+    teacher: pd.Series,
+    metrics: tuple[str, ...] = ("FID", "IS", "auroc_worst"),
+    title: str | None = None,
+    save: str | Path | None = None,
 ) -> plt.Figure:
     """The distillation-objectives study: each metric against the student's parameter count (log x),
     one line per objective with error bars (``<metric>_std`` where the summary has it), the teacher
@@ -533,8 +643,14 @@ def plot_distill_study(
     for ax, col in zip(axes[0], metrics):
         for objective, part in summary.sort_values("params").groupby("objective", sort=False):
             std = part.get(f"{col}_std")
-            ax.errorbar(part.params, part[col], yerr=None if std is None else std.fillna(0), fmt="o-", capsize=3,
-                        label=objective)
+            ax.errorbar(
+                part.params,
+                part[col],
+                yerr=None if std is None else std.fillna(0),
+                fmt="o-",
+                capsize=3,
+                label=objective,
+            )
         ax.axhline(teacher[col], color="k", ls="--", lw=1, label="teacher")
         _legible_log_x(ax)
         ax.set(xlabel="student parameters", title=col)

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 
 ENV_VAR = "EBM_PROFILE"
-STUDENT_EPOCH_FRACTION = 0.5  # §4.5: "30 epochs, half the epochs used to train the baseline" (paper.DISTILL_EPOCH_FRACTION)
+STUDENT_EPOCH_FRACTION = (
+    0.5  # §4.5: "30 epochs, half the epochs used to train the baseline" (paper.DISTILL_EPOCH_FRACTION)
+)
 DEFAULT_PROFILE = "cpu"  # the profile whose outputs are committed and described in the README
 ALLOW_SLOW_VAR = "EBM_ALLOW_SLOW"  # =1: run a profile sized for a GPU on a CPU anyway
 
@@ -63,7 +65,9 @@ class SGLDConfig:
         std grows by ``sqrt(factor)``. The gradient clamp is in gradient units and stays."""
         if factor <= 0:
             raise ValueError(f"step-size factor must be positive, got {factor}")
-        return dataclasses.replace(self, step_size=self.step_size * factor, noise_std=self.noise_std * math.sqrt(factor))
+        return dataclasses.replace(
+            self, step_size=self.step_size * factor, noise_std=self.noise_std * math.sqrt(factor)
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,8 @@ class Profile:
     buffer_size: int = 8192
     reinit_frac: float = 0.05  # fraction of chains started from fresh U(-1, 1) noise per iteration (paper: 5%)
     buffer_max_age: int | None = None  # restart a chain from noise after this many updates (None: never)
-    buffer_grows: bool = False  # the paper's (Algorithm 2, line 1) and tutorial 8's buffer: starts empty and grows (sampling.ReplayBuffer)
+    # the paper's (Algorithm 2, line 1) and tutorial 8's buffer: starts empty and grows (sampling.ReplayBuffer)
+    buffer_grows: bool = False
     batch_size: int = 128
     epochs: int = 60
     max_iters_per_epoch: int | None = None  # None = one full pass over the training set
@@ -134,7 +139,9 @@ class Profile:
     # (training.WeightAverages); snapshots keep them too, so validation digits can choose between the
     # trained and the averaged weights
     ema_decays: tuple[float, ...] = ()
-    amp_dtype: str | None = None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
+    amp_dtype: str | None = (
+        None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
+    )
     # SGLD speed-ups (speedups.py). channels_last applies on any device (the cpu profile turns it on after
     # `python -m ebmhelpers bench --interleaved` measured it, results/cpu/bench_interleaved.csv); compile and
     # cuda_graph on CUDA devices only, and their GPU rungs are unmeasured, so every profile keeps them off
@@ -226,8 +233,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "colab": Profile(
         name="colab",
-        description="A Colab T4 session: 20k digits, K=30, 4 epochs (run time: `python -m ebmhelpers estimate --profile colab`, "
-        "an estimate from counted FLOPs until timed on a T4).",
+        description="A Colab T4 session: 20k digits, K=30, 4 epochs (run time: `python -m ebmhelpers estimate "
+        "--profile colab`, an estimate from counted FLOPs until timed on a T4).",
         needs_gpu=True,
         train_subset=20_000,
         sgld_steps=30,
@@ -248,10 +255,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        description="One H100 for about 20 minutes (a sizing from counted FLOPs, an estimate until timed): ResNet18 trained with the paper's sampler, buffer, loss and optimizer "
-        "on 20,000 digits for 3 epochs; 3 seeds x 1,000 digits of 64 SGLD steps of 4x the training step at the training "
-        "temperature. Sized from counted FLOPs at an ASSUMED 60 TFLOP/s sustained (`python -m ebmhelpers estimate "
-        "--profile gpu --tflops 60`): an estimate until timed on the H100.",
+        description="One H100 for about 20 minutes (a sizing from counted FLOPs, an estimate until timed): ResNet18 "
+        "trained with the paper's sampler, buffer, loss and optimizer on 20,000 digits for 3 epochs; 3 seeds x "
+        "1,000 digits of 64 SGLD steps of 4x the training step at the training temperature. Sized from counted "
+        "FLOPs at an ASSUMED 60 TFLOP/s sustained (`python -m ebmhelpers estimate --profile gpu --tflops 60`): "
+        "an estimate until timed on the H100.",
         needs_gpu=True,
         train_subset=20_000,
         epochs=3,  # 471 PCD iterations of batch 128, K=60: what fits beside notebooks 02 and 04 in one command
@@ -284,13 +292,13 @@ PROFILES: dict[str, Profile] = {
         "paper's ResNet18; the paper profile's sampler, loss and optimizer with 25% fresh chains, 10 epochs, "
         "generation with 64 steps of 16x the training step (chosen on validation digits: "
         "python -m ebmhelpers recipe-study). Every model it trains is trained once and committed "
-        "(ebmhelpers/pretrained/cpu/manifest.json, python -m ebmhelpers train --all); the series installs them unless EBM_TRAIN=1.",
+        "(ebmhelpers/pretrained/cpu/manifest.json, python -m ebmhelpers train --all); the series installs them "
+        "unless EBM_TRAIN=1.",
         baseline="cnn_tutorial8",
         val_size=5_000,  # held-out training digits: the stopping epoch and the generation chain are chosen on them
-        reinit_frac=0.25,  # 25% fresh chains: the issue's probe (shared/probes) and the recipe study
-        # 10 epochs: the 9-epoch run trained on with weight averages (recipe-study --long 18 --recipe continued,
-        # stopped after epoch 14 at the 3-CPU-hour budget); the epoch-10 snapshot as trained won on validation
-        # digits over the epoch-9 baseline and the weight averages (recipe-study --select, baseline_selection.csv)
+        reinit_frac=0.25,  # 25% fresh chains: chosen by the recipe study (recipe_study.csv)
+        # 10 epochs: the snapshot chosen on validation digits among the 9-epoch baseline, later epochs of its continued
+        # run and their weight averages (recipe-study --select; results/cpu/baseline_selection.csv)
         epochs=10,
         snapshot_epochs=(2,),  # notebook 02 compares epoch 2 with the final model
         # 64 steps of 16x the training step at the training temperature: the lowest validation FID of the chains

@@ -49,13 +49,27 @@ STRUCTURED_NORM = 1  # Ln norm of an output channel: l1, as §3.3.2 names it
 # §5, Figure 4: (strategy key, ratio) that prune_sweep always includes, before and after fine-tuning.
 FIGURE4 = ("unstructured_conv", paper.FIGURE4_PRUNING[2])
 # Figure 2's panels: IS and FID, then the AUROC of each of the paper's OOD transforms (never averaged).
-QUALITY_METRICS = {"FID": "FID (lower is better)", "IS": "IS (higher is better)",
-                   **{f"auroc_{s}": f"OOD AUROC: {OOD_LABELS[s]}" for s in PAPER_OOD_SETS}}  # fmt: skip
+QUALITY_METRICS = {
+    "FID": "FID (lower is better)",
+    "IS": "IS (higher is better)",
+    **{f"auroc_{s}": f"OOD AUROC: {OOD_LABELS[s]}" for s in PAPER_OOD_SETS},
+}
 METRIC_LABELS = {**QUALITY_METRICS, "auroc_worst": "worst OOD AUROC of " + "/".join(PAPER_OOD_SETS)}
 ERROR_BARS = {"FID": "FID_std", "IS": "IS_std"}  # spread over the evaluator's seeds (NaN with one seed)
 CHANCE_AUROC = verdicts.CHANCE_AUROC  # below it the detector is inverted: OOD images get lower energy than digits
-TABLE_COLUMNS = ["sparsity", "FID", "FID_std", "IS", "IS_std", *(f"auroc_{s}" for s in PAPER_OOD_SETS),
-                 "auroc_worst", "worst_set", "inverted", "rollbacks", "diverged"]  # fmt: skip
+TABLE_COLUMNS = [
+    "sparsity",
+    "FID",
+    "FID_std",
+    "IS",
+    "IS_std",
+    *(f"auroc_{s}" for s in PAPER_OOD_SETS),
+    "auroc_worst",
+    "worst_set",
+    "inverted",
+    "rollbacks",
+    "diverged",
+]
 
 
 @dataclass(frozen=True)
@@ -239,11 +253,15 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
     for name, m in model.named_modules():
         if isinstance(m, PRUNABLE):
             w = effective_weight(m)
-            rows.append({
-                "layer": name.replace("layers.", "block"), "kind": type(m).__name__, "weights": w.numel(),
-                "sparsity": float((w == 0).float().mean()),
-                "zero_channels": float((w.flatten(1) == 0).all(1).float().mean()),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "layer": name.replace("layers.", "block"),
+                    "kind": type(m).__name__,
+                    "weights": w.numel(),
+                    "sparsity": float((w == 0).float().mean()),
+                    "zero_channels": float((w.flatten(1) == 0).all(1).float().mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -264,28 +282,29 @@ def clone_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
 
 
 def finetune(
-    ctx: Context, model: nn.Module, data: torch.Tensor, buffer: ReplayBuffer, name: str, progress: bool = True,
-    seed: int = 0, train: bool | None = None, commit: dict | None = None, parent: str = "",
+    ctx: Context,
+    model: nn.Module,
+    data: torch.Tensor,
+    buffer: ReplayBuffer,
+    name: str,
+    progress: bool = True,
+    seed: int = 0,
+    train: bool | None = None,
+    commit: dict | None = None,
+    parent: str = "",
 ) -> tuple[PCDTrainer, bool]:
-    """Fine-tune a (masked) model in place with the PCD trainer (training seed ``profile.seed + seed``).
-
-    ``parent`` names the baseline the model was pruned from (:attr:`PCDTrainer.identity`). The
-    profile's committed weights of ``name`` (:mod:`ebmhelpers.pretrained`) are installed when they
-    exist, unless ``train`` (default: ``EBM_TRAIN=1``) asks to train; they must derive from ``parent``.
-    Otherwise the run is checkpointed to ``ctx.checkpoints / f'{name}.pt'`` (a finished run is loaded,
-    an interrupted one resumed; a checkpoint of another parent is refused) and, with ``commit`` (the
-    manifest's ``kind`` and extra fields), committed when done.
-
-    Returns the trainer (``.rollbacks`` lists the divergence-guard firings) and whether the run
-    gave up after too many rollbacks; then the model holds its last good checkpoint.
-    """
+    """Fine-tune a (masked) model in place with the PCD trainer (training seed ``profile.seed + seed``):
+    install the committed weights of ``name`` (pruned from the baseline ``parent``) unless ``train`` (default
+    ``EBM_TRAIN=1``) asks to train; else train, resumable from ``<checkpoints>/<name>.pt``, and commit the run when
+    ``commit`` gives its manifest fields. Returns the trainer and whether the divergence guard gave up."""
     p = finetune_profile(ctx.profile).replace(seed=ctx.profile.seed + seed)
     seed_everything(p.seed)
     path = ctx.checkpoints / f"{name}.pt"
     trainer = PCDTrainer(model, p, data, ckpt_path=path, device=ctx.device, buffer=clone_buffer(buffer), origin=parent)
     if not pretrained.wants_training(train):
-        state = pretrained.load(ctx.profile.name, name, architecture=ctx.profile.baseline, model=model,
-                                parent=parent or None)
+        state = pretrained.load(
+            ctx.profile.name, name, architecture=ctx.profile.baseline, model=model, parent=parent or None
+        )
         if state is not None:
             trainer.install(state)
             trainer.model.eval()
@@ -304,13 +323,24 @@ def finetune(
     return trainer, diverged
 
 
-def commit_run(ctx: Context, name: str, trainer: PCDTrainer, diverged: bool, commit: dict, seed: int, parent: str) -> None:
+def commit_run(
+    ctx: Context, name: str, trainer: PCDTrainer, diverged: bool, commit: dict, seed: int, parent: str
+) -> None:
     """Commit a finished fine-tuning run's weights as ``name`` (:func:`pretrained.commit`): the
     manifest's ``kind`` and extra fields from ``commit``, its iterations, seconds, seed and parent."""
-    pretrained.commit(ctx.profile.name, name, commit["kind"], trainer.weights_state() | {"diverged": diverged},
-                      architecture=ctx.profile.baseline, iterations=trainer.step, seconds=trainer.seconds,
-                      command=pretrained.retrain_command(ctx.profile.name, name), seed=seed, parent=parent,
-                      **{k: v for k, v in commit.items() if k != "kind"})
+    pretrained.commit(
+        ctx.profile.name,
+        name,
+        commit["kind"],
+        trainer.weights_state() | {"diverged": diverged},
+        architecture=ctx.profile.baseline,
+        iterations=trainer.step,
+        seconds=trainer.seconds,
+        command=pretrained.retrain_command(ctx.profile.name, name),
+        seed=seed,
+        parent=parent,
+        **{k: v for k, v in commit.items() if k != "kind"},
+    )
 
 
 # ---- physical removal -------------------------------------------------------------------
@@ -370,8 +400,7 @@ def dead_channels(graph: tp.DependencyGraph, group) -> list[int]:
 def cost_row(ev: Evaluator, model: nn.Module) -> dict:
     """Parameters, serialized size, latency and SGLD throughput, measured by
     :func:`metrics.measure_cost` as :meth:`Evaluator.score` measures every model."""
-    return {"params": count_parameters(model), "size_mb": serialized_size_bytes(model) / 1e6,
-            **measure_cost(model, ev)}  # fmt: skip
+    return {"params": count_parameters(model), "size_mb": serialized_size_bytes(model) / 1e6, **measure_cost(model, ev)}
 
 
 def interleaved_speedup(ev: Evaluator, dense: nn.Module, smaller: nn.Module) -> dict:
@@ -380,11 +409,21 @@ def interleaved_speedup(ev: Evaluator, dense: nn.Module, smaller: nn.Module) -> 
     ``speedup_interleaved`` (median ratio), its spread ``speedup_lo``..``speedup_hi`` and
     ``speed_verdict`` ('no difference' when the spread includes 1)."""
     p = ev.ctx.profile
-    t = metrics_mod.compare_latency({"dense": dense.eval(), "smaller": smaller.eval()}, p.latency_batch, ev.device,
-                                    reference="dense", repeats=p.latency_repeats, warmup=p.latency_warmup)
+    t = metrics_mod.compare_latency(
+        {"dense": dense.eval(), "smaller": smaller.eval()},
+        p.latency_batch,
+        ev.device,
+        reference="dense",
+        repeats=p.latency_repeats,
+        warmup=p.latency_warmup,
+    )
     r = t.set_index("model").loc["smaller"]
-    return {"speedup_interleaved": r.ratio, "speedup_lo": r.ratio_lo, "speedup_hi": r.ratio_hi,
-            "speed_verdict": r.verdict}  # fmt: skip
+    return {
+        "speedup_interleaved": r.ratio,
+        "speedup_lo": r.ratio_lo,
+        "speedup_hi": r.ratio_hi,
+        "speed_verdict": r.verdict,
+    }
 
 
 def max_energy_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -402,11 +441,14 @@ def checkpoint_name(strategy: Strategy, ratio: float, prefix: str = "prune") -> 
 
 
 def finetuned_name(strategy: Strategy, ratio: float, seed: int = 0) -> str:
-    """The name (checkpoint and committed file) of a fine-tuned pruned model; seeds after the first carry ``_s<seed>``."""
+    """The name (checkpoint and committed file) of a fine-tuned pruned model; seeds after the first
+    carry ``_s<seed>``."""
     return checkpoint_name(strategy, ratio) + (f"_s{seed}" if seed else "")
 
 
-LOTTERY_STRATEGY = "unstructured_conv"  # iterative magnitude pruning of the Conv2d weights, as Frankle and Carbin's tickets
+LOTTERY_STRATEGY = (
+    "unstructured_conv"  # iterative magnitude pruning of the Conv2d weights, as Frankle and Carbin's tickets
+)
 
 
 def sweep_jobs(profile: Profile) -> list[tuple[Strategy, float]]:
@@ -423,8 +465,15 @@ METHODS = ("one-shot", "lottery")
 
 
 def score_variant(
-    ev: Evaluator, model: nn.Module, strategy: Strategy, ratio: float, finetuned: bool, rollbacks: int = 0,
-    diverged: bool = False, method: str = "one-shot", keep_samples: bool = True,
+    ev: Evaluator,
+    model: nn.Module,
+    strategy: Strategy,
+    ratio: float,
+    finetuned: bool,
+    rollbacks: int = 0,
+    diverged: bool = False,
+    method: str = "one-shot",
+    keep_samples: bool = True,
 ) -> dict:
     """``Evaluator.score`` of a pruned model (masks made permanent on a copy, so size and
     latency are those of the dense model with zeros) plus the pruning columns, among them the
@@ -443,8 +492,16 @@ def score_variant(
     name = f"{strategy.label} {ratio:.0%}" + (" lottery ticket" if lottery else " + fine-tuned" if finetuned else "")
     sample_name = f"pruning_{key}_{round(100 * ratio)}" + ("_ft" if finetuned and not lottery else "")
     dense = remove_masks(copy_model(model)).eval()
-    columns = {"strategy": key, "ratio": ratio, "sparsity": sparsity(dense), "finetuned": finetuned,
-               "rollbacks": rollbacks, "diverged": diverged, "method": method, "samples": sample_name}  # fmt: skip
+    columns = {
+        "strategy": key,
+        "ratio": ratio,
+        "sparsity": sparsity(dense),
+        "finetuned": finetuned,
+        "rollbacks": rollbacks,
+        "diverged": diverged,
+        "method": method,
+        "samples": sample_name,
+    }
     row, _, samples = ev.score(dense, name, columns=columns)
     if samples is not None and keep_samples:
         results.save_samples(ev.ctx, sample_name, samples)
@@ -472,24 +529,57 @@ def prune_sweep(
         rows.append(score_variant(ev, masked, strategy, ratio, finetuned=False))
         phys = physically_prune(masked) if strategy.structured else None
         if phys is not None:
-            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "masked",
-                          **interleaved_speedup(ev, baseline.model, remove_masks(copy_model(masked)))})
-            speed.append({"strategy": strategy.key, "ratio": ratio, "variant": "physical", **cost_row(ev, phys),
-                          "max_abs_energy_diff": max_energy_difference(masked, phys, check_x),
-                          **interleaved_speedup(ev, baseline.model, phys)})  # fmt: skip
+            speed.append(
+                {
+                    "strategy": strategy.key,
+                    "ratio": ratio,
+                    "variant": "masked",
+                    **interleaved_speedup(ev, baseline.model, remove_masks(copy_model(masked))),
+                }
+            )
+            speed.append(
+                {
+                    "strategy": strategy.key,
+                    "ratio": ratio,
+                    "variant": "physical",
+                    **cost_row(ev, phys),
+                    "max_abs_energy_diff": max_energy_difference(masked, phys, check_x),
+                    **interleaved_speedup(ev, baseline.model, phys),
+                }
+            )
         if strategy.finetuned:
             seeded = []
             for seed in range(training_seeds(p, ratio)):
-                trainer, diverged = finetune(ctx, copy_model(masked), data, baseline.buffer,
-                                             finetuned_name(strategy, ratio, seed), progress=False, seed=seed,
-                                             parent=baseline.identity)  # fmt: skip
-                seeded.append(score_variant(ev, trainer.model, strategy, ratio, True, len(trainer.rollbacks), diverged,
-                                            keep_samples=seed == 0) | {"training_seed": seed})
+                trainer, diverged = finetune(
+                    ctx,
+                    copy_model(masked),
+                    data,
+                    baseline.buffer,
+                    finetuned_name(strategy, ratio, seed),
+                    progress=False,
+                    seed=seed,
+                    parent=baseline.identity,
+                )
+                seeded.append(
+                    score_variant(
+                        ev,
+                        trainer.model,
+                        strategy,
+                        ratio,
+                        True,
+                        len(trainer.rollbacks),
+                        diverged,
+                        keep_samples=seed == 0,
+                    )
+                    | {"training_seed": seed}
+                )
             rows.append(combine_training_seeds(pd.DataFrame(seeded)))
             if phys is not None:  # same masks, so the same architecture: check the function again
                 tuned = physically_prune(trainer.model)
                 speed[-1]["max_abs_energy_diff_finetuned"] = max_energy_difference(trainer.model, tuned, check_x)
-    return pd.DataFrame(rows).assign(training_seeds=lambda t: t.training_seeds.fillna(1).astype(int)), pd.DataFrame(speed)
+    return pd.DataFrame(rows).assign(training_seeds=lambda t: t.training_seeds.fillna(1).astype(int)), pd.DataFrame(
+        speed
+    )
 
 
 def training_seeds(profile: Profile, ratio: float) -> int:
@@ -534,8 +624,16 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, timings: pd.DataFrame
     which carry no verdict."""
     lat = next(k for k in baseline_row if k.startswith("latency_ms_"))
     cols = ["params", "size_mb", lat, "sgld_img_steps_per_s"]
-    base = {"strategy": "baseline", "ratio": 0.0, "variant": "dense", **{c: baseline_row[c] for c in cols},
-            "speedup_interleaved": 1.0, "speedup_lo": 1.0, "speedup_hi": 1.0, "speed_verdict": "reference"}
+    base = {
+        "strategy": "baseline",
+        "ratio": 0.0,
+        "variant": "dense",
+        **{c: baseline_row[c] for c in cols},
+        "speedup_interleaved": 1.0,
+        "speedup_lo": 1.0,
+        "speedup_hi": 1.0,
+        "speed_verdict": "reference",
+    }
     variant = timings.get("variant", pd.Series(index=timings.index, dtype=object))
     physical = timings[variant == "physical"]
     one_shot = pruning[(pruning.method == "one-shot") & ~pruning.finetuned]
@@ -557,8 +655,10 @@ def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "rati
     ``diverged``), then ``training_seeds`` when the rows have it."""
     out = rows.copy()
     aurocs = [f"auroc_{s}" for s in PAPER_OOD_SETS]
-    out["inverted"] = [", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if verdicts.inverted(a))
-                       for r in out[aurocs].itertuples(index=False)]  # fmt: skip
+    out["inverted"] = [
+        ", ".join(s for s, a in zip(PAPER_OOD_SETS, r) if verdicts.inverted(a))
+        for r in out[aurocs].itertuples(index=False)
+    ]
     for col in ("rollbacks", "diverged"):
         if col not in out:
             out[col] = 0 if col == "rollbacks" else False
@@ -588,41 +688,57 @@ def rewind(model: nn.Module, early: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def lottery_ticket(
-    ctx: Context, baseline: PCDTrainer, early: dict[str, torch.Tensor], strategy: str | Strategy, target: float,
-    data: torch.Tensor, progress: bool = True, train: bool | None = None, commit: bool = False,
+    ctx: Context,
+    baseline: PCDTrainer,
+    early: dict[str, torch.Tensor],
+    strategy: str | Strategy,
+    target: float,
+    data: torch.Tensor,
+    progress: bool = True,
+    train: bool | None = None,
+    commit: bool = False,
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Iterative magnitude pruning with rewinding (Frankle et al.) to sparsity ``target``.
 
-    ``profile.lottery_rounds`` rounds, each removing the same fraction of the weights still
-    alive (cumulative ratio ``1 - (1 - target)^(r/R)``) by ranking the *trained* weights, then
-    rewinding the survivors to ``early`` (:func:`early_weights`: the baseline run's own snapshot)
-    and training them with :func:`finetune`, i.e. the schedule of :func:`finetune_profile`. The
-    last round thus trains the ticket exactly as long, with the same learning rate and starting
-    buffer, as one-shot pruning plus fine-tuning trains the model it is compared with; the earlier
-    rounds only choose the mask. The baseline is the round-0 network. Returns the final (masked)
-    model and one row per round (``iterations`` trained, the guard's ``rollbacks``/``diverged``).
-    Each round is a :func:`finetune` run (committed weights installed unless ``train``; with
-    ``commit`` each trained round is committed, kind ``lottery``).
-    """
+    ``profile.lottery_rounds`` rounds, each removing the same fraction of the weights still alive
+    (cumulative ratio ``1 - (1 - target)^(r/R)``) by ranking the *trained* weights, then rewinding the
+    survivors to ``early`` (:func:`early_weights`) and training them with :func:`finetune` (committed
+    weights installed unless ``train``; with ``commit`` each trained round is committed, kind ``lottery``).
+    The last round trains the ticket exactly as one-shot pruning plus fine-tuning trains the model it is
+    compared with; the earlier rounds only choose the mask. Returns the final (masked) model and one
+    row per round (:func:`_round_row`)."""
     s = get_strategy(strategy)
     rounds = ctx.profile.lottery_rounds
     if rounds < 1:
         raise ValueError(f"lottery_rounds must be at least 1, got {rounds}")
-    model = copy_model(baseline.model)
-    log = []
+    model, log = copy_model(baseline.model), []
+    buffer, parent = baseline.buffer, baseline.identity  # every round starts from the baseline's chains
     for r in tqdm(range(1, rounds + 1), desc="lottery rounds", disable=not progress):
         ratio = 1.0 - (1.0 - target) ** (r / rounds)
         apply_pruning(remove_masks(model), s, ratio)  # pruned weights are 0, so they are ranked first
         rewind(model, early)
         name = checkpoint_name(s, target, f"lottery_r{r}")
-        record = {"kind": "lottery", "strategy": s.key, "ratio": ratio, "round": r, "target": target} if commit else None
-        trainer, diverged = finetune(ctx, model, data, baseline.buffer, name, progress=progress and commit,
-                                     train=train, commit=record, parent=baseline.identity)
+        record = dict(kind="lottery", strategy=s.key, ratio=ratio, round=r, target=target) if commit else None
+        trainer, diverged = finetune(
+            ctx, model, data, buffer, name, progress and commit, train=train, commit=record, parent=parent
+        )
         model = trainer.model
-        log.append({"round": r, "ratio": ratio, "sparsity": sparsity(model), "iterations": trainer.step,
-                    "rollbacks": len(trainer.rollbacks), "diverged": diverged,
-                    "final_loss": float(trainer.history.loss.iloc[-1])})  # fmt: skip
+        log.append(_round_row(r, ratio, trainer, diverged))
     return model, pd.DataFrame(log)
+
+
+def _round_row(r: int, ratio: float, trainer: PCDTrainer, diverged: bool) -> dict:
+    """One row of the lottery log: the round, its ratio and real sparsity, the iterations trained and the
+    divergence guard's record."""
+    return {
+        "round": r,
+        "ratio": ratio,
+        "sparsity": sparsity(trainer.model),
+        "iterations": trainer.step,
+        "rollbacks": len(trainer.rollbacks),
+        "diverged": diverged,
+        "final_loss": float(trainer.history.loss.iloc[-1]),
+    }
 
 
 # ---- the divergence guard's record ------------------------------------------------------

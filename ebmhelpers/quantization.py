@@ -185,8 +185,10 @@ def calibration_images(profile: Profile, n: int | None = None) -> tuple[torch.Te
         note = f"{n} training-split digits the baseline never trained on (outside its {subset}-digit subset)"
         return images[held_out[:n]], note
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(profile.seed + 1))[:n]
-    note = (f"{n} training-split digits (the baseline trained on the whole split); no test digit used "
-            f"by the evaluation is among them")  # fmt: skip
+    note = (
+        f"{n} training-split digits (the baseline trained on the whole split); no test digit used "
+        f"by the evaluation is among them"
+    )
     return images[idx], note
 
 
@@ -310,8 +312,17 @@ def input_grads(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Ten
     return batched_energy_grad(model, x.cpu(), batch_size, device=model_device(model))[1]
 
 
-FIDELITY_COLUMNS = ("model", "n_digits", "n_grad_digits", "size_mb", "energy_pearson", "energy_spearman",
-                    "energy_mae", "energy_mae_rel_std", "grad_cosine")  # fidelity_table
+FIDELITY_COLUMNS = (
+    "model",
+    "n_digits",
+    "n_grad_digits",
+    "size_mb",
+    "energy_pearson",
+    "energy_spearman",
+    "energy_mae",
+    "energy_mae_rel_std",
+    "grad_cosine",
+)  # fidelity_table
 
 
 def fidelity_table(
@@ -334,13 +345,19 @@ def fidelity_table(
         except SamplingNotSupportedError:
             cos = float("nan")
         mae = float((e - e_ref).abs().mean())
-        rows.append({
-            "model": name, "n_digits": len(x), "n_grad_digits": len(x_grad),
-            "size_mb": serialized_size_bytes(model) / 1e6,
-            "energy_pearson": float(stats.pearsonr(e_ref.numpy(), e.numpy())[0]),
-            "energy_spearman": float(stats.spearmanr(e_ref.numpy(), e.numpy())[0]),
-            "energy_mae": mae, "energy_mae_rel_std": mae / float(e_ref.std()), "grad_cosine": cos,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "n_digits": len(x),
+                "n_grad_digits": len(x_grad),
+                "size_mb": serialized_size_bytes(model) / 1e6,
+                "energy_pearson": float(stats.pearsonr(e_ref.numpy(), e.numpy())[0]),
+                "energy_spearman": float(stats.spearmanr(e_ref.numpy(), e.numpy())[0]),
+                "energy_mae": mae,
+                "energy_mae_rel_std": mae / float(e_ref.std()),
+                "grad_cosine": cos,
+            }
+        )
     return pd.DataFrame(rows, columns=list(FIDELITY_COLUMNS)), energies
 
 
@@ -361,8 +378,19 @@ def variant_columns(model: nn.Module, weights: str, compute: str) -> dict[str, A
 
 
 # The paper's Table 1 (cost_table; saved as quantization_speed).
-COST_COLUMNS = ("model", "size_mb", "compression", "latency_ms_cpu", "latency_q1_ms", "latency_q3_ms", "latency_batch",
-                "speedup_cpu", "speedup_lo", "speedup_hi", "speed_verdict")  # fmt: skip
+COST_COLUMNS = (
+    "model",
+    "size_mb",
+    "compression",
+    "latency_ms_cpu",
+    "latency_q1_ms",
+    "latency_q3_ms",
+    "latency_batch",
+    "speedup_cpu",
+    "speedup_lo",
+    "speedup_hi",
+    "speed_verdict",
+)
 
 
 def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str) -> pd.DataFrame:
@@ -378,16 +406,31 @@ def cost_table(models: Mapping[str, nn.Module], profile: Profile, reference: str
         raise ValueError(f"reference {reference!r} is not one of {list(models)}")
     cpu = torch.device("cpu")
     cpu_models = {name: m if model_device(m).type == "cpu" else copy.deepcopy(m).cpu() for name, m in models.items()}
-    timed = metrics_mod.compare_latency(cpu_models, profile.latency_batch, cpu, reference=reference,
-                                        repeats=profile.latency_repeats, warmup=profile.latency_warmup).set_index("model")
+    timed = metrics_mod.compare_latency(
+        cpu_models,
+        profile.latency_batch,
+        cpu,
+        reference=reference,
+        repeats=profile.latency_repeats,
+        warmup=profile.latency_warmup,
+    ).set_index("model")
     rows = []
     for name, model in models.items():
         t = timed.loc[name]
-        rows.append({
-            "model": name, "size_mb": serialized_size_bytes(model) / 1e6, "latency_ms_cpu": 1e3 * t.median_s,
-            "latency_q1_ms": 1e3 * t.q1_s, "latency_q3_ms": 1e3 * t.q3_s, "latency_batch": profile.latency_batch,
-            "speedup_cpu": t.ratio, "speedup_lo": t.ratio_lo, "speedup_hi": t.ratio_hi, "speed_verdict": t.verdict,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "size_mb": serialized_size_bytes(model) / 1e6,
+                "latency_ms_cpu": 1e3 * t.median_s,
+                "latency_q1_ms": 1e3 * t.q1_s,
+                "latency_q3_ms": 1e3 * t.q3_s,
+                "latency_batch": profile.latency_batch,
+                "speedup_cpu": t.ratio,
+                "speedup_lo": t.ratio_lo,
+                "speedup_hi": t.ratio_hi,
+                "speed_verdict": t.verdict,
+            }
+        )
     df = pd.DataFrame(rows)
     df["compression"] = df.set_index("model").size_mb[reference] / df.size_mb
     return df[list(COST_COLUMNS)]
@@ -398,9 +441,25 @@ SPEED_STEPS = 20  # SGLD steps of each interleaved timing run (compare_samplers)
 SPEED_BATCH = 64  # digits per timing run
 
 # compare_samplers' table (saved as quantization_sampling, with the family first).
-SAMPLING_COLUMNS = ("sampler", "autocast", "device", "n", "steps", "size_mb", "IS", "FID", "entropy_bits", "confident",
-                    "saturation", "pixel_mae_vs_ref", "img_steps_per_s", "speedup", "speedup_lo", "speedup_hi",
-                    "speed_verdict")  # fmt: skip
+SAMPLING_COLUMNS = (
+    "sampler",
+    "autocast",
+    "device",
+    "n",
+    "steps",
+    "size_mb",
+    "IS",
+    "FID",
+    "entropy_bits",
+    "confident",
+    "saturation",
+    "pixel_mae_vs_ref",
+    "img_steps_per_s",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "speed_verdict",
+)
 
 
 def sampling_precisions(device: torch.device) -> tuple[str, ...]:
@@ -410,8 +469,13 @@ def sampling_precisions(device: torch.device) -> tuple[str, ...]:
 
 
 def compare_samplers(
-    ev: Evaluator, samplers: Mapping[str, tuple[nn.Module, str | None]], n: int, cfg: SGLDConfig,
-    batch_size: int, seed: int, reference: str,
+    ev: Evaluator,
+    samplers: Mapping[str, tuple[nn.Module, str | None]],
+    n: int,
+    cfg: SGLDConfig,
+    batch_size: int,
+    seed: int,
+    reference: str,
 ) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """Generate ``n`` digits with each sampler ``name -> (model, autocast dtype or None)`` from the
     same uniform-noise starts and the same SGLD noise (the RNG is reseeded per run), and report
@@ -436,11 +500,18 @@ def compare_samplers(
         seed_everything(seed)
         x = generate(model, n, cfg, batch_size, device=device, init=starts, progress=False, sampler=runner)
         samples[name] = x.cpu()
-        rows.append({
-            "sampler": name, "autocast": amp or "none", "device": device.type, "n": n, "steps": cfg.steps,
-            "size_mb": serialized_size_bytes(model) / 1e6, **ev.sample_quality(x),
-            "pixel_mae_vs_ref": float((samples[name] - samples[reference]).abs().mean()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "sampler": name,
+                "autocast": amp or "none",
+                "device": device.type,
+                "n": n,
+                "steps": cfg.steps,
+                "size_mb": serialized_size_bytes(model) / 1e6,
+                **ev.sample_quality(x),
+                "pixel_mae_vs_ref": float((samples[name] - samples[reference]).abs().mean()),
+            }
+        )
     df = pd.DataFrame(rows)
     speed_cfg = SGLDConfig(min(cfg.steps, SPEED_STEPS), cfg.step_size, cfg.noise_std, cfg.grad_clamp, cfg.clamp_range)
     chain = starts[:SPEED_BATCH]
@@ -454,7 +525,11 @@ def compare_samplers(
     times = metrics_mod.interleaved_times(fns, devices.pop() if len(devices) == 1 else torch.device("cpu"))
     speed = metrics_mod.speedups_vs(times, reference).set_index("model")
     df["img_steps_per_s"] = [len(chain) * speed_cfg.steps / speed.loc[s, "median_s"] for s in df.sampler]
-    for col, src in (("speedup", "ratio"), ("speedup_lo", "ratio_lo"), ("speedup_hi", "ratio_hi"), ("speed_verdict", "verdict")):
+    for col, src in (
+        ("speedup", "ratio"),
+        ("speedup_lo", "ratio_lo"),
+        ("speedup_hi", "ratio_hi"),
+        ("speed_verdict", "verdict"),
+    ):
         df[col] = [speed.loc[s, src] for s in df.sampler]
     return df[list(SAMPLING_COLUMNS)], samples
-

@@ -32,7 +32,10 @@ PRODUCERS = {
     "distillation": "05_distillation",
 }
 SAMPLE_PRODUCERS = {
-    "baseline": "02_evaluation", "quantization": "03_quantization", "pruning": "04_pruning", "student": "05_distillation",
+    "baseline": "02_evaluation",
+    "quantization": "03_quantization",
+    "pruning": "04_pruning",
+    "student": "05_distillation",
 }
 
 
@@ -96,5 +99,7 @@ def load_samples(ctx: Context, name: str) -> torch.Tensor:
     path = ctx.results / f"samples_{name}.pt"
     if not path.exists():
         producer = next((nb for key, nb in SAMPLE_PRODUCERS.items() if name.startswith(key)), "an earlier notebook")
-        raise MissingResultsError(f"no samples {path}: run notebooks/{producer}.ipynb with profile {ctx.profile.name!r}")
+        raise MissingResultsError(
+            f"no samples {path}: run notebooks/{producer}.ipynb with profile {ctx.profile.name!r}"
+        )
     return load_checkpoint(path)["samples"].float().div(127.5).sub(1)

@@ -195,8 +195,10 @@ def expected_cost(profile: Profile, device: torch.device) -> str | None:
     if flops is None:
         return None
     rate, basis = assumed_flops_per_s(device)
-    return (f"{flops:.2g} FLOPs counted for the whole series, about {duration_text(flops / rate)} on this device "
-            f"({basis}): an estimate until timed")
+    return (
+        f"{flops:.2g} FLOPs counted for the whole series, about {duration_text(flops / rate)} on this device "
+        f"({basis}): an estimate until timed"
+    )
 
 
 def check_device(profile: Profile, device: torch.device) -> None:
@@ -205,9 +207,11 @@ def check_device(profile: Profile, device: torch.device) -> None:
     if not profile.needs_gpu or device.type == "cuda" or os.environ.get(ALLOW_SLOW_VAR) == "1":
         return
     cost = expected_cost(profile, device) or "no FLOP count recorded"
-    raise ProfileError(f"profile {profile.name!r} (ResNet18) is sized for a GPU and this is a CPU: {cost}. "
-                       f"Choose the profile 'cpu' (--profile cpu or {ENV_VAR}=cpu), or set {ALLOW_SLOW_VAR}=1 "
-                       f"to run it here anyway")
+    raise ProfileError(
+        f"profile {profile.name!r} (ResNet18) is sized for a GPU and this is a CPU: {cost}. "
+        f"Choose the profile 'cpu' (--profile cpu or {ENV_VAR}=cpu), or set {ALLOW_SLOW_VAR}=1 "
+        f"to run it here anyway"
+    )
 
 
 @dataclass(frozen=True)

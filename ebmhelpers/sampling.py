@@ -38,9 +38,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
-def energy_grad(
-    model: nn.Module, x: torch.Tensor, amp_dtype: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def energy_grad(model: nn.Module, x: torch.Tensor, amp_dtype: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies E(x) and their input gradient dE/dx (parameters must already be frozen).
 
     ``amp_dtype`` is None (fp32), "bf16", "fp16" or "auto" (:func:`runtime.autocast_dtype`: per device).
@@ -66,8 +64,12 @@ def energy_grad(
 
 
 def batched_energy_grad(
-    model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str | None = None,
-    progress: bool = False, desc: str = "energies and input gradients",
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "energies and input gradients",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies and dE/dx of every image in ``x``, in batches computed on ``device`` (default:
     ``x``'s) with the parameters frozen; both results are returned on ``x``'s device."""
@@ -195,9 +197,7 @@ class ReplayBuffer:
         if self.max_age is not None:
             fresh |= self.ages[idx] >= self.max_age
         starts = torch.where(
-            fresh.view(-1, *([1] * len(self.shape))),
-            uniform_noise(n, self.shape, device),
-            self.samples[idx],
+            fresh.view(-1, *([1] * len(self.shape))), uniform_noise(n, self.shape, device), self.samples[idx]
         )
         self._last_idx = idx
         self._last_ages = torch.where(fresh, 0, self.ages[idx])
@@ -223,8 +223,12 @@ class ReplayBuffer:
         return self.samples[: self.count] if self.count else self.samples[:0]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"samples": self.samples, "ages": self.ages,
-                "count": torch.tensor(self.count), "pos": torch.tensor(self._write_pos)}  # fmt: skip
+        return {
+            "samples": self.samples,
+            "ages": self.ages,
+            "count": torch.tensor(self.count),
+            "pos": torch.tensor(self._write_pos),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.samples = state["samples"].to(self.samples.device)

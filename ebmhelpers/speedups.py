@@ -53,8 +53,10 @@ def enable_compile() -> None:
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
     if not hasattr(cfg, "fail_on_recompile_limit_hit"):
-        raise SpeedupError(f"torch {torch.__version__} cannot make a hit recompile limit an error "
-                           f"(no torch._dynamo.config.fail_on_recompile_limit_hit)")
+        raise SpeedupError(
+            f"torch {torch.__version__} cannot make a hit recompile limit an error "
+            f"(no torch._dynamo.config.fail_on_recompile_limit_hit)"
+        )
     cfg.fail_on_recompile_limit_hit = True
 
 
@@ -73,7 +75,10 @@ class SGLDRunner:
     """
 
     def __init__(
-        self, model: nn.Module, speedups: Speedups = Speedups(), amp_dtype: str | None = None,
+        self,
+        model: nn.Module,
+        speedups: Speedups = Speedups(),
+        amp_dtype: str | None = None,
         compile_backend: str = "inductor",
     ) -> None:
         self.model, self.speedups, self.amp_dtype = model, speedups, amp_dtype
@@ -89,7 +94,9 @@ class SGLDRunner:
     def __call__(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
         if self.speedups.cuda_graph:
             return self._replay(x, cfg)
-        return sgld(self.energy, x, cfg, amp_dtype=self.amp_dtype)  # a compiled network shares the parameters it freezes
+        return sgld(
+            self.energy, x, cfg, amp_dtype=self.amp_dtype
+        )  # a compiled network shares the parameters it freezes
 
     def _replay(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, dataclasses.replace(cfg, steps=0))  # what the graph bakes in
@@ -119,7 +126,7 @@ class SGLDRunner:
 
 
 def chain_agreement(
-    model: nn.Module, x: torch.Tensor, cfg: SGLDConfig, speedups: Speedups, amp_dtype: str | None = None,
+    model: nn.Module, x: torch.Tensor, cfg: SGLDConfig, speedups: Speedups, amp_dtype: str | None = None
 ) -> dict[str, float]:
     """How far a sped-up chain ends from the eager fp32 one started at the same images, with the
     noise switched off (noise draws are the one thing the speed-ups may legitimately change):
@@ -134,5 +141,8 @@ def chain_agreement(
         model.to(memory_format=torch.contiguous_format)
     diff = (fast.float() - reference).abs()
     moved = (reference - x).abs().max().item()
-    return {"max_abs_diff": diff.max().item(), "rel_diff": diff.max().item() / moved if moved > 0 else float("nan"),
-            "frac_pixels_off": (diff > 0.01).float().mean().item()}
+    return {
+        "max_abs_diff": diff.max().item(),
+        "rel_diff": diff.max().item() / moved if moved > 0 else float("nan"),
+        "frac_pixels_off": (diff > 0.01).float().mean().item(),
+    }

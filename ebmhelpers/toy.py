@@ -281,8 +281,13 @@ def finite_difference_gradient(energy: nn.Module, x: torch.Tensor, grid: Grid, h
 
 
 def mc_gradient_errors(
-    energy: nn.Module, data: torch.Tensor, grid: Grid, sizes: Sequence[int] = MC_SAMPLE_SIZES,
-    cd_steps: Sequence[int] = TOY_SGLD_STEPS, repeats: int = MC_REPEATS, seed: int = 0,
+    energy: nn.Module,
+    data: torch.Tensor,
+    grid: Grid,
+    sizes: Sequence[int] = MC_SAMPLE_SIZES,
+    cd_steps: Sequence[int] = TOY_SGLD_STEPS,
+    repeats: int = MC_REPEATS,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Relative error ||g_hat - g|| / ||g|| of sample estimates of eq. 3's negative phase
     against the exact gradient g (positive phase on all of ``data`` in both): n negatives that
@@ -375,10 +380,16 @@ def convergence_table(curves: pd.DataFrame, floor: tuple[float, float], band: fl
         steps, tv = curve.step.to_numpy(), curve.tv.to_numpy()
         mid = float(tv[np.searchsorted(steps, steps[-1] / 2)])
         reached = steps_to_level(curve, level)
-        verdict = ("reaches the floor" if reached is not None else
-                   "still falling" if mid - tv[-1] > width else "stuck above the floor")
-        rows.append({"sampler": name, "tv_halfway": mid, "tv_end": float(tv[-1]), "step_at_floor": reached,
-                     "verdict": verdict})
+        verdict = (
+            "reaches the floor"
+            if reached is not None
+            else "still falling"
+            if mid - tv[-1] > width
+            else "stuck above the floor"
+        )
+        rows.append(
+            {"sampler": name, "tv_halfway": mid, "tv_end": float(tv[-1]), "step_at_floor": reached, "verdict": verdict}
+        )
     return pd.DataFrame(rows).astype({"step_at_floor": "Int64"})
 
 
@@ -415,7 +426,11 @@ class SamplerRun:
 
 
 def metropolis_hastings(
-    energy: nn.Module, x0: torch.Tensor, steps: int, proposal_std: float, record_every: int = RECORD_EVERY,
+    energy: nn.Module,
+    x0: torch.Tensor,
+    steps: int,
+    proposal_std: float,
+    record_every: int = RECORD_EVERY,
     progress: bool = False,
 ) -> SamplerRun:
     """Random-walk Metropolis-Hastings: propose x' = x + N(0, s^2), accept with min(1, e^{E(x) - E(x')})."""
@@ -436,7 +451,11 @@ def metropolis_hastings(
 
 
 def mala(
-    energy: nn.Module, x0: torch.Tensor, steps: int, step_size: float, record_every: int = RECORD_EVERY,
+    energy: nn.Module,
+    x0: torch.Tensor,
+    steps: int,
+    step_size: float,
+    record_every: int = RECORD_EVERY,
     progress: bool = False,
 ) -> SamplerRun:
     """Metropolis-adjusted Langevin: the Langevin proposal x' = x - eps dE/dx + sqrt(2 eps) xi,
@@ -476,7 +495,11 @@ def langevin_config(
 
 
 def langevin(
-    energy: nn.Module, x0: torch.Tensor, steps: int, step_size: float, record_every: int = RECORD_EVERY,
+    energy: nn.Module,
+    x0: torch.Tensor,
+    steps: int,
+    step_size: float,
+    record_every: int = RECORD_EVERY,
     clamp_range: tuple[float, float] | None = None,
 ) -> SamplerRun:
     """Unadjusted Langevin (ULA) run by the package's :func:`~ebmhelpers.sampling.sgld`; no MH
@@ -522,13 +545,31 @@ def toy_profile(base: Profile, sgld_steps: int = TOY_SGLD_STEPS[-1]) -> Profile:
     averages. Every setting the toy's training reads is set here, so it is the same whatever
     ``base`` is; the name and seed stay those of ``base``."""
     return base.replace(
-        batch_size=TOY_BATCH, epochs=TOY_EPOCHS, max_iters_per_epoch=None, buffer_size=TOY_BUFFER,
-        reinit_frac=TOY_REINIT_FRAC, buffer_max_age=None, buffer_grows=False, data_noise_std=TOY_DATA_NOISE_STD,
-        sgld_steps=sgld_steps, sgld_step_size=TOY_SGLD_STEP, sgld_noise_std=math.sqrt(2 * TOY_SGLD_STEP),
-        sgld_grad_clamp=NO_GRAD_CLAMP, lr=TOY_LR, betas=TOY_BETAS, lr_gamma=1.0, alpha=TOY_ALPHA,
-        grad_clip=1.0, ckpt_every=math.ceil(N_DATA / TOY_BATCH), amp_dtype=None, channels_last=False,
-        compile=False, cuda_graph=False, ema_decays=(), snapshot_epochs=(),
-    )  # fmt: skip
+        batch_size=TOY_BATCH,
+        epochs=TOY_EPOCHS,
+        max_iters_per_epoch=None,
+        buffer_size=TOY_BUFFER,
+        reinit_frac=TOY_REINIT_FRAC,
+        buffer_max_age=None,
+        buffer_grows=False,
+        data_noise_std=TOY_DATA_NOISE_STD,
+        sgld_steps=sgld_steps,
+        sgld_step_size=TOY_SGLD_STEP,
+        sgld_noise_std=math.sqrt(2 * TOY_SGLD_STEP),
+        sgld_grad_clamp=NO_GRAD_CLAMP,
+        lr=TOY_LR,
+        betas=TOY_BETAS,
+        lr_gamma=1.0,
+        alpha=TOY_ALPHA,
+        grad_clip=1.0,
+        ckpt_every=math.ceil(N_DATA / TOY_BATCH),
+        amp_dtype=None,
+        channels_last=False,
+        compile=False,
+        cuda_graph=False,
+        ema_decays=(),
+        snapshot_epochs=(),
+    )
 
 
 class DataStarts:
@@ -591,8 +632,13 @@ def train_toy(
 
 
 def _fit(
-    params: list[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    data: torch.Tensor, steps: int, seed: int, desc: str, progress: bool,
+    params: list[nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    data: torch.Tensor,
+    steps: int,
+    seed: int,
+    desc: str,
+    progress: bool,
 ) -> pd.DataFrame:
     """Adam (the toy's lr and betas) on ``loss_fn(batch, generator)`` for ``steps`` random batches."""
     gen = torch.Generator().manual_seed(seed)
@@ -646,7 +692,11 @@ def nce_loss(model: NCEModel, x_data: torch.Tensor, x_noise: torch.Tensor, lim: 
 
 
 def fit_nce(
-    model: NCEModel, data: torch.Tensor, steps: int, noise_ratio: int = NCE_NOISE_RATIO, seed: int = 0,
+    model: NCEModel,
+    data: torch.Tensor,
+    steps: int,
+    noise_ratio: int = NCE_NOISE_RATIO,
+    seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Fit ``model`` by NCE against uniform noise on the box; returns the loss per step."""
@@ -710,8 +760,14 @@ def plot_energy(ax: plt.Axes, energy: nn.Module, grid: Grid, title: str | None =
     ax.set_title(title, fontsize=9)
 
 
-def plot_samples(ax: plt.Axes, x: torch.Tensor, grid: Grid, title: str | None = None, n_max: int = 1000,
-                 density: torch.Tensor | None = None) -> None:
+def plot_samples(
+    ax: plt.Axes,
+    x: torch.Tensor,
+    grid: Grid,
+    title: str | None = None,
+    n_max: int = 1000,
+    density: torch.Tensor | None = None,
+) -> None:
     """A scatter of (at most ``n_max``) samples, over the exact density's contours if given."""
     if density is not None:
         levels = np.quantile(density.cpu().numpy(), [0.9, 0.97, 0.995])
@@ -723,9 +779,17 @@ def plot_samples(ax: plt.Axes, x: torch.Tensor, grid: Grid, title: str | None = 
     ax.set_title(title, fontsize=9)
 
 
-def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Grid, step_size: float,
-               noise_std: float, steps: int = EXPLORE_STEPS, n: int = EXPLORE_CHAINS,
-               seed: int = 0) -> tuple[float, torch.Tensor]:
+def sgld_panel(
+    ax: plt.Axes,
+    energy: nn.Module,
+    density: torch.Tensor,
+    grid: Grid,
+    step_size: float,
+    noise_std: float,
+    steps: int = EXPLORE_STEPS,
+    n: int = EXPLORE_CHAINS,
+    seed: int = 0,
+) -> tuple[float, torch.Tensor]:
     """Run the package's SGLD (no gradient clamp, samples clamped to the box) from uniform noise
     with the given step size and noise, draw the samples and return their TV to the exact density
     and the samples."""
@@ -739,8 +803,12 @@ def sgld_panel(ax: plt.Axes, energy: nn.Module, density: torch.Tensor, grid: Gri
 
 
 def sgld_grid_figure(
-    energy: nn.Module, density: torch.Tensor, grid: Grid, step_sizes: Sequence[float] = EXPLORE_STEP_SIZES,
-    noise_stds: Sequence[float] = EXPLORE_NOISE_STDS, title: str | None = None,
+    energy: nn.Module,
+    density: torch.Tensor,
+    grid: Grid,
+    step_sizes: Sequence[float] = EXPLORE_STEP_SIZES,
+    noise_stds: Sequence[float] = EXPLORE_NOISE_STDS,
+    title: str | None = None,
 ) -> tuple[plt.Figure, pd.DataFrame]:
     """:func:`sgld_panel` for every (step size, noise) pair: rows = step size, columns = noise.
     Returns the figure and a table of temperature, TV and (for a mixture ``energy``) the share of
@@ -751,8 +819,17 @@ def sgld_grid_figure(
     for i, eps in enumerate(step_sizes):
         for j, sigma in enumerate(noise_stds):
             tv, x = sgld_panel(axes[i, j], energy, density, grid, eps, sigma)
-            rows.append({"step_size": eps, "noise_std": sigma, "temperature": SGLDConfig(1, eps, sigma, NO_GRAD_CLAMP).temperature,
-                         "tv": tv, "light_share": light_mode_share(x, energy) if isinstance(energy, GaussianMixtureEnergy) else math.nan})
+            rows.append(
+                {
+                    "step_size": eps,
+                    "noise_std": sigma,
+                    "temperature": SGLDConfig(1, eps, sigma, NO_GRAD_CLAMP).temperature,
+                    "tv": tv,
+                    "light_share": light_mode_share(x, energy)
+                    if isinstance(energy, GaussianMixtureEnergy)
+                    else math.nan,
+                }
+            )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -152,7 +152,9 @@ class PCDTrainer(LoopTrainer):
         origin: str = "",
     ) -> None:
         self.profile = p = profile
-        self.origin = origin  # what the run starts from (a fine-tuning: the committed baseline's sha256); checked on resume
+        self.origin = (
+            origin  # what the run starts from (a fine-tuning: the committed baseline's sha256); checked on resume
+        )
         self.snapshots = dict(snapshots or {})  # step -> file that keeps the weights after that step
         self.device = torch.device(device) if device is not None else data.device
         self.model = model.to(self.device)
@@ -162,16 +164,32 @@ class PCDTrainer(LoopTrainer):
         self.sampler = SGLDRunner(self.model, p.speedups(self.device), p.amp_dtype)
         self.data = data.to(self.device)
         self.sgld_cfg = sgld_cfg or p.sgld_config()
-        self.buffer = buffer if buffer is not None else ReplayBuffer(
-            p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device, p.buffer_max_age, p.buffer_grows)
+        self.buffer = (
+            buffer
+            if buffer is not None
+            else ReplayBuffer(
+                p.buffer_size, tuple(data.shape[1:]), p.reinit_frac, self.device, p.buffer_max_age, p.buffer_grows
+            )
+        )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=p.betas)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=p.lr_gamma)
         self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
-        self.loop = ResumableLoop(len(self.data), p.batch_size, training_iterations(p, len(self.data)), p.seed,
-                                  p.ckpt_every, self.device, p.max_iters_per_epoch)  # fmt: skip
+        self.loop = ResumableLoop(
+            len(self.data),
+            p.batch_size,
+            training_iterations(p, len(self.data)),
+            p.seed,
+            p.ckpt_every,
+            self.device,
+            p.max_iters_per_epoch,
+        )
         self.averages = WeightAverages(self.model, p.ema_decays)
-        self.installed_from: str | None = None  # sha256 of the committed file this run was installed from, until it trains
-        self.continued_from: str | None = None  # sha256 of the committed file this run started from (kept while it trains)
+        self.installed_from: str | None = (
+            None  # sha256 of the committed file this run was installed from, until it trains
+        )
+        self.continued_from: str | None = (
+            None  # sha256 of the committed file this run started from (kept while it trains)
+        )
         self.rollbacks: list[dict[str, Any]] = []
         self._history: list[list[float]] = []  # rows: step, epoch, lr, *METRICS
         self._good: dict[str, Any] | None = None  # in-memory copy of the last good checkpoint
@@ -233,17 +251,28 @@ class PCDTrainer(LoopTrainer):
         """Keep the model's weights at this step (e.g. a lottery-ticket rewind point), with the
         replay buffer rounded to 8 bits (a quarter of its fp32 size), so that a snapshot chosen
         on validation data can become the baseline with its chains."""
-        atomic_save({"model": self.model.state_dict(), "step": self.step, "epoch": self.epoch + self.it / self.iters_per_epoch,
-                     "profile": self.profile.name, "buffer_uint8": encode_uint8(self.buffer.samples),
-                     "averages": self.averages.state_dict()}, path)  # fmt: skip
+        atomic_save(
+            {
+                "model": self.model.state_dict(),
+                "step": self.step,
+                "epoch": self.epoch + self.it / self.iters_per_epoch,
+                "profile": self.profile.name,
+                "buffer_uint8": encode_uint8(self.buffer.samples),
+                "averages": self.averages.state_dict(),
+            },
+            path,
+        )
 
     def check_checkpoint(self, state: dict[str, Any]) -> None:
         """Refuse a checkpoint written by another profile, or by a run that started from something else."""
         if state.get("profile") != self.profile.name:
-            raise ValueError(f"{self.ckpt_path} was written by profile {state.get('profile')!r}, not {self.profile.name!r}")
+            raise ValueError(
+                f"{self.ckpt_path} was written by profile {state.get('profile')!r}, not {self.profile.name!r}"
+            )
         if state.get("origin", "") != self.origin:
-            raise ValueError(f"{self.ckpt_path} belongs to a run that started from another baseline; delete it to "
-                             f"train this one")
+            raise ValueError(
+                f"{self.ckpt_path} belongs to a run that started from another baseline; delete it to train this one"
+            )
 
     def install_pretrained(self, state: dict[str, Any], snapshot_paths: dict[str, Path], sha256: str) -> None:
         """Take over a committed baseline (:mod:`ebmhelpers.pretrained`, file hash ``sha256``): its
@@ -263,7 +292,9 @@ class PCDTrainer(LoopTrainer):
         self.installed_from = self.continued_from = sha256
         for tag, snap in state["snapshots"].items():
             if tag in snapshot_paths:
-                atomic_save({"model": snap["model"], "step": snap["step"], "profile": self.profile.name}, snapshot_paths[tag])
+                atomic_save(
+                    {"model": snap["model"], "step": snap["step"], "profile": self.profile.name}, snapshot_paths[tag]
+                )
         self.save()
 
     # ---- one iteration ----------------------------------------------------------------
@@ -296,16 +327,20 @@ class PCDTrainer(LoopTrainer):
             return f"|energy| reached {worst:.3g} > {self.profile.max_abs_energy:g}"
         gap, bound = (e_fake - e_real).mean().item(), energy_gap_bound(self.profile)
         if gap > bound:
-            return (f"energy gap E(x-) - E(x+) = {gap:.3g} > {bound:.3g} (window mean): the samples are told "
-                    f"apart from the data, i.e. they collapsed to noise; {self._buffer_summary()}")
+            return (
+                f"energy gap E(x-) - E(x+) = {gap:.3g} > {bound:.3g} (window mean): the samples are told "
+                f"apart from the data, i.e. they collapsed to noise; {self._buffer_summary()}"
+            )
         return None
 
     def _buffer_summary(self) -> str:
         """Pixel mean and std of the replay buffer next to the data's and uniform noise's
         (0 and 1/sqrt(3)): a diagnostic for the rollback record, computed only when the guard fires."""
         b, d = self.buffer.samples, self.data
-        return (f"buffer pixel mean/std {b.mean().item():.2f}/{b.std().item():.2f}, data {d.mean().item():.2f}/"
-                f"{d.std().item():.2f}, uniform noise 0.00/{1 / math.sqrt(3):.2f}")
+        return (
+            f"buffer pixel mean/std {b.mean().item():.2f}/{b.std().item():.2f}, data {d.mean().item():.2f}/"
+            f"{d.std().item():.2f}, uniform noise 0.00/{1 / math.sqrt(3):.2f}"
+        )
 
     def _rollback(self, reason: str) -> None:
         p = self.profile
@@ -318,9 +353,14 @@ class PCDTrainer(LoopTrainer):
         seed = p.seed + 1000 * (len(self.rollbacks) + 1)
         seed_everything(seed)
         self.rollbacks.append(
-            {"failed_at_step": failed_at, "resumed_from_step": self.step, "reason": reason,
-             "new_lr": self.opt.param_groups[0]["lr"], "new_seed": seed}
-        )  # fmt: skip
+            {
+                "failed_at_step": failed_at,
+                "resumed_from_step": self.step,
+                "reason": reason,
+                "new_lr": self.opt.param_groups[0]["lr"],
+                "new_seed": seed,
+            }
+        )
         self.save()
 
     # ---- the loop ---------------------------------------------------------------------
@@ -334,9 +374,16 @@ class PCDTrainer(LoopTrainer):
         """Train until ``profile.epochs`` are done, or stop at the first checkpoint at or after
         ``max_steps`` total iterations or once ``time_budget_s`` seconds are spent, so that a later
         call resumes there. ``on_window(self)`` runs after every kept checkpoint. Returns the history."""
-        return self._fit(lambda batch: self.train_step(self.data[batch]),
-                         lambda window: self._end_window(window, on_window), _postfix, max_steps, time_budget_s,
-                         progress, f"PCD training ({self.profile.name})", after_step=self._keep_snapshot)  # fmt: skip
+        return self._fit(
+            lambda batch: self.train_step(self.data[batch]),
+            lambda window: self._end_window(window, on_window),
+            _postfix,
+            max_steps,
+            time_budget_s,
+            progress,
+            f"PCD training ({self.profile.name})",
+            after_step=self._keep_snapshot,
+        )
 
     def _keep_snapshot(self) -> None:
         """Save the weights when this step is one of ``snapshots`` (even if later rolled back:
@@ -403,8 +450,10 @@ def load_snapshot(ctx: Context, tag: str) -> tuple[EnergyModel, int]:
     """A kept baseline snapshot (see :func:`baseline_snapshots`) and the step it was taken at."""
     path = snapshot_path(ctx, tag)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: it is written while the baseline trains; delete "
-                                f"{ctx.checkpoints / 'baseline.pt'} and run notebook 01 to train it again")
+        raise FileNotFoundError(
+            f"{path} is missing: it is written while the baseline trains; delete "
+            f"{ctx.checkpoints / 'baseline.pt'} and run notebook 01 to train it again"
+        )
     state = load_checkpoint(path, ctx.device)
     model = build_baseline(ctx.profile.baseline).to(ctx.device)
     model.load_state_dict(state["model"])
@@ -423,8 +472,14 @@ def load_or_train_baseline(ctx: Context, progress: bool = True, train: bool | No
     images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
     seed_everything(p.seed)
     snapshots = baseline_snapshots(ctx, len(images))
-    trainer = PCDTrainer(build_baseline(p.baseline), p, images, ckpt_path=ctx.checkpoints / "baseline.pt",
-                         device=ctx.device, snapshots=snapshots)
+    trainer = PCDTrainer(
+        build_baseline(p.baseline),
+        p,
+        images,
+        ckpt_path=ctx.checkpoints / "baseline.pt",
+        device=ctx.device,
+        snapshots=snapshots,
+    )
     if not pretrained.wants_training(train):
         _install_committed(ctx, trainer, snapshots)
     if trainer.load() and trainer.done:
@@ -450,13 +505,16 @@ def _install_committed(ctx: Context, trainer: PCDTrainer, snapshots: dict[int, P
         if not installed:
             raise pretrained.WeightsError(
                 f"{trainer.ckpt_path} was trained here, and profile {p.name!r} has committed weights: delete it "
-                f"to use the committed weights, or set {pretrained.TRAIN_ENV}=1 to use (or resume) the local run")
+                f"to use the committed weights, or set {pretrained.TRAIN_ENV}=1 to use (or resume) the local run"
+            )
     state = pretrained.load(p.name, "baseline", architecture=p.baseline, model=trainer.model)
     tags = {path.stem.removeprefix("baseline_"): path for path in snapshots.values()}
     trainer.install_pretrained(state, tags, entry["sha256"])
-    print(f"installed the committed baseline {pretrained.path_for(p.name)}: {entry['iterations']:,} iterations, "
-          f"{entry['seconds'] / 3600:.1f} h on {entry['hardware']} ({entry['command']}); set "
-          f"{pretrained.TRAIN_ENV}=1 to train it here instead")
+    print(
+        f"installed the committed baseline {pretrained.path_for(p.name)}: {entry['iterations']:,} iterations, "
+        f"{entry['seconds'] / 3600:.1f} h on {entry['hardware']} ({entry['command']}); set "
+        f"{pretrained.TRAIN_ENV}=1 to train it here instead"
+    )
 
 
 # ---- the classifier behind IS and FID ---------------------------------------------------

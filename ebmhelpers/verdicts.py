@@ -130,7 +130,11 @@ def standard_error(row, metric: str) -> tuple[float, int]:
     An unmeasured spread gives (inf, 0)."""
     std = _get(row, f"{metric}_std")
     train = _get(row, "training_seeds")
-    n = int(train) if not math.isnan(train) and train > 1 else int(_get(row, "n_seeds") if not math.isnan(_get(row, "n_seeds")) else 1)
+    n = (
+        int(train)
+        if not math.isnan(train) and train > 1
+        else int(_get(row, "n_seeds") if not math.isnan(_get(row, "n_seeds")) else 1)
+    )
     if math.isnan(std) or n < 2:
         return math.inf, 0
     return std / math.sqrt(n), n - 1
@@ -161,8 +165,9 @@ def quality_interval(row, ref, metric: str, label: str = "") -> Interval:
     return Interval(est, lo, hi, "log-ratio", metric, label)
 
 
-def auroc_interval(a: float, b: float, n: tuple[int, int] | None, n_b: tuple[int, int] | None = None,
-                   label: str = "auroc") -> Interval:
+def auroc_interval(
+    a: float, b: float, n: tuple[int, int] | None, n_b: tuple[int, int] | None = None, label: str = "auroc"
+) -> Interval:
     """``a - b`` with a normal interval from both AUROCs' Hanley-McNeil errors; ``n`` (and ``n_b``,
     default ``n``) the (in, out) set sizes. Unknown sizes give an unbounded interval."""
     if math.isnan(a) or math.isnan(b):
@@ -270,8 +275,9 @@ class References:
         if baseline_ood is not None:
             for r in baseline_ood.itertuples():
                 ood_n[(r.ood_set, str(r.digits))] = (int(r.n), int(r.n))  # transformed copies of the same digits
-        return cls(_get(baseline, "IS"), _get(baseline, "FID"), _get(noise.iloc[0], "IS"), _get(noise.iloc[0], "FID"),
-                   ood_n)
+        return cls(
+            _get(baseline, "IS"), _get(baseline, "FID"), _get(noise.iloc[0], "IS"), _get(noise.iloc[0], "FID"), ood_n
+        )
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "References":
@@ -316,16 +322,30 @@ def generates(row, refs: References | None = None) -> bool:
     return is_ > r.is_min and fid < r.fid_max
 
 
-def quality_parts(row, ref, refs: References | None = None, aurocs=PAPER_AUROCS, check_ood: bool = True) -> pd.DataFrame:
+def quality_parts(
+    row, ref, refs: References | None = None, aurocs=PAPER_AUROCS, check_ood: bool = True
+) -> pd.DataFrame:
     """One row per part of "keeps ``ref``'s quality": ``generates``, then IS, FID and each AUROC
     with its :class:`Interval` and :func:`non_inferior` verdict against its margin."""
     r = _refs(row, refs)
     gen = generates(row, r)
-    parts = [{"part": "generates", "interval": f"IS {_get(row, 'IS'):.3g} (needs > {r.is_min:.3g}), FID "
-              f"{_get(row, 'FID'):.4g} (needs < {r.fid_max:.4g})", "verdict": REPRODUCED if gen else CONTRADICTED}]
+    parts = [
+        {
+            "part": "generates",
+            "interval": f"IS {_get(row, 'IS'):.3g} (needs > {r.is_min:.3g}), FID "
+            f"{_get(row, 'FID'):.4g} (needs < {r.fid_max:.4g})",
+            "verdict": REPRODUCED if gen else CONTRADICTED,
+        }
+    ]
     for metric in ("IS", "FID"):
         iv = quality_interval(row, ref, metric)
-        parts.append({"part": metric, "interval": iv.text(), "verdict": non_inferior(iv, margin(metric)) if gen else NOT_TESTABLE})
+        parts.append(
+            {
+                "part": metric,
+                "interval": iv.text(),
+                "verdict": non_inferior(iv, margin(metric)) if gen else NOT_TESTABLE,
+            }
+        )
     if check_ood:
         for col in aurocs:
             iv = auroc_interval(_get(row, col), _get(ref, col), r.n(col.removeprefix("auroc_")), label=col)
@@ -361,8 +381,11 @@ def compare_quality(a, b, refs: References | None = None) -> str:
 def inverted_sets(row, sets=None) -> str:
     """The OOD sets (``auroc_<set>`` columns; default every one the row has) on which the model is
     an :func:`inverted` detector, comma-separated; empty when there is none."""
-    cols = [f"auroc_{s}" for s in sets] if sets is not None else [c for c in row.index if c.startswith("auroc_")
-                                                                    and c != "auroc_worst"]
+    cols = (
+        [f"auroc_{s}" for s in sets]
+        if sets is not None
+        else [c for c in row.index if c.startswith("auroc_") and c != "auroc_worst"]
+    )
     return ", ".join(c.removeprefix("auroc_") for c in cols if inverted(_get(row, c)))
 
 

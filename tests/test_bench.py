@@ -29,8 +29,11 @@ def test_bench_table_for_a_student():
 def test_bench_models_follow_the_profile_baseline():
     models = bench.bench_models(get_profile("cpu"))  # tutorial 8's CNN, not ResNet18
     names = list(models)
-    assert names[:3] == ["baseline cnn_tutorial8", "int8 weight-only cnn_tutorial8",
-                         f"structured Conv2d {bench.PRUNE_RATIO:.0%} cnn_tutorial8, channels removed"]
+    assert names[:3] == [
+        "baseline cnn_tutorial8",
+        "int8 weight-only cnn_tutorial8",
+        f"structured Conv2d {bench.PRUNE_RATIO:.0%} cnn_tutorial8, channels removed",
+    ]
     base = count_parameters(models["baseline cnn_tutorial8"]())
     assert weight_count(models["int8 weight-only cnn_tutorial8"]()) == base
     assert count_parameters(models[names[2]]()) < base
@@ -94,5 +97,9 @@ def test_interleaved_speedups_time_every_variant_and_report_failures(monkeypatch
     table = bench.run_interleaved_speedups("tiny-bench", repeats=5).set_index("model")
     assert table.loc["eager", "speedup"] == 1.0
     assert table.loc["channels_last", "median_s"] > 0 and table.loc["channels_last", "n"] >= 5
-    assert table.loc["channels_last", "speedup_lo"] <= table.loc["channels_last", "speedup"] <= table.loc["channels_last", "speedup_hi"]
+    assert (
+        table.loc["channels_last", "speedup_lo"]
+        <= table.loc["channels_last", "speedup"]
+        <= table.loc["channels_last", "speedup_hi"]
+    )
     assert "no compiler" in table.loc["compile", "error"]

@@ -69,8 +69,23 @@ def test_sampling_budget_rows_and_shared_reference(tmp_path, monkeypatch):
 
 def test_budget_summary_judges_each_k_by_the_series_margins():
     rows = [(16, 6.5, 400.0), (32, 6.9, 340.0), (64, 7.0, 330.0), (128, 7.0, 331.0)]
-    b = pd.DataFrame([{"model": "base", "rule": budget.FIXED_STEP, "K": k, "ref_K": 64, "IS": i, "IS_std": 0.02,
-                       "FID": f, "FID_std": 2.0, "n_seeds": 3, "seconds": k / 64} for k, i, f in rows])  # fmt: skip
+    b = pd.DataFrame(
+        [
+            {
+                "model": "base",
+                "rule": budget.FIXED_STEP,
+                "K": k,
+                "ref_K": 64,
+                "IS": i,
+                "IS_std": 0.02,
+                "FID": f,
+                "FID_std": 2.0,
+                "n_seeds": 3,
+                "seconds": k / 64,
+            }
+            for k, i, f in rows
+        ]
+    )
     s = budget.budget_summary(b).set_index("K")
     assert 64 not in s.index and s.loc[16, "time_vs_ref"] == pytest.approx(0.25)
     assert s.keeps.to_dict() == {16: "contradicted", 32: "reproduced", 128: "reproduced"}

@@ -36,8 +36,14 @@ def _state(seed: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.randn(2, 1, 28, 28)).square().mean().backward()
     opt.step()
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": seed, "profile": "smoke",
-            "history": [[0, 1.5, -0.25], [1, 1.0, 0.5]], "meta": {"student": "cnn", "grad": True}}  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": seed,
+        "profile": "smoke",
+        "history": [[0, 1.5, -0.25], [1, 1.0, 0.5]],
+        "meta": {"student": "cnn", "grad": True},
+    }
 
 
 def _assert_same(a, b):
@@ -100,8 +106,9 @@ def empty(path):
 
 
 def random_bytes(path):
-    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-                     .numpy().tobytes())  # fmt: skip
+    path.write_bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes()
+    )
 
 
 def plain_pickle(path):
@@ -119,8 +126,16 @@ def zip_not_torch(path):
         z.writestr("notes.txt", "hello")
 
 
-DAMAGE = [flip_tensor_bytes, truncate_half, truncate_tail, empty, random_bytes, plain_pickle, torch_zip_payload,
-          zip_not_torch]  # fmt: skip
+DAMAGE = [
+    flip_tensor_bytes,
+    truncate_half,
+    truncate_tail,
+    empty,
+    random_bytes,
+    plain_pickle,
+    torch_zip_payload,
+    zip_not_torch,
+]
 
 
 @pytest.fixture

@@ -51,24 +51,38 @@ def test_runner_finds_the_checkouts_notebooks_wherever_ebm_home_points(monkeypat
     monkeypatch.setenv("EBM_HOME", str(tmp_path))
     paths = notebooks.notebook_paths()
     assert paths and all(p.parent == ROOT / "notebooks" for p in paths)
-    with pytest.raises(runner.NoSuchNotebook, match="no notebook starts with 09; the notebooks are: 00_ebm_theory, 01_"):
+    with pytest.raises(
+        runner.NoSuchNotebook, match="no notebook starts with 09; the notebooks are: 00_ebm_theory, 01_"
+    ):
         runner.run_notebooks("smoke", only=["09"])
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in (profiles.ENV_VAR, profiles.ALLOW_SLOW_VAR)}
-    return subprocess.run([sys.executable, "-m", "ebmhelpers", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**clean, "EBM_DEVICE": "cpu", **env}, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ebmhelpers", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, "EBM_DEVICE": "cpu", **env},
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["run", "--profile", "nonsense"], "unknown profile 'nonsense'; choose one of"),
-    (["run", "--only", "09"], "the notebooks are: 00_ebm_theory, 01_train_baseline"),
-    (["run", "--profile", "paper"], "EBM_ALLOW_SLOW=1"),
-    (["recipe-study", "--long", "2"], "--long needs --recipe NAME"),
-    (["recipe-study", "--recipe", "25% fresh"], "--recipe goes with --long, --training-length or --chain"),
-    (["recipe-study", "--training-length", "--recipe", "nonsense"], "unknown recipe 'nonsense'; the recipes are: paper"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["run", "--profile", "nonsense"], "unknown profile 'nonsense'; choose one of"),
+        (["run", "--only", "09"], "the notebooks are: 00_ebm_theory, 01_train_baseline"),
+        (["run", "--profile", "paper"], "EBM_ALLOW_SLOW=1"),
+        (["recipe-study", "--long", "2"], "--long needs --recipe NAME"),
+        (["recipe-study", "--recipe", "25% fresh"], "--recipe goes with --long, --training-length or --chain"),
+        (
+            ["recipe-study", "--training-length", "--recipe", "nonsense"],
+            "unknown recipe 'nonsense'; the recipes are: paper",
+        ),
+    ],
+)
 def test_command_line_mistakes_are_one_line_and_exit_status_2(args, expected):
     done = _cli(*args)
     assert done.returncode == 2, done.stderr
@@ -100,8 +114,9 @@ def _is_module(name: str) -> bool:
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")
+    }
     return {m: {t for t in _imports(p) if t in modules and t != m} for m, p in modules.items()}
 
 
@@ -112,7 +127,7 @@ def test_the_package_has_no_import_circle():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycle.extend(trail[trail.index(nxt):] + [node, nxt] if nxt in trail else [node, nxt])
+                cycle.extend(trail[trail.index(nxt) :] + [node, nxt] if nxt in trail else [node, nxt])
                 return
             if nxt not in state:
                 visit(nxt, trail + [node])

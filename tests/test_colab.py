@@ -90,7 +90,9 @@ def _run_setup(monkeypatch, tmp_path, *, installed: bool, colab: bool, use_drive
         monkeypatch.delenv(var)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "ebmhelpers" and not installed else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ebmhelpers" and not installed else real_find_spec(name, *a),
     )
     if colab:
         colab_mod = types.ModuleType("google.colab")
@@ -141,12 +143,19 @@ def test_every_output_folder_follows_ebm_home(monkeypatch, tmp_path):
     monkeypatch.setenv("EBM_HOME", str(tmp_path))
     prof = get_profile("smoke")
     assert runtime.repo_root() == tmp_path.resolve()
-    for folder in (runtime.data_root(), runtime.checkpoint_dir(prof), runtime.results_dir(prof), runtime.figures_dir(prof)):
+    for folder in (
+        runtime.data_root(),
+        runtime.checkpoint_dir(prof),
+        runtime.results_dir(prof),
+        runtime.figures_dir(prof),
+    ):
         assert folder.is_relative_to(tmp_path.resolve())
 
 
 # ---- mixed precision per device -----------------------------------------------------------
-@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((9, 0), "bf16")]
+)
 def test_autocast_dtype_follows_the_compute_capability(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a T4 says so too
@@ -222,7 +231,11 @@ def test_plain_progress_is_a_text_bar_on_stdout(monkeypatch, capsys):
 def test_runner_saves_text_progress_and_no_widget_state(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
-    nb.cells = [nbformat.v4.new_code_cell("from ebmhelpers.progress import tqdm\nfor _ in tqdm(range(50), desc='loop'):\n    pass")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from ebmhelpers.progress import tqdm\nfor _ in tqdm(range(50), desc='loop'):\n    pass"
+        )
+    ]
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     runner.execute_notebook(src, out, timeout_s=120)

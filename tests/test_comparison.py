@@ -9,23 +9,69 @@ from ebmhelpers.profiles import get_profile
 from ebmhelpers.verdicts import References
 
 NAN = float("nan")
-REFS = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=4000.0,
-                  ood_n={(s, "all"): (2000, 2000) for s in ("noise", "flip", "reduced")})  # fmt: skip
+REFS = References(
+    base_IS=7.0,
+    base_FID=300.0,
+    noise_IS=1.0,
+    noise_FID=4000.0,
+    ood_n={(s, "all"): (2000, 2000) for s in ("noise", "flip", "reduced")},
+)
 
 
 def _score_row(model, size, fid, flip=0.9, IS=7.0, **extra):
-    return {"model": model, "params": 100, "size_mb": size, "latency_ms_cpu": 1.0, "latency_batch": 16, "IS": IS,
-            "IS_std": 0.02, "FID": fid, "FID_std": 1.0, "n_seeds": 3, "auroc_noise": 0.9, "auroc_flip": flip,
-            "auroc_reduced": 0.8, "auroc_worst": min(0.8, flip), "worst_set": "flip" if flip < 0.8 else "reduced",
-            "auroc_fashion": 0.7, "auroc_uniform": 1.0, "generative": True, "hardware": "cpu", **extra}  # fmt: skip
+    return {
+        "model": model,
+        "params": 100,
+        "size_mb": size,
+        "latency_ms_cpu": 1.0,
+        "latency_batch": 16,
+        "IS": IS,
+        "IS_std": 0.02,
+        "FID": fid,
+        "FID_std": 1.0,
+        "n_seeds": 3,
+        "auroc_noise": 0.9,
+        "auroc_flip": flip,
+        "auroc_reduced": 0.8,
+        "auroc_worst": min(0.8, flip),
+        "worst_set": "flip" if flip < 0.8 else "reduced",
+        "auroc_fashion": 0.7,
+        "auroc_uniform": 1.0,
+        "generative": True,
+        "hardware": "cpu",
+        **extra,
+    }
 
 
 def _save_references(ctx):
-    results.save_table(ctx, "baseline_references", pd.DataFrame([
-        {"samples": "real training digits", "IS": 9.7, "FID": 36.0}, {"samples": "uniform noise", "IS": 1.0, "FID": 4000.0}]))
-    results.save_table(ctx, "baseline_ood", pd.DataFrame([
-        {"model": "baseline", "ood_set": s, "digits": "all", "n": 2000, "gap": -0.1, "auroc": 0.9, "inverted": False}
-        for s in ("noise", "flip", "reduced")]))  # fmt: skip
+    results.save_table(
+        ctx,
+        "baseline_references",
+        pd.DataFrame(
+            [
+                {"samples": "real training digits", "IS": 9.7, "FID": 36.0},
+                {"samples": "uniform noise", "IS": 1.0, "FID": 4000.0},
+            ]
+        ),
+    )
+    results.save_table(
+        ctx,
+        "baseline_ood",
+        pd.DataFrame(
+            [
+                {
+                    "model": "baseline",
+                    "ood_set": s,
+                    "digits": "all",
+                    "n": 2000,
+                    "gap": -0.1,
+                    "auroc": 0.9,
+                    "inverted": False,
+                }
+                for s in ("noise", "flip", "reduced")
+            ]
+        ),
+    )
 
 
 def test_best_pruning_ratio_is_largest_that_keeps_quality():
@@ -40,53 +86,100 @@ def test_best_pruning_ratio_is_largest_that_keeps_quality():
     assert best == {"l1": 0.4, "ln": 0.4, "noise": 0.4}  # ln: lowest FID among those that generate
 
 
-def test_comparison_table_from_saved_results(tmp_path, monkeypatch, capsys):
+def test_comparison_table_from_saved_results(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path))
     ctx = runtime.Context(get_profile("smoke"), torch.device("cpu"))
     _save_references(ctx)
     results.save_table(ctx, "baseline", pd.DataFrame([_score_row("baseline", 40.0, 300.0)]))
-    results.save_table(ctx, "quantization", pd.DataFrame([_score_row("int8 static", 10.0, NAN, IS=NAN, generative=False)]))
-    prune = [_score_row(f"p{r}{ft}", 40.0, fid, strategy="s", ratio=r, finetuned=ft, rollbacks=rb, diverged=dv,
-                        method="one-shot") for r, ft, fid, rb, dv in
-             [(0.2, False, 302.0, 0, False), (0.6, False, 900.0, 0, False), (0.6, True, 301.0, 2, True)]]  # fmt: skip
+    results.save_table(
+        ctx, "quantization", pd.DataFrame([_score_row("int8 static", 10.0, NAN, IS=NAN, generative=False)])
+    )
+    prune = [
+        _score_row(
+            f"p{r}{ft}", 40.0, fid, strategy="s", ratio=r, finetuned=ft, rollbacks=rb, diverged=dv, method="one-shot"
+        )
+        for r, ft, fid, rb, dv in [
+            (0.2, False, 302.0, 0, False),
+            (0.6, False, 900.0, 0, False),
+            (0.6, True, 301.0, 2, True),
+        ]
+    ]
     results.save_table(ctx, "pruning", pd.DataFrame(prune))
-    results.save_table(ctx, "distillation", pd.DataFrame([_score_row("resnet_77k/mixed", 0.4, 2500.0, flip=0.3, IS=2.0)]))
+    results.save_table(
+        ctx, "distillation", pd.DataFrame([_score_row("resnet_77k/mixed", 0.4, 2500.0, flip=0.3, IS=2.0)])
+    )
     table = comparison.comparison_table(ctx)
     by = table.set_index("model")
     assert "p0.6False" not in by.index  # 0.2 is the largest one-shot ratio that keeps quality
-    assert by.loc["p0.6True", "rollbacks"] == 2 and by.loc["p0.6True", "diverged"] and by.loc["p0.6True", "keeps_quality"]
+    assert (
+        by.loc["p0.6True", "rollbacks"] == 2 and by.loc["p0.6True", "diverged"] and by.loc["p0.6True", "keeps_quality"]
+    )
     assert by.loc["resnet_77k/mixed", "inverted_sets"] == "flip" and not by.loc["resnet_77k/mixed", "generates"]
     assert not by.loc["int8 static", "generates"] and by.loc["int8 static", "compression_x"] == pytest.approx(4.0)
-    speed = pd.DataFrame({"strategy": ["s"], "ratio": [0.2], "variant": ["physical"], "speedup_interleaved": [2.0],
-                          "speedup_lo": [1.5], "speedup_hi": [2.5]})  # fmt: skip
+    speed = pd.DataFrame(
+        {
+            "strategy": ["s"],
+            "ratio": [0.2],
+            "variant": ["physical"],
+            "speedup_interleaved": [2.0],
+            "speedup_lo": [1.5],
+            "speedup_hi": [2.5],
+        }
+    )
     timed = comparison.relative_latency(table, None, speed).set_index("model")  # pruning rows keep strategy and ratio
     assert timed.loc["p0.2False", comparison.LATENCY] == pytest.approx(0.5)
     found = comparison.findings(table, comparison.references(ctx)).set_index("model")
     assert "generates (contradicted)" in found.loc["resnet_77k/mixed", "not shown"]
     assert found.loc["p0.2False", "keeps_quality"] and found.loc["p0.2False", "not shown"] == ""
-    # a table saved before the per-transform columns existed: NaN and a note, not a crash
+    # a table without the per-transform columns: one error naming the notebook that writes it
     results.save_table(ctx, "baseline", pd.DataFrame([{"model": "baseline", "size_mb": 40.0, "IS": 7.0, "FID": 300.0}]))
-    old = comparison.comparison_table(ctx)
-    assert "baseline.csv has no auroc_noise" in capsys.readouterr().out and math.isnan(old.auroc_noise.iloc[0])
+    with pytest.raises(results.MissingResultsError, match="baseline.csv has no auroc_noise.*02_evaluation"):
+        comparison.comparison_table(ctx)
 
 
 def test_relative_latency_comes_from_the_interleaved_timings():
-    table = pd.DataFrame([
-        {"model": "baseline", "family": "baseline", "strategy": NAN, "ratio": NAN},
-        {"model": "int8 static", "family": "quantization", "strategy": NAN, "ratio": NAN},
-        {"model": "L1 structured, Conv2d 50%", "family": "pruning", "strategy": "structured_conv", "ratio": 0.5},
-        {"model": "L1 unstructured, Conv2d 50%", "family": "pruning", "strategy": "unstructured_conv", "ratio": 0.5},
-        {"model": "cnn_7k/eq6", "family": "distillation", "strategy": NAN, "ratio": NAN}])  # fmt: skip
-    quant = pd.DataFrame({"model": ["fp32", "int8 static"], "speedup_cpu": [1.0, 0.8], "speedup_lo": [0.9, 0.7],
-                          "speedup_hi": [1.1, 0.9]})  # fmt: skip
-    prune = pd.DataFrame({"strategy": ["structured_conv"] * 2, "ratio": [0.5, 0.5], "variant": ["masked", "physical"],
-                          "speedup_interleaved": [NAN, 2.0], "speedup_lo": [NAN, 1.6], "speedup_hi": [NAN, 2.5]})  # fmt: skip
-    students = pd.DataFrame({"model": ["baseline", "cnn_7k"], "ratio": [1.0, 4.0], "ratio_lo": [0.9, 3.0],
-                             "ratio_hi": [1.1, 5.0]})  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {"model": "baseline", "family": "baseline", "strategy": NAN, "ratio": NAN},
+            {"model": "int8 static", "family": "quantization", "strategy": NAN, "ratio": NAN},
+            {"model": "L1 structured, Conv2d 50%", "family": "pruning", "strategy": "structured_conv", "ratio": 0.5},
+            {
+                "model": "L1 unstructured, Conv2d 50%",
+                "family": "pruning",
+                "strategy": "unstructured_conv",
+                "ratio": 0.5,
+            },
+            {"model": "cnn_7k/eq6", "family": "distillation", "strategy": NAN, "ratio": NAN},
+        ]
+    )
+    quant = pd.DataFrame(
+        {
+            "model": ["fp32", "int8 static"],
+            "speedup_cpu": [1.0, 0.8],
+            "speedup_lo": [0.9, 0.7],
+            "speedup_hi": [1.1, 0.9],
+        }
+    )
+    prune = pd.DataFrame(
+        {
+            "strategy": ["structured_conv"] * 2,
+            "ratio": [0.5, 0.5],
+            "variant": ["masked", "physical"],
+            "speedup_interleaved": [NAN, 2.0],
+            "speedup_lo": [NAN, 1.6],
+            "speedup_hi": [NAN, 2.5],
+        }
+    )
+    students = pd.DataFrame(
+        {"model": ["baseline", "cnn_7k"], "ratio": [1.0, 4.0], "ratio_lo": [0.9, 3.0], "ratio_hi": [1.1, 5.0]}
+    )
     out = comparison.relative_latency(table, quant, prune, students).set_index("model")
     lat = comparison.LATENCY
     assert out.loc["int8 static", lat] == pytest.approx(1.25)
-    assert (out.loc["int8 static", f"{lat}_lo"], out.loc["int8 static", f"{lat}_hi"]) == (pytest.approx(1 / 0.9), pytest.approx(1 / 0.7))
+    assert (out.loc["int8 static", f"{lat}_lo"], out.loc["int8 static", f"{lat}_hi"]) == (
+        pytest.approx(1 / 0.9),
+        pytest.approx(1 / 0.7),
+    )
     assert out.loc["L1 structured, Conv2d 50%", lat] == pytest.approx(0.5)
     assert math.isnan(out.loc["L1 unstructured, Conv2d 50%", lat])  # masked: dense kernels, no interleaved timing
     assert out.loc["cnn_7k/eq6", lat] == pytest.approx(0.25) and out.loc["baseline", lat] == pytest.approx(1.0)

@@ -128,12 +128,18 @@ def test_flop_counts_are_those_of_the_passes(costs):
 
 def test_every_objective_spends_the_same_budget(costs):
     p = get_profile("cpu")
-    work = ds.Workload(n_inputs=20_000, n_fit=4_000, sgld_chains=256, sgld_steps=64, distill_batch=128,
-                       pcd_iters_per_epoch=430)
+    work = ds.Workload(
+        n_inputs=20_000, n_fit=4_000, sgld_chains=256, sgld_steps=64, distill_batch=128, pcd_iters_per_epoch=430
+    )
     budget = ds.budget_flops(costs, p, 55_000, 0.02)
     plans = {k: ds.plan_cell(o, costs, budget, work, p) for k, o in ds.OBJECTIVES.items()}
     for key, plan in plans.items():
-        parts = plan.teacher + plan.distill_steps * plan.step_flops + plan.scale_fit + plan.pcd_iterations * plan.pcd_iteration_flops
+        parts = (
+            plan.teacher
+            + plan.distill_steps * plan.step_flops
+            + plan.scale_fit
+            + plan.pcd_iterations * plan.pcd_iteration_flops
+        )
         assert plan.spent == pytest.approx(parts)
         assert budget - plan.unit < plan.spent <= budget, key
     # the teacher's SGLD counts where it makes inputs; the control uses no teacher
@@ -170,15 +176,33 @@ def test_pcd_schedule_ends_where_planned_and_within_one_iteration_per_epoch():
 
 # ---- selection and targets ------------------------------------------------------------------
 def _summary(rows: list[dict]) -> pd.DataFrame:
-    teacher = {"objective": ds.TEACHER, "student": "t", "ratio": 1.0, "params": 80_000, "IS": 8.0, "FID": 100.0,
-               "auroc_noise": 0.99, "auroc_flip": 0.9, "auroc_reduced": 0.95}
+    teacher = {
+        "objective": ds.TEACHER,
+        "student": "t",
+        "ratio": 1.0,
+        "params": 80_000,
+        "IS": 8.0,
+        "FID": 100.0,
+        "auroc_noise": 0.99,
+        "auroc_flip": 0.9,
+        "auroc_reduced": 0.95,
+    }
     noise = {"objective": ds.NOISE, "student": ds.NOISE, "ratio": math.inf, "params": 0, "IS": 1.0, "FID": 1000.0}
     return pd.DataFrame([teacher, noise, *rows])  # generates: IS above sqrt(8) = 2.83 and FID below sqrt(1e5) = 316
 
 
 def _student(objective: str, ratio: float, params: int, is_: float, fid: float, auroc: float = 0.95) -> dict:
-    return {"objective": objective, "student": f"s{params}", "ratio": ratio, "params": params, "IS": is_, "FID": fid,
-            "auroc_noise": 0.99, "auroc_flip": auroc, "auroc_reduced": 0.95}
+    return {
+        "objective": objective,
+        "student": f"s{params}",
+        "ratio": ratio,
+        "params": params,
+        "IS": is_,
+        "FID": fid,
+        "auroc_noise": 0.99,
+        "auroc_flip": auroc,
+        "auroc_reduced": 0.95,
+    }
 
 
 def test_targets_are_rules_on_the_teachers_row():
@@ -195,8 +219,12 @@ def test_targets_are_rules_on_the_teachers_row():
 
 
 def test_the_chosen_objective_has_the_best_mean_fid_rank_among_generating_students():
-    rows = [_student("eq6", 4, 19_000, 5.0, 150.0), _student("rank", 4, 19_000, 5.0, 140.0),
-            _student("eq6", 40, 1_900, 3.0, 200.0), _student("rank", 40, 1_900, 1.2, 90.0)]  # rank's small one: noise
+    rows = [
+        _student("eq6", 4, 19_000, 5.0, 150.0),
+        _student("rank", 4, 19_000, 5.0, 140.0),
+        _student("eq6", 40, 1_900, 3.0, 200.0),
+        _student("rank", 40, 1_900, 1.2, 90.0),
+    ]  # rank's small one: noise
     # ranks: eq6 2 and 1, rank 1 and 2 (its small student does not generate): a tie, won by eq6's higher mean IS
     assert ds.choose_objective(_summary(rows)) == "eq6"
     rows[2]["FID"] = 400.0
@@ -206,15 +234,34 @@ def test_the_chosen_objective_has_the_best_mean_fid_rank_among_generating_studen
 
 # ---- a smoke run: resumable, checkpointed, committed ----------------------------------------
 def test_smoke_grid_resumes_without_recomputing_and_commits_winners(tmp_path, monkeypatch, one_thread):
-    for var, sub in (("EBM_HOME", ""), ("EBM_CHECKPOINT_DIR", "checkpoints"), ("EBM_RESULTS_DIR", "results"),
-                     ("EBM_FIGURES_DIR", "figures")):
+    for var, sub in (
+        ("EBM_HOME", ""),
+        ("EBM_CHECKPOINT_DIR", "checkpoints"),
+        ("EBM_RESULTS_DIR", "results"),
+        ("EBM_FIGURES_DIR", "figures"),
+    ):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
-    profile = get_profile("smoke").replace(n_gen=16, n_fid_real=128, n_ood=64, latency_repeats=2, epochs=1,
-                                           max_iters_per_epoch=8, clf_train_subset=1024, train_subset=256,
-                                           buffer_size=64, distill_batch_size=16)
-    grid = dict(objective_keys=["eq6", "eq6+pcd", "eq6+scale", "pcd"], ratios=(40,), seeds=1, budget_fraction=0.4,
-                baseline="cnn_tutorial8", progress=False)
+    profile = get_profile("smoke").replace(
+        n_gen=16,
+        n_fid_real=128,
+        n_ood=64,
+        latency_repeats=2,
+        epochs=1,
+        max_iters_per_epoch=8,
+        clf_train_subset=1024,
+        train_subset=256,
+        buffer_size=64,
+        distill_batch_size=16,
+    )
+    grid = dict(
+        objective_keys=["eq6", "eq6+pcd", "eq6+scale", "pcd"],
+        ratios=(40,),
+        seeds=1,
+        budget_fraction=0.4,
+        baseline="cnn_tutorial8",
+        progress=False,
+    )
     trained = []
     real_train_cell = ds.train_cell
 

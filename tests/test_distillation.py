@@ -186,7 +186,9 @@ def test_distillation_reduces_heldout_energy_mse(one_thread):
     for i, kind in enumerate(d.INPUT_KINDS):
         if kind in errors.index:
             e = held.energy[held.kind == i].double()
-            assert errors.energy_rel[kind] == pytest.approx(errors.energy_mse[kind] / float(e.var(correction=0)), rel=1e-4)
+            assert errors.energy_rel[kind] == pytest.approx(
+                errors.energy_mse[kind] / float(e.var(correction=0)), rel=1e-4
+            )
     assert (errors.energy_rel < 1).all(), errors  # better than each kind's mean energy
 
 
@@ -244,8 +246,16 @@ def test_distiller_resumes_to_the_same_state(tmp_path, one_thread):
 
     def make(path):
         torch.manual_seed(5)
-        return d.Distiller(d.build_student("cnn_2k"), targets, steps=6, batch_size=8, grad_weight=1.0,
-                           ckpt_path=path, ckpt_every=2, meta={"student": "cnn_2k"})  # fmt: skip
+        return d.Distiller(
+            d.build_student("cnn_2k"),
+            targets,
+            steps=6,
+            batch_size=8,
+            grad_weight=1.0,
+            ckpt_path=path,
+            ckpt_every=2,
+            meta={"student": "cnn_2k"},
+        )
 
     full = make(tmp_path / "full.pt")
     full.fit(progress=False)
@@ -258,8 +268,14 @@ def test_distiller_resumes_to_the_same_state(tmp_path, one_thread):
     for k, v in full.student.state_dict().items():
         assert torch.equal(v, resumed.student.state_dict()[k]), k
     assert full.history.equals(resumed.history) and len(full.history) == 6
-    other = d.Distiller(d.build_student("cnn_2k"), targets, steps=7, batch_size=8, ckpt_path=tmp_path / "full.pt",
-                        meta={"student": "cnn_2k"})  # fmt: skip
+    other = d.Distiller(
+        d.build_student("cnn_2k"),
+        targets,
+        steps=7,
+        batch_size=8,
+        ckpt_path=tmp_path / "full.pt",
+        meta={"student": "cnn_2k"},
+    )
     with pytest.raises(ValueError, match="different distillation run"):
         other.load()
 
@@ -326,10 +342,19 @@ def test_score_rows_carry_heldout_columns_per_kind_and_do_not_reseed():
 
 def test_figure3_uses_worst_case_auroc_and_seed_error_bars():
     assert "ood_auroc" not in dict(d.FIGURE3_METRICS) and "auroc_worst" in dict(d.FIGURE3_METRICS)
-    df = pd.DataFrame({"student": ["a", "b", "a"], "variant": ["mixed", "mixed", "real"], "params": [100, 1000, 100],
-                       "FID": [50.0, 40.0, 60.0], "FID_std": [2.0, 3.0, 4.0], "IS": [2.0, 3.0, 1.5],
-                       "IS_std": [float("nan")] * 3, "auroc_worst": [0.4, 0.7, 0.6],
-                       "sgld_img_steps_per_s": [1e4, 1e3, 1e4]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "student": ["a", "b", "a"],
+            "variant": ["mixed", "mixed", "real"],
+            "params": [100, 1000, 100],
+            "FID": [50.0, 40.0, 60.0],
+            "FID_std": [2.0, 3.0, 4.0],
+            "IS": [2.0, 3.0, 1.5],
+            "IS_std": [float("nan")] * 3,
+            "auroc_worst": [0.4, 0.7, 0.6],
+            "sgld_img_steps_per_s": [1e4, 1e3, 1e4],
+        }
+    )
     teacher = pd.Series({"FID": 30.0, "FID_std": 1.0, "IS": 4.0, "auroc_worst": 0.9, "sgld_img_steps_per_s": 100.0})
     fig = d.plot_vs_size(df, teacher)
     fid_ax, is_ax, auroc_ax = fig.axes[:3]
@@ -384,8 +409,9 @@ def test_best_student_is_compared_by_fid_only_among_students_that_generate():
     from ebmhelpers.verdicts import References
 
     refs = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=2000.0)  # IS > 2.65, FID < 775 generate
-    table = pd.DataFrame({"student": ["a", "b", "c"], "variant": "eq6", "IS": [1.1, 3.0, 2.9],
-                          "FID": [500.0, 700.0, 600.0]})  # fmt: skip
+    table = pd.DataFrame(
+        {"student": ["a", "b", "c"], "variant": "eq6", "IS": [1.1, 3.0, 2.9], "FID": [500.0, 700.0, 600.0]}
+    )
     assert d.best_student(table, refs).student == "c"  # a has the lowest FID but draws noise
     assert d.best_student(table.assign(IS=[1.1, 1.5, 1.2]), refs).student == "b"  # none generates: highest IS
 
@@ -393,8 +419,10 @@ def test_best_student_is_compared_by_fid_only_among_students_that_generate():
 def test_training_seeds_of_a_student_combine_by_the_law_of_total_variance(monkeypatch):
     """Two seeds with known per-seed means and generation stds: the row's std is the square root of
     the mean generation variance plus the variance of the seed means; params stays an integer."""
-    per_seed = {0: {"IS": 4.0, "IS_std": 0.3, "FID": 100.0, "FID_std": 3.0, "heldout_rel_noise": 1.0},
-                1: {"IS": 6.0, "IS_std": 0.4, "FID": 110.0, "FID_std": 4.0, "heldout_rel_noise": 3.0}}  # fmt: skip
+    per_seed = {
+        0: {"IS": 4.0, "IS_std": 0.3, "FID": 100.0, "FID_std": 3.0, "heldout_rel_noise": 1.0},
+        1: {"IS": 6.0, "IS_std": 0.4, "FID": 110.0, "FID_std": 4.0, "heldout_rel_noise": 3.0},
+    }
     trained = [nn.Linear(1, 1), nn.Linear(1, 1)]
 
     def fake_score(ev, model, student, variant, held=None):
@@ -424,8 +452,17 @@ def test_eq6_students_have_the_profiles_training_seeds_and_extensions_one():
 
 
 def test_figure3_rings_the_highlighted_student():
-    df = pd.DataFrame({"student": ["a", "b"], "variant": "eq6", "params": [100, 1000], "FID": [50.0, 40.0],
-                       "IS": [2.0, 3.0], "auroc_worst": [0.4, 0.7], "sgld_img_steps_per_s": [1e4, 1e3]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "student": ["a", "b"],
+            "variant": "eq6",
+            "params": [100, 1000],
+            "FID": [50.0, 40.0],
+            "IS": [2.0, 3.0],
+            "auroc_worst": [0.4, 0.7],
+            "sgld_img_steps_per_s": [1e4, 1e3],
+        }
+    )
     teacher = pd.Series({"FID": 30.0, "IS": 4.0, "auroc_worst": 0.9, "sgld_img_steps_per_s": 100.0})
     fig = d.plot_vs_size(df, teacher, highlight=df.iloc[1])
     for ax, (col, _) in zip(fig.axes, d.FIGURE3_METRICS):

@@ -40,7 +40,9 @@ def test_scoring_scales_with_seeds_and_models():
     extra = 2 * p.n_gen * (p.gen_steps * net.sgld + 2 * clf.forward)
     assert _row(three, "score the baseline") - _row(one, "score the baseline") == pytest.approx(extra)
     two_ratios = estimate.series_flops(p.replace(prune_ratios=(0.3, 0.6)))
-    assert _row(two_ratios, "score each strategy x ratio") == pytest.approx(2 * _row(one, "score each strategy x ratio"))
+    assert _row(two_ratios, "score each strategy x ratio") == pytest.approx(
+        2 * _row(one, "score each strategy x ratio")
+    )
     assert _row(one, "score each strategy x ratio") == pytest.approx(4 * _row(one, "score the baseline"))
 
 

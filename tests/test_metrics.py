@@ -50,7 +50,9 @@ def test_auroc_agrees_with_sklearn_including_ties():
 def test_auroc_standard_error_matches_the_spread_of_repeated_draws():
     g = torch.Generator().manual_seed(0)
     for shift, n_in, n_out in ((1.19, 200, 200), (0.3, 150, 400)):
-        draws = [metrics.auroc(torch.randn(n_in, generator=g) + shift, torch.randn(n_out, generator=g)) for _ in range(400)]
+        draws = [
+            metrics.auroc(torch.randn(n_in, generator=g) + shift, torch.randn(n_out, generator=g)) for _ in range(400)
+        ]
         se = metrics.auroc_se(float(np.mean(draws)), n_in, n_out)
         assert se == pytest.approx(float(np.std(draws)), rel=0.15)
     assert metrics.auroc_se(1.0, 200, 200) == 0.0
@@ -69,13 +71,21 @@ def test_ood_row_errors_pair_transformed_digits():
 
 
 def _ood(values: dict[tuple[str, str], tuple[float, float]], model: str = "m") -> pd.DataFrame:
-    return pd.DataFrame([{"model": model, "ood_set": s, "digits": d, "auroc": a, "auroc_se": se}
-                         for (s, d), (a, se) in values.items()])  # fmt: skip
+    return pd.DataFrame(
+        [{"model": model, "ood_set": s, "digits": d, "auroc": a, "auroc_se": se} for (s, d), (a, se) in values.items()]
+    )
 
 
 def test_digits_differ_only_beyond_twice_their_standard_error():
-    ood = _ood({("flip", "4"): (0.88, 0.02), ("flip", "5"): (0.78, 0.03), ("flip", "9"): (0.85, 0.02),
-                ("flip", "all"): (0.72, 0.01), ("fashion", "all"): (0.99, 0.01)})  # fmt: skip
+    ood = _ood(
+        {
+            ("flip", "4"): (0.88, 0.02),
+            ("flip", "5"): (0.78, 0.03),
+            ("flip", "9"): (0.85, 0.02),
+            ("flip", "all"): (0.72, 0.01),
+            ("fashion", "all"): (0.99, 0.01),
+        }
+    )
     c = metrics.digit_contrasts(ood)
     assert list(c.columns) == list(metrics.CONTRAST_COLUMNS) and len(c) == 3  # no "all", no fashion
     c = c.set_index(["first", "second"])
@@ -86,8 +96,12 @@ def test_digits_differ_only_beyond_twice_their_standard_error():
 
 
 def test_model_contrasts_against_a_reference():
-    ood = pd.concat([_ood({("flip", "4"): (0.88, 0.02), ("flip", "all"): (0.72, 0.01)}, "fp32"),
-                     _ood({("flip", "4"): (0.86, 0.02), ("flip", "all"): (0.62, 0.01)}, "int8")])  # fmt: skip
+    ood = pd.concat(
+        [
+            _ood({("flip", "4"): (0.88, 0.02), ("flip", "all"): (0.72, 0.01)}, "fp32"),
+            _ood({("flip", "4"): (0.86, 0.02), ("flip", "all"): (0.62, 0.01)}, "int8"),
+        ]
+    )
     c = metrics.model_contrasts(ood, "fp32").set_index("digits")
     assert list(c.model.unique()) == ["int8"]
     assert not c.loc["4", "differs"] and c.loc["all", "differs"]
@@ -151,7 +165,7 @@ def test_evaluator_scores_a_model(tiny_energy):
     assert row["params"] == count_parameters(tiny_energy) and 1.0 <= row["IS"] <= 10.0 and row["FID"] > 0
     assert list(ood.drop_duplicates("ood_set").ood_set) == list(metrics.OOD_SETS)
     assert list(ood.columns) == ["model", *metrics.OOD_COLUMNS] and (ood.auroc_se >= 0).all() and (ood.gap_se > 0).all()
-    assert list(row)[list(row).index("n_seeds"):][: len(metrics.QUALITY_COLUMNS)] == list(metrics.QUALITY_COLUMNS)
+    assert list(row)[list(row).index("n_seeds") :][: len(metrics.QUALITY_COLUMNS)] == list(metrics.QUALITY_COLUMNS)
     assert ood.auroc.between(0, 1).all() and (ood.n > 0).all()
     assert (ood.inverted == (ood.auroc < 0.5)).all()
     # the paper's gap is mean(-E(T(x))) - mean(-E(x)) on the same images
@@ -192,8 +206,10 @@ def test_one_sampler_per_model_makes_the_digits_and_times_them(tiny_energy, one_
     p = ev.ctx.profile
     starts = torch.rand(p.n_gen, 1, 28, 28, generator=torch.Generator().manual_seed(ev.seeds[0])).mul_(2).sub_(1)
     torch.manual_seed(ev.seeds[0])
-    assert torch.equal(samples, sampling.generate(tiny_energy, p.n_gen, p.gen_sgld_config(), p.gen_batch_size,
-                                                  init=starts, progress=False))
+    assert torch.equal(
+        samples,
+        sampling.generate(tiny_energy, p.n_gen, p.gen_sgld_config(), p.gen_batch_size, init=starts, progress=False),
+    )
     other = MNISTClassifier()  # another model gets its own runner
     assert ev.sampler(other) is not runner and ev.sampler(other).model is other
 
@@ -207,6 +223,7 @@ def test_interleaved_timing_alternates_and_judges_by_the_spread():
         def f():
             order.append(name)
             _time.sleep(s)
+
         return f
 
     times = metrics.interleaved_times({"a": job("a", 0.002), "b": job("b", 0.0)}, "cpu", repeats=3, warmup=1)

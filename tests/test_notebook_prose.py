@@ -21,14 +21,21 @@ def decimals(texts):
 
 
 def test_decimal_counter():
-    assert decimals(["IS 6.97 +- 0.16 at 30% ($\\sigma_{0.5}$, torch 2.14.1)", "eq. 6, 1/145"]) == ["6.97", "0.16", "0.5", "2.14"]
+    assert decimals(["IS 6.97 +- 0.16 at 30% ($\\sigma_{0.5}$, torch 2.14.1)", "eq. 6, 1/145"]) == [
+        "6.97",
+        "0.16",
+        "0.5",
+        "2.14",
+    ]
 
 
 def test_markdown_holds_few_typed_numbers():
     found = {path.name: decimals(markdown(path)) for path in notebooks.notebook_paths()}
     total = sum(len(v) for v in found.values())
-    assert total <= MAX_DECIMALS, f"{total} decimal numbers in the notebooks' markdown (at most {MAX_DECIMALS}): " + \
-        "; ".join(f"{k}: {len(v)}" for k, v in found.items())
+    assert total <= MAX_DECIMALS, (
+        f"{total} decimal numbers in the notebooks' markdown (at most {MAX_DECIMALS}): "
+        + "; ".join(f"{k}: {len(v)}" for k, v in found.items())
+    )
 
 
 @pytest.mark.parametrize("path", notebooks.notebook_paths(), ids=lambda p: p.name)

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT_PATH = REPO / paper.PAPER_TEXT
 
 pytestmark = pytest.mark.skipif(
-    not TEXT_PATH.exists(), reason=f"the paper's text is not at {TEXT_PATH} (only CI and the project's machines have it)"
+    not TEXT_PATH.exists(),
+    reason=f"the paper's text is not at {TEXT_PATH} (only CI and the project's machines have it)",
 )
 
 
@@ -32,7 +33,7 @@ def _flat(s: str) -> str:
 def _row(text: str, label: str, after: str = "") -> list[float]:
     """The numbers of the first tab-separated table line that starts with ``label`` (after the
     text ``after``, e.g. a table's caption: both tables have a Baseline row)."""
-    for line in text[text.index(after):].splitlines():
+    for line in text[text.index(after) :].splitlines():
         cells = line.split("\t")
         if cells[0].strip() == label and len(cells) > 1:
             return [float(c) for c in cells[1:] if c.strip()]
@@ -42,8 +43,8 @@ def _row(text: str, label: str, after: str = "") -> list[float]:
 def _section(text: str, heading: str) -> str:
     """The text from a heading to the next heading of any level."""
     start = text.index(heading)
-    nxt = re.search(r"^#+ ", text[start + len(heading):], flags=re.M)
-    return text[start: start + len(heading) + (nxt.start() if nxt else len(text))]
+    nxt = re.search(r"^#+ ", text[start + len(heading) :], flags=re.M)
+    return text[start : start + len(heading) + (nxt.start() if nxt else len(text))]
 
 
 def test_title(text):

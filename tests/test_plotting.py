@@ -12,8 +12,11 @@ NAN = float("nan")
 
 def test_energy_histograms_give_each_set_its_own_bins_and_far_sets_their_own_panel():
     g = torch.Generator().manual_seed(0)
-    e = {"real": 0.02 * torch.randn(200, generator=g), "sampled": 0.01 + 0.02 * torch.randn(200, generator=g),
-         "noise": 2.4 + 0.05 * torch.randn(200, generator=g)}  # fmt: skip
+    e = {
+        "real": 0.02 * torch.randn(200, generator=g),
+        "sampled": 0.01 + 0.02 * torch.randn(200, generator=g),
+        "noise": 2.4 + 0.05 * torch.randn(200, generator=g),
+    }
     fig = plotting.energy_histograms(e, bins_per_set=20)
     assert len(fig.axes) == 2  # real and sampled overlap; noise lies far away
     near = [a for a in fig.axes if len(a.patches) == 2][0]
@@ -27,8 +30,11 @@ def test_energy_histograms_on_one_axis_name_far_sets_instead_of_squeezing_the_re
 
     g = torch.Generator().manual_seed(0)
     noise = torch.cat([10.0 + 0.1 * torch.randn(198, generator=g), torch.tensor([0.0, 0.05])])  # -E far below
-    e = {"test digits": 0.02 * torch.randn(200, generator=g), "flip": 0.03 + 0.02 * torch.randn(200, generator=g),
-         "uniform noise": noise}
+    e = {
+        "test digits": 0.02 * torch.randn(200, generator=g),
+        "flip": 0.03 + 0.02 * torch.randn(200, generator=g),
+        "uniform noise": noise,
+    }
     fig, ax = plt.subplots()
     plotting.energy_histograms(e, ax=ax)
     assert len(ax.patches) == 2
@@ -44,10 +50,16 @@ def test_row_labelled_grid_labels_every_row():
 
 
 def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ticks_plainly():
-    t = pd.DataFrame({"family": ["baseline", "quantization", "pruning", "pruning", "distillation"],
-                      "size_mb": [0.31, 0.09, 0.31, 0.31, 0.02], "latency_ms_cpu": [1.2, 1.1, 1.0, 1.5, 0.6],
-                      "FID": [600.0, 610, 620, 900, 2500], "FID_std": [10.0] * 5,
-                      "auroc_worst": [0.74, 0.73, 0.8, 0.66, 0.6]})  # fmt: skip
+    t = pd.DataFrame(
+        {
+            "family": ["baseline", "quantization", "pruning", "pruning", "distillation"],
+            "size_mb": [0.31, 0.09, 0.31, 0.31, 0.02],
+            "latency_ms_cpu": [1.2, 1.1, 1.0, 1.5, 0.6],
+            "FID": [600.0, 610, 620, 900, 2500],
+            "FID_std": [10.0] * 5,
+            "auroc_worst": [0.74, 0.73, 0.8, 0.66, 0.6],
+        }
+    )
     assert plotting.masked_at_dense_size(t).tolist() == [False, False, True, True, False]
     fig = plotting.pareto_plot(t, [("size_mb", "FID", True), ("latency_ms_cpu", "FID", True)])
     size_ax, lat_ax = fig.axes
@@ -55,20 +67,32 @@ def test_pareto_plot_leaves_masked_pruned_models_off_the_size_axis_and_labels_ti
     assert any(lab.startswith("not shown: 2 masked") for lab in size_ax.get_legend_handles_labels()[1])
     assert "pruning" in lat_ax.get_legend_handles_labels()[1]
     assert [x.get_text() for x in size_ax.get_xticklabels() if x.get_text()] and not [
-        x.get_text() for x in size_ax.get_xticklabels(minor=True) if x.get_text()]
+        x.get_text() for x in size_ax.get_xticklabels(minor=True) if x.get_text()
+    ]
 
 
 def test_pareto_front_passes_only_through_models_that_generate_and_costs_carry_their_spread():
-    t = pd.DataFrame({"family": ["baseline", "distillation", "distillation"], "model": ["b", "s1", "s2"],
-                      "size_mb": [0.3, 0.01, 0.1], "FID": [300.0, 1500.0, 700.0], "FID_std": [2.0, 9.0, 8.0],
-                      "generates": [True, False, True], "latency_rel": [1.0, 0.2, NAN],
-                      "latency_rel_lo": [0.9, 0.15, NAN], "latency_rel_hi": [1.1, 0.3, NAN]})  # fmt: skip
+    t = pd.DataFrame(
+        {
+            "family": ["baseline", "distillation", "distillation"],
+            "model": ["b", "s1", "s2"],
+            "size_mb": [0.3, 0.01, 0.1],
+            "FID": [300.0, 1500.0, 700.0],
+            "FID_std": [2.0, 9.0, 8.0],
+            "generates": [True, False, True],
+            "latency_rel": [1.0, 0.2, NAN],
+            "latency_rel_lo": [0.9, 0.15, NAN],
+            "latency_rel_hi": [1.1, 0.3, NAN],
+        }
+    )
     fig = plotting.pareto_plot(t, [("size_mb", "FID", True), ("latency_rel", "FID", True)])
     size_ax, lat_ax = fig.axes
     front = [line for line in size_ax.get_lines() if line.get_label().startswith("Pareto")][0]
     assert sorted(front.get_xdata()) == [0.1, 0.3]  # s1 is smallest but draws noise: off the front
     assert "distillation: does not generate" in size_ax.get_legend_handles_labels()[1]
-    assert any(lab.startswith("not shown: 1 model(s) without latency_rel") for lab in lat_ax.get_legend_handles_labels()[1])
+    assert any(
+        lab.startswith("not shown: 1 model(s) without latency_rel") for lab in lat_ax.get_legend_handles_labels()[1]
+    )
     assert any(c.has_xerr for c in lat_ax.containers)
 
 
@@ -81,9 +105,12 @@ def test_error_bars_skip_spreads_never_measured():
 
 
 def test_training_length_draws_one_line_per_recipe_and_sample_source_in_step_order():
-    rows = [{"recipe": r, "K": k, "samples": s, "step": step, "FID": fid, "IS": 10 - fid / 100}
-            for r, k in (("a", 60), ("b", 30)) for s in ("from noise", "replay buffer")
-            for step, fid in ((1000, 500.0), (500, 900.0))]  # fmt: skip
+    rows = [
+        {"recipe": r, "K": k, "samples": s, "step": step, "FID": fid, "IS": 10 - fid / 100}
+        for r, k in (("a", 60), ("b", 30))
+        for s in ("from noise", "replay buffer")
+        for step, fid in ((1000, 500.0), (500, 900.0))
+    ]
     fig = plotting.training_length(pd.DataFrame(rows))
     fid_ax = fig.axes[0]
     assert len(fid_ax.lines) == 4
@@ -95,10 +122,15 @@ def test_training_length_draws_one_line_per_recipe_and_sample_source_in_step_ord
 
 def test_training_length_draws_weight_averages_as_lines_of_their_own():
     """A run scored with its weight averages: one line per averaged weights from noise, one buffer line."""
-    rows = [{"recipe": "continued", "K": 60, "samples": "from noise", "weights": w, "step": step, "FID": fid, "IS": 7.0}
-            for w in ("trained", "ema0.998", "ema0.9995") for step, fid in ((4300, 300.0), (4730, 400.0))]
-    rows += [{"recipe": "continued", "K": 60, "samples": "replay buffer", "step": step, "FID": 350.0, "IS": 6.0}
-             for step in (4300, 4730)]  # the buffer has no weights column value
+    rows = [
+        {"recipe": "continued", "K": 60, "samples": "from noise", "weights": w, "step": step, "FID": fid, "IS": 7.0}
+        for w in ("trained", "ema0.998", "ema0.9995")
+        for step, fid in ((4300, 300.0), (4730, 400.0))
+    ]
+    rows += [
+        {"recipe": "continued", "K": 60, "samples": "replay buffer", "step": step, "FID": 350.0, "IS": 6.0}
+        for step in (4300, 4730)
+    ]  # the buffer has no weights column value
     fig = plotting.training_length(pd.DataFrame(rows))
     fid_ax = fig.axes[0]
     assert len(fid_ax.lines) == 4
@@ -115,11 +147,19 @@ def test_many_labelled_grids_wrap_into_rows_instead_of_a_strip():
 
 
 def test_sampling_budget_gives_a_model_one_colour_in_both_panels():
-    budget = pd.DataFrame([{"model": m, "rule": r, "K": k, "FID": 300.0 + k, "FID_std": 5.0, "seconds": 0.01 * k}
-                           for m in ("baseline", "student") for r in ("fixed T", "fixed step") for k in (16, 64)])
+    budget = pd.DataFrame(
+        [
+            {"model": m, "rule": r, "K": k, "FID": 300.0 + k, "FID_std": 5.0, "seconds": 0.01 * k}
+            for m in ("baseline", "student")
+            for r in ("fixed T", "fixed step")
+            for k in (16, 64)
+        ]
+    )
     fig = plotting.sampling_budget(budget, gen_steps=64)
     fid_ax, time_ax = fig.axes[:2]
-    colour_of = {line.get_label(): line.get_color() for line in time_ax.get_lines() if not line.get_label().startswith("_")}
+    colour_of = {
+        line.get_label(): line.get_color() for line in time_ax.get_lines() if not line.get_label().startswith("_")
+    }
     fid_lines = {c.get_label(): c.lines[0].get_color() for c in fid_ax.containers}
     for label, colour in fid_lines.items():
         assert colour == colour_of[label.split(",")[0]], label

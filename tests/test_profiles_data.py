@@ -23,7 +23,9 @@ def test_generation_sampler_keeps_the_training_temperature():
     assert gen.noise_std == pytest.approx(2 * train.noise_std)
     assert gen.temperature == pytest.approx(train.temperature)
     assert gen.grad_clamp == train.grad_clamp
-    assert profiles.get_profile("paper").gen_sgld_config() == p.sgld_config(p.gen_steps)  # default scale 1: training's sampler
+    assert profiles.get_profile("paper").gen_sgld_config() == p.sgld_config(
+        p.gen_steps
+    )  # default scale 1: training's sampler
     with pytest.raises(ValueError):
         train.scaled(0.0)
 

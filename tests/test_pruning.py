@@ -134,8 +134,14 @@ def test_finetuning_keeps_masks_and_resumes_from_checkpoint(tmp_path, monkeypatc
     assert not diverged and trainer.step == 3 and trainer.done
     assert not torch.equal(model.layers[1].conv2.weight_orig, weights_before)  # it trained
     assert pruning.sparsity(model) == before  # ... through the masks
-    again, _ = pruning.finetune(ctx, pruning.apply_pruning(ResNetEnergy((1, 1), (8, 16)), "structured_conv", 0.5),
-                                data, buffer, "ft_test", progress=False)  # fmt: skip
+    again, _ = pruning.finetune(
+        ctx,
+        pruning.apply_pruning(ResNetEnergy((1, 1), (8, 16)), "structured_conv", 0.5),
+        data,
+        buffer,
+        "ft_test",
+        progress=False,
+    )
     torch.testing.assert_close(again.model.layers[1].conv2.weight_orig, model.layers[1].conv2.weight_orig)
 
 
@@ -180,8 +186,16 @@ def test_physical_removal_of_the_plain_cnn_baseline(key, mnist_test):
 def _lottery_ctx(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path))
     profile = get_profile("smoke").replace(
-        baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32, sgld_steps=2, epochs=1,
-        max_iters_per_epoch=None, ckpt_every=4, finetune_iters=3, lottery_rounds=2,
+        baseline="cnn_tutorial8",
+        train_subset=64,
+        batch_size=8,
+        buffer_size=32,
+        sgld_steps=2,
+        epochs=1,
+        max_iters_per_epoch=None,
+        ckpt_every=4,
+        finetune_iters=3,
+        lottery_rounds=2,
     )
     return Context(profile, torch.device("cpu"))
 
@@ -223,23 +237,43 @@ def test_score_variant_is_a_thin_wrapper_over_evaluator_score(tmp_path, monkeypa
     masked = pruning.apply_pruning(small_resnet(), "structured_conv", 0.5)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    row = pruning.score_variant(ev, masked, pruning.STRATEGIES["structured_conv"], 0.5, True, rollbacks=2,
-                                diverged=False)  # fmt: skip
+    row = pruning.score_variant(
+        ev, masked, pruning.STRATEGIES["structured_conv"], 0.5, True, rollbacks=2, diverged=False
+    )
     assert torch.equal(torch.get_rng_state(), before)  # no reseeding of its own
-    (model, name, kwargs), = ev.calls
+    ((model, name, kwargs),) = ev.calls
     assert not pruning.is_masked(model) and pruning.sparsity(model) == pruning.sparsity(masked)
     assert row["rollbacks"] == 2 and row["diverged"] is False and row["finetuned"] and row["method"] == "one-shot"
     assert (tmp_path / "smoke" / f"samples_{row['samples']}.pt").exists()
 
 
 def _rows():
-    base = {"IS": 2.0, "IS_std": 0.1, "FID": 50.0, "FID_std": 2.0, "auroc_noise": 0.9, "auroc_flip": 0.7,
-            "auroc_reduced": 0.8, "auroc_worst": 0.7, "worst_set": "flip", "method": "one-shot"}  # fmt: skip
+    base = {
+        "IS": 2.0,
+        "IS_std": 0.1,
+        "FID": 50.0,
+        "FID_std": 2.0,
+        "auroc_noise": 0.9,
+        "auroc_flip": 0.7,
+        "auroc_reduced": 0.8,
+        "auroc_worst": 0.7,
+        "worst_set": "flip",
+        "method": "one-shot",
+    }
     rows = []
     for key in pruning.STRATEGIES:
         for tuned in (False, True) if pruning.STRATEGIES[key].finetuned else (False,):
-            rows.append({**base, "strategy": key, "ratio": 0.6, "finetuned": tuned, "sparsity": 0.6,
-                         "rollbacks": 0, "diverged": False})  # fmt: skip
+            rows.append(
+                {
+                    **base,
+                    "strategy": key,
+                    "ratio": 0.6,
+                    "finetuned": tuned,
+                    "sparsity": 0.6,
+                    "rollbacks": 0,
+                    "diverged": False,
+                }
+            )
     rows[2].update(rollbacks=2, auroc_reduced=0.4, auroc_worst=0.4, worst_set="reduced")  # unstructured_conv + ft
     rows[-1].update(rollbacks=5, diverged=True)  # structured_conv + ft
     return base, pd.DataFrame(rows)
@@ -249,7 +283,8 @@ def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     base, df = _rows()
     fig = plotting.plot_figure2(df, base)
     labels = fig.axes[len(pruning.QUALITY_METRICS)].get_legend_handles_labels()[1] + [
-        t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
+        t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()
+    ]
     assert any(lab.startswith("fine-tuning rolled back") for lab in labels)
     assert any(lab.startswith("fine-tuning diverged") for lab in labels)
     titles = [ax.get_title() for ax in fig.axes]
@@ -323,8 +358,15 @@ def test_interleaved_speedup_of_a_physically_pruned_model():
 
 
 def test_layer_sparsity_names_layers_by_name_kind_and_size():
-    t = pd.DataFrame({"layer": ["net.0", "net.9"], "kind": ["Conv2d", "Linear"], "weights": [1600, 20000],
-                      "sparsity": [0.5, 0.9], "zero_channels": [0.0, 0.1]})  # fmt: skip
+    t = pd.DataFrame(
+        {
+            "layer": ["net.0", "net.9"],
+            "kind": ["Conv2d", "Linear"],
+            "weights": [1600, 20000],
+            "sparsity": [0.5, 0.9],
+            "zero_channels": [0.0, 0.1],
+        }
+    )
     fig = plotting.plot_layer_sparsity({key: t for key in pruning.STRATEGIES})
     names = [x.get_text() for x in fig.axes[0].get_xticklabels()]
     assert names == ["net.0\nConv2d\n1,600 weights", "net.9\nLinear\n20,000 weights"]
@@ -337,17 +379,30 @@ def test_pruning_takes_nhwc_weights(key):
     dense = small_resnet()
     nhwc = pruning.copy_model(dense).to(memory_format=torch.channels_last)
     a, b = pruning.apply_pruning(dense, key, 0.5), pruning.apply_pruning(nhwc, key, 0.5)
-    for (name, x), (_, y) in zip(pruning.remove_masks(a).state_dict().items(), pruning.remove_masks(b).state_dict().items()):
+    for (name, x), (_, y) in zip(
+        pruning.remove_masks(a).state_dict().items(), pruning.remove_masks(b).state_dict().items()
+    ):
         assert torch.equal(x, y), name
 
 
 def test_training_seeds_combine_by_the_law_of_total_variance():
     """Three fine-tunings of one pruned model: the row's mean is the mean of the seeds' means and its
     spread includes the spread between training seeds, not only the generation seeds'."""
-    seeds = pd.DataFrame({"strategy": ["unstructured_conv"] * 3, "ratio": [0.6] * 3, "finetuned": [True] * 3,
-                          "FID": [100.0, 110.0, 120.0], "FID_std": [2.0, 2.0, 2.0], "IS": [5.0, 5.0, 5.0],
-                          "IS_std": [0.1, 0.1, 0.1], "auroc_noise": [0.9, 0.8, 0.7], "rollbacks": [0, 1, 0],
-                          "diverged": [False, False, True], "training_seed": [0, 1, 2]})
+    seeds = pd.DataFrame(
+        {
+            "strategy": ["unstructured_conv"] * 3,
+            "ratio": [0.6] * 3,
+            "finetuned": [True] * 3,
+            "FID": [100.0, 110.0, 120.0],
+            "FID_std": [2.0, 2.0, 2.0],
+            "IS": [5.0, 5.0, 5.0],
+            "IS_std": [0.1, 0.1, 0.1],
+            "auroc_noise": [0.9, 0.8, 0.7],
+            "rollbacks": [0, 1, 0],
+            "diverged": [False, False, True],
+            "training_seed": [0, 1, 2],
+        }
+    )
     row = pruning.combine_training_seeds(seeds)
     assert row["FID"] == pytest.approx(110.0) and row["auroc_noise"] == pytest.approx(0.8)
     assert row["FID_std"] == pytest.approx((4.0 + 200.0 / 3) ** 0.5)  # generation variance + between-seed variance
@@ -369,19 +424,31 @@ def test_the_sweep_fine_tunes_every_training_seed_and_keeps_one_row_per_model(mo
     committed name and seed, and the sweep's table holds one combined row for it."""
     from types import SimpleNamespace
 
-    p = get_profile("smoke").replace(baseline="cnn_tutorial8", prune_ratios=(0.6,), seeded_ratios=(0.6,),
-                                     training_seeds=2)
+    p = get_profile("smoke").replace(
+        baseline="cnn_tutorial8", prune_ratios=(0.6,), seeded_ratios=(0.6,), training_seeds=2
+    )
     calls = []
 
     def fake_finetune(ctx, model, data, buffer, name, progress=True, seed=0, train=None, commit=None, parent=""):
         calls.append((name, seed, parent))
         return SimpleNamespace(model=model, rollbacks=[]), False
 
-    def fake_score(ev, model, strategy, ratio, finetuned, rollbacks=0, diverged=False, method="one-shot",
-                   keep_samples=True):
-        return {"strategy": strategy.key, "ratio": ratio, "finetuned": finetuned, "FID": 100.0 + len(calls),
-                "FID_std": 1.0, "IS": 5.0, "IS_std": 0.1, "rollbacks": rollbacks, "diverged": diverged,
-                "method": method, "kept_samples": keep_samples}
+    def fake_score(
+        ev, model, strategy, ratio, finetuned, rollbacks=0, diverged=False, method="one-shot", keep_samples=True
+    ):
+        return {
+            "strategy": strategy.key,
+            "ratio": ratio,
+            "finetuned": finetuned,
+            "FID": 100.0 + len(calls),
+            "FID_std": 1.0,
+            "IS": 5.0,
+            "IS_std": 0.1,
+            "rollbacks": rollbacks,
+            "diverged": diverged,
+            "method": method,
+            "kept_samples": keep_samples,
+        }
 
     monkeypatch.setattr(pruning, "finetune", fake_finetune)
     monkeypatch.setattr(pruning, "score_variant", fake_score)
@@ -390,15 +457,21 @@ def test_the_sweep_fine_tunes_every_training_seed_and_keeps_one_row_per_model(mo
     torch.manual_seed(0)
     baseline = SimpleNamespace(model=tutorial8_cnn_energy(), buffer=None, identity="sha-of-baseline")
     ev = SimpleNamespace(ood_x=torch.rand(8, 1, 28, 28) * 2 - 1)
-    rows, timings = pruning.prune_sweep(SimpleNamespace(profile=p, device=torch.device("cpu")), ev, baseline, None,
-                                        progress=False)
+    rows, timings = pruning.prune_sweep(
+        SimpleNamespace(profile=p, device=torch.device("cpu")), ev, baseline, None, progress=False
+    )
     assert sorted(zip(timings.strategy, timings.variant)) == [  # every structured model timed masked and physical
-        ("structured_conv", "masked"), ("structured_conv", "physical"),
-        ("structured_global", "masked"), ("structured_global", "physical")]
-    assert sorted(calls) == [("prune_structured_conv_60_l1", 0, "sha-of-baseline"),
-                             ("prune_structured_conv_60_l1_s1", 1, "sha-of-baseline"),
-                             ("prune_unstructured_conv_60", 0, "sha-of-baseline"),
-                             ("prune_unstructured_conv_60_s1", 1, "sha-of-baseline")]
+        ("structured_conv", "masked"),
+        ("structured_conv", "physical"),
+        ("structured_global", "masked"),
+        ("structured_global", "physical"),
+    ]
+    assert sorted(calls) == [
+        ("prune_structured_conv_60_l1", 0, "sha-of-baseline"),
+        ("prune_structured_conv_60_l1_s1", 1, "sha-of-baseline"),
+        ("prune_unstructured_conv_60", 0, "sha-of-baseline"),
+        ("prune_unstructured_conv_60_s1", 1, "sha-of-baseline"),
+    ]
     tuned = rows[rows.finetuned]
     assert len(tuned) == 2 and tuned.training_seeds.tolist() == [2, 2]
     assert rows[~rows.finetuned].training_seeds.tolist() == [1, 1, 1, 1]
@@ -417,20 +490,67 @@ def test_strategy_colours_are_four_distinct_hues():
 def _speed_inputs():
     """A baseline row, a sweep with one structured strategy at two ratios (70% no longer generates)
     and its timings: masked at about 1x, physically pruned faster."""
-    base = {"latency_ms_cpu": 10.0, "params": 1000, "size_mb": 4.0, "sgld_img_steps_per_s": 100.0, "IS": 6.0,
-            "IS_std": 0.1, "FID": 100.0, "FID_std": 2.0, "auroc_worst": 0.95}
-    quality = pd.DataFrame([
-        {"strategy": "structured_global", "ratio": r, "finetuned": False, "method": "one-shot", "IS": is_, "FID": fid,
-         "auroc_worst": 0.9, "rollbacks": 0, "diverged": False, "latency_ms_cpu": 10.5, "params": 1000,
-         "size_mb": 4.0, "sgld_img_steps_per_s": 80.0}
-        for r, is_, fid in ((0.3, 5.0, 150.0), (0.7, 1.2, 900.0))])  # fmt: skip
+    base = {
+        "latency_ms_cpu": 10.0,
+        "params": 1000,
+        "size_mb": 4.0,
+        "sgld_img_steps_per_s": 100.0,
+        "IS": 6.0,
+        "IS_std": 0.1,
+        "FID": 100.0,
+        "FID_std": 2.0,
+        "auroc_worst": 0.95,
+    }
+    quality = pd.DataFrame(
+        [
+            {
+                "strategy": "structured_global",
+                "ratio": r,
+                "finetuned": False,
+                "method": "one-shot",
+                "IS": is_,
+                "FID": fid,
+                "auroc_worst": 0.9,
+                "rollbacks": 0,
+                "diverged": False,
+                "latency_ms_cpu": 10.5,
+                "params": 1000,
+                "size_mb": 4.0,
+                "sgld_img_steps_per_s": 80.0,
+            }
+            for r, is_, fid in ((0.3, 5.0, 150.0), (0.7, 1.2, 900.0))
+        ]
+    )
     timings = pd.DataFrame(
-        [{"strategy": "structured_global", "ratio": r, "variant": "masked", "speedup_interleaved": 1.02,
-          "speedup_lo": 0.9, "speedup_hi": 1.1, "speed_verdict": "no difference"} for r in (0.3, 0.7)]
-        + [{"strategy": "structured_global", "ratio": r, "variant": "physical", "params": n, "size_mb": n / 250,
-            "latency_ms_cpu": 10.0 / s, "sgld_img_steps_per_s": 100.0 * s, "speedup_interleaved": s,
-            "speedup_lo": s - 0.2, "speedup_hi": s + 0.3, "speed_verdict": "faster"}
-           for r, n, s in ((0.3, 500, 1.5), (0.7, 100, 3.0))])  # fmt: skip
+        [
+            {
+                "strategy": "structured_global",
+                "ratio": r,
+                "variant": "masked",
+                "speedup_interleaved": 1.02,
+                "speedup_lo": 0.9,
+                "speedup_hi": 1.1,
+                "speed_verdict": "no difference",
+            }
+            for r in (0.3, 0.7)
+        ]
+        + [
+            {
+                "strategy": "structured_global",
+                "ratio": r,
+                "variant": "physical",
+                "params": n,
+                "size_mb": n / 250,
+                "latency_ms_cpu": 10.0 / s,
+                "sgld_img_steps_per_s": 100.0 * s,
+                "speedup_interleaved": s,
+                "speedup_lo": s - 0.2,
+                "speedup_hi": s + 0.3,
+                "speed_verdict": "faster",
+            }
+            for r, n, s in ((0.3, 500, 1.5), (0.7, 100, 3.0))
+        ]
+    )
     return base, quality, timings
 
 

@@ -109,7 +109,9 @@ def test_no_input_reaches_an_energy_outside_the_int8_output_range(trained_tiny, 
     with torch.no_grad():
         logits = int8.logits(torch.cat([x[320:], far, 40 * far]))
     assert logits.min() >= lo - 1e-5 and logits.max() <= hi + 1e-5
-    assert logits.max() == pytest.approx(hi, abs=1e-5) or logits.min() == pytest.approx(lo, abs=1e-5)  # the clip is reached
+    assert logits.max() == pytest.approx(hi, abs=1e-5) or logits.min() == pytest.approx(
+        lo, abs=1e-5
+    )  # the clip is reached
 
 
 def test_fidelity_table_is_its_declaration(tiny_energy):
@@ -117,7 +119,9 @@ def test_fidelity_table_is_its_declaration(tiny_energy):
     from ebmhelpers.models import MNISTClassifier
     from ebmhelpers.runtime import Context
 
-    ev = Evaluator(Context(get_profile("smoke").replace(n_fid_real=64, n_ood=16), torch.device("cpu")), MNISTClassifier())
+    ev = Evaluator(
+        Context(get_profile("smoke").replace(n_fid_real=64, n_ood=16), torch.device("cpu")), MNISTClassifier()
+    )
     table, energies = quantization.fidelity_table(ev, tiny_energy, {"same": tiny_energy}, n_grad=4)
     assert list(table.columns) == list(quantization.FIDELITY_COLUMNS)
     row = table.iloc[0]

@@ -84,10 +84,14 @@ def test_buffer_state_round_trips():
 
 
 def test_trainer_builds_the_profiles_buffer():
-    p = get_profile("smoke").replace(buffer_size=32, batch_size=8, buffer_max_age=4, buffer_grows=True, sgld_steps=2,
-                                     max_iters_per_epoch=2)  # fmt: skip
-    trainer = PCDTrainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 1), torch.nn.Flatten(0)), p,
-                         torch.rand(16, 1, 28, 28) * 2 - 1)  # fmt: skip
+    p = get_profile("smoke").replace(
+        buffer_size=32, batch_size=8, buffer_max_age=4, buffer_grows=True, sgld_steps=2, max_iters_per_epoch=2
+    )
+    trainer = PCDTrainer(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 1), torch.nn.Flatten(0)),
+        p,
+        torch.rand(16, 1, 28, 28) * 2 - 1,
+    )
     assert trainer.buffer.max_age == 4 and trainer.buffer.grow
 
 
@@ -141,16 +145,33 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.delenv(pretrained.TRAIN_ENV, raising=False)
-    p = get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
-                                     sgld_steps=2, epochs=2, max_iters_per_epoch=None, ckpt_every=4,
-                                     snapshot_epochs=(1, 2), clf_train_subset=256)  # fmt: skip
+    p = get_profile("smoke").replace(
+        baseline="cnn_tutorial8",
+        train_subset=64,
+        batch_size=8,
+        buffer_size=32,
+        sgld_steps=2,
+        epochs=2,
+        max_iters_per_epoch=None,
+        ckpt_every=4,
+        snapshot_epochs=(1, 2),
+        clf_train_subset=256,
+    )
     ctx = Context(p, torch.device("cpu"))
     trainer = training.load_or_train_baseline(ctx, progress=False, train=True)
     training.load_or_train_classifier(ctx, progress=False)  # the committed baseline carries the metric classifier
     assert trainer.done and trainer.step == 16
     state = pretrained.baseline_state(ctx.checkpoints, p.name, "epoch1", keep=("rewind", "epoch1", "epoch2"))
-    entry = pretrained.commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=state["step"],
-                              seconds=1.0, command="a test")
+    entry = pretrained.commit(
+        p.name,
+        "baseline",
+        "baseline",
+        state,
+        architecture=p.baseline,
+        iterations=state["step"],
+        seconds=1.0,
+        command="a test",
+    )
     assert pretrained.folder(p.name) / entry["file"] == pretrained.path_for(p.name)
     snap = torch.load(ctx.checkpoints / "baseline_epoch1.pt", weights_only=True)
 
@@ -172,8 +193,16 @@ def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch
     from ebmhelpers.tools import recipe_study
 
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    p = get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
-                                     sgld_steps=2, epochs=2, max_iters_per_epoch=None, ckpt_every=2)  # fmt: skip
+    p = get_profile("smoke").replace(
+        baseline="cnn_tutorial8",
+        train_subset=64,
+        batch_size=8,
+        buffer_size=32,
+        sgld_steps=2,
+        epochs=2,
+        max_iters_per_epoch=None,
+        ckpt_every=2,
+    )
     ctx = Context(p, torch.device("cpu"))
     images = data.load_training_split("fit", 0, 64)
     # the study checkpoints every 50 iterations and at each epoch's end (8 iterations here): a call
@@ -188,8 +217,16 @@ def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch
 
 
 def _tiny(name: str = "smoke"):
-    return get_profile("smoke").replace(baseline="cnn_tutorial8", train_subset=64, batch_size=8, buffer_size=32,
-                                        sgld_steps=2, epochs=1, max_iters_per_epoch=None, ckpt_every=4)  # fmt: skip
+    return get_profile("smoke").replace(
+        baseline="cnn_tutorial8",
+        train_subset=64,
+        batch_size=8,
+        buffer_size=32,
+        sgld_steps=2,
+        epochs=1,
+        max_iters_per_epoch=None,
+        ckpt_every=4,
+    )
 
 
 def test_long_run_keeps_every_epoch_apart_from_the_profile_baseline(tmp_path, monkeypatch):
@@ -228,9 +265,16 @@ def test_study_tables_keep_the_rows_of_other_runs(tmp_path):
     from ebmhelpers.tools.recipe_study import _keep_other_rows
 
     out = tmp_path / "t.csv"
-    _keep_other_rows(out, pd.DataFrame({"recipe": ["a", "a"], "snapshot": ["e1", "e2"], "FID": [1.0, 2.0]}), {"recipe": "a"})
+    _keep_other_rows(
+        out, pd.DataFrame({"recipe": ["a", "a"], "snapshot": ["e1", "e2"], "FID": [1.0, 2.0]}), {"recipe": "a"}
+    )
     _keep_other_rows(out, pd.DataFrame({"recipe": ["b"], "snapshot": ["e1"], "FID": [3.0]}), {"recipe": "b"})
-    table = _keep_other_rows(out, pd.DataFrame({"recipe": ["a"], "snapshot": ["e2"], "FID": [4.0]}),
-                             {"recipe": "a", "snapshot": "e2"})  # replaces a/e2 only
-    assert sorted(zip(table.recipe, table.snapshot, table.FID)) == [("a", "e1", 1.0), ("a", "e2", 4.0), ("b", "e1", 3.0)]
+    table = _keep_other_rows(
+        out, pd.DataFrame({"recipe": ["a"], "snapshot": ["e2"], "FID": [4.0]}), {"recipe": "a", "snapshot": "e2"}
+    )  # replaces a/e2 only
+    assert sorted(zip(table.recipe, table.snapshot, table.FID)) == [
+        ("a", "e1", 1.0),
+        ("a", "e2", 4.0),
+        ("b", "e1", 3.0),
+    ]
     assert pd.read_csv(out).shape == (3, 3)

@@ -14,16 +14,25 @@ def test_the_readme_results_section_is_what_the_committed_tables_say():
 
 
 def test_numbers_are_formatted_to_three_significant_digits():
-    assert [report._num(v) for v in (334.5611, 6.9717, 0.72224, 3564.2, 0.0, float("nan"))] == \
-        ["335", "6.97", "0.722", "3,564", "0.00", "-"]
+    assert [report._num(v) for v in (334.5611, 6.9717, 0.72224, 3564.2, 0.0, float("nan"))] == [
+        "335",
+        "6.97",
+        "0.722",
+        "3,564",
+        "0.00",
+        "-",
+    ]
     assert report._pm(pd.Series({"FID": 334.56, "FID_std": 1.99}), "FID") == "335 ± 2.0"
     assert report._pm(pd.Series({"FID": 334.56, "FID_std": float("nan")}), "FID") == "335"
 
 
 def test_a_run_without_a_table_says_so_and_the_section_keeps_its_markers(tmp_path):
-    pd.DataFrame([{"notebook": "00_ebm_theory.ipynb", "seconds": 60.0, "hardware": "CPU"},
-                  {"notebook": "01_train_baseline.ipynb", "seconds": 120.0, "hardware": "CPU"}]).to_csv(
-        tmp_path / "notebook_times.csv", index=False)
+    pd.DataFrame(
+        [
+            {"notebook": "00_ebm_theory.ipynb", "seconds": 60.0, "hardware": "CPU"},
+            {"notebook": "01_train_baseline.ipynb", "seconds": 120.0, "hardware": "CPU"},
+        ]
+    ).to_csv(tmp_path / "notebook_times.csv", index=False)
     text = report.render("cpu", tmp_path)
     assert text.startswith(report.START) and text.endswith(report.END)
     assert "**Series time**: 3.00 minutes in all (" in text
@@ -58,8 +67,10 @@ def typed_decimals(text: str) -> list[str]:
 
 def test_the_handwritten_readme_is_short():
     lines = len(report.handwritten().splitlines())
-    assert lines <= MAX_HANDWRITTEN_LINES, f"the README outside the generated section has {lines} lines " \
+    assert lines <= MAX_HANDWRITTEN_LINES, (
+        f"the README outside the generated section has {lines} lines "
         f"(at most {MAX_HANDWRITTEN_LINES}): cut repetition, or let report.py generate it"
+    )
 
 
 def test_the_handwritten_readme_types_no_measured_decimals():
@@ -75,21 +86,37 @@ def test_handwritten_excludes_exactly_the_section(tmp_path):
 
 
 def _entry(name, kind, iterations, seconds, hardware="CPU: test (2 threads)", date="2026-12-01", **more):
-    return {"name": name, "kind": kind, "iterations": iterations, "seconds": seconds, "hardware": hardware,
-            "date": date, **more}
+    return {
+        "name": name,
+        "kind": kind,
+        "iterations": iterations,
+        "seconds": seconds,
+        "hardware": hardware,
+        "date": date,
+        **more,
+    }
 
 
 def test_the_training_job_is_summed_per_kind_from_the_manifest():
-    models = pd.DataFrame({"name": ["baseline", "prune_a", "prune_b", "student_x"],
-                           "kind": ["baseline", "finetuned", "finetuned", "student"],
-                           "committed": [True, True, True, False], "fresh": [True, True, False, False]})
-    manifest = {"baseline": _entry("baseline", "baseline", 4300, 5400.0, seconds_note="epochs 1-3 estimated"),
-                "prune_a": _entry("prune_a", "finetuned", 500, 1800.0, date="2026-12-02"),
-                "prune_b": _entry("prune_b", "finetuned", 350, 1800.0, hardware="GPU: test", date="2026-12-03")}
+    models = pd.DataFrame(
+        {
+            "name": ["baseline", "prune_a", "prune_b", "student_x"],
+            "kind": ["baseline", "finetuned", "finetuned", "student"],
+            "committed": [True, True, True, False],
+            "fresh": [True, True, False, False],
+        }
+    )
+    manifest = {
+        "baseline": _entry("baseline", "baseline", 4300, 5400.0, seconds_note="epochs 1-3 estimated"),
+        "prune_a": _entry("prune_a", "finetuned", 500, 1800.0, date="2026-12-02"),
+        "prune_b": _entry("prune_b", "finetuned", 350, 1800.0, hardware="GPU: test", date="2026-12-03"),
+    }
     text = report.trained_once(models, manifest)
     assert "3 of 4 models committed, 2.50 h of training in all" in text  # (5400 + 1800 + 1800) s
     assert "| baseline | 1 of 1 | 4,300 | 1.50 | CPU: test (2 threads) | 2026-12-01 |" in text
-    assert "| finetuned | 2 of 2 | 350-500 | 1.00 | CPU: test (2 threads); GPU: test | 2026-12-02 to 2026-12-03 |" in text
+    assert (
+        "| finetuned | 2 of 2 | 350-500 | 1.00 | CPU: test (2 threads); GPU: test | 2026-12-02 to 2026-12-03 |" in text
+    )
     assert "| student | 0 of 1 | - | - | - | - |" in text
     assert "`baseline`: epochs 1-3 estimated." in text
     assert "1 committed model(s) not fresh" in text and "`prune_b`" in text.split("not fresh")[1]
@@ -97,15 +124,24 @@ def test_the_training_job_is_summed_per_kind_from_the_manifest():
 
 
 def test_nothing_committed_is_said_from_the_model_list():
-    models = pd.DataFrame({"name": ["baseline", "s"], "kind": ["baseline", "student"],
-                           "committed": [False, False], "fresh": [False, False]})
+    models = pd.DataFrame(
+        {
+            "name": ["baseline", "s"],
+            "kind": ["baseline", "student"],
+            "committed": [False, False],
+            "fresh": [False, False],
+        }
+    )
     assert report.trained_once(models, {}) == "**Trained once**: none of the 2 models of this profile committed yet."
 
 
 def test_notebooks_older_than_the_newest_model_are_named_by_count(tmp_path):
-    pd.DataFrame([{"notebook": "00_a.ipynb", "seconds": 6.0, "hardware": "CPU", "finished": "2026-12-01 10:00"},
-                  {"notebook": "01_b.ipynb", "seconds": 6.0, "hardware": "CPU", "finished": "2026-12-03 10:00"}]).to_csv(
-        tmp_path / "notebook_times.csv", index=False)
+    pd.DataFrame(
+        [
+            {"notebook": "00_a.ipynb", "seconds": 6.0, "hardware": "CPU", "finished": "2026-12-01 10:00"},
+            {"notebook": "01_b.ipynb", "seconds": 6.0, "hardware": "CPU", "finished": "2026-12-03 10:00"},
+        ]
+    ).to_csv(tmp_path / "notebook_times.csv", index=False)
     text = report._times(tmp_path, {"m": _entry("m", "finetuned", 1, 1.0, date="2026-12-03")})
     assert "| 00_a.ipynb | 6.000 | CPU | 2026-12-01 10:00 |" in text
     assert "1 of 2 notebooks last ran before 2026-12-03" in text

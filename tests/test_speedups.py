@@ -74,7 +74,9 @@ def test_compiled_runner_follows_new_settings_and_weights():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)  # what an optimizer step does: in place
-    torch.testing.assert_close(_seeded(lambda: runner(x, wider)), _seeded(lambda: sgld(model, x, wider)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _seeded(lambda: runner(x, wider)), _seeded(lambda: sgld(model, x, wider)), atol=1e-5, rtol=0
+    )
 
 
 def test_compile_setup_refuses_to_fall_back_silently():

@@ -60,24 +60,60 @@ def test_tv_floor_shrinks_with_more_samples_and_verdicts_follow_their_rules():
     floor = (0.2, 0.01)  # level 0.22, band width 0.02
     assert toy.floor_level(floor) == pytest.approx(0.22)
     steps = [0, 100, 200, 300, 400]
-    curves = pd.concat([
-        pd.DataFrame({"sampler": name, "step": steps, "tv": tv}) for name, tv in {
-            "fast": [0.9, 0.5, 0.21, 0.23, 0.2], "slow": [0.9, 0.7, 0.5, 0.4, 0.3], "biased": [0.9, 0.4, 0.35, 0.34, 0.35],
-        }.items()])  # fmt: skip
+    curves = pd.concat(
+        [
+            pd.DataFrame({"sampler": name, "step": steps, "tv": tv})
+            for name, tv in {
+                "fast": [0.9, 0.5, 0.21, 0.23, 0.2],
+                "slow": [0.9, 0.7, 0.5, 0.4, 0.3],
+                "biased": [0.9, 0.4, 0.35, 0.34, 0.35],
+            }.items()
+        ]
+    )
     table = toy.convergence_table(curves, floor).set_index("sampler")
     assert table.step_at_floor["fast"] == 200 and pd.isna(table.step_at_floor["slow"])
-    assert table.verdict.to_dict() == {"fast": "reaches the floor", "slow": "still falling", "biased": "stuck above the floor"}
+    assert table.verdict.to_dict() == {
+        "fast": "reaches the floor",
+        "slow": "still falling",
+        "biased": "stuck above the floor",
+    }
     assert table.tv_halfway["slow"] == 0.5 and table.tv_end["biased"] == 0.35
 
 
 def test_toy_training_settings_do_not_depend_on_the_profile():
     from ebmhelpers.profiles import PROFILES
 
-    fields = ("seed", "batch_size", "epochs", "max_iters_per_epoch", "buffer_size", "reinit_frac", "buffer_max_age",
-              "buffer_grows", "data_noise_std", "sgld_steps", "sgld_step_size", "sgld_noise_std", "sgld_grad_clamp",
-              "lr", "betas", "lr_gamma", "alpha", "grad_clip", "ckpt_every", "amp_dtype", "channels_last", "compile",
-              "cuda_graph", "ema_decays", "snapshot_epochs", "max_abs_energy", "max_energy_gap", "rollback_lr_factor",
-              "max_rollbacks")  # fmt: skip
+    fields = (
+        "seed",
+        "batch_size",
+        "epochs",
+        "max_iters_per_epoch",
+        "buffer_size",
+        "reinit_frac",
+        "buffer_max_age",
+        "buffer_grows",
+        "data_noise_std",
+        "sgld_steps",
+        "sgld_step_size",
+        "sgld_noise_std",
+        "sgld_grad_clamp",
+        "lr",
+        "betas",
+        "lr_gamma",
+        "alpha",
+        "grad_clip",
+        "ckpt_every",
+        "amp_dtype",
+        "channels_last",
+        "compile",
+        "cuda_graph",
+        "ema_decays",
+        "snapshot_epochs",
+        "max_abs_energy",
+        "max_energy_gap",
+        "rollback_lr_factor",
+        "max_rollbacks",
+    )
     settings = {tuple(getattr(toy.toy_profile(p), f) for f in fields) for p in PROFILES.values()}
     assert len(settings) == 1 and toy.toy_profile(PROFILES["cpu"]).reinit_frac == toy.TOY_REINIT_FRAC
 
@@ -88,7 +124,9 @@ def test_light_mode_share_counts_points_by_their_nearest_mode():
     assert toy.light_mode_share(target.means[light], target) == 1.0
     assert toy.light_mode_share(target.means[~light], target) == 0.0
     torch.manual_seed(0)
-    assert toy.light_mode_share(target.sample(20_000), target) == pytest.approx(0.25, abs=0.02)  # weights 1:3, plus tails
+    assert toy.light_mode_share(target.sample(20_000), target) == pytest.approx(
+        0.25, abs=0.02
+    )  # weights 1:3, plus tails
 
 
 @pytest.mark.parametrize("sampler", ["mh", "mala", "ula"])

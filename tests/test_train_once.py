@@ -21,10 +21,26 @@ def tiny(tmp_path, monkeypatch):
     """A profile small enough to train every model in seconds, with its committed weights, checkpoints
     and results in a temporary folder (the checkout's committed weights are never touched)."""
     p = get_profile("smoke").replace(
-        name=TINY, baseline="cnn_tutorial8", train_subset=96, val_size=32, batch_size=16, sgld_steps=2, buffer_size=64,
-        epochs=2, max_iters_per_epoch=3, ckpt_every=2, snapshot_epochs=(1,), clf_epochs=1, clf_train_subset=256,
-        prune_ratios=(0.5,), seeded_ratios=(0.5,), training_seeds=2, finetune_epochs=1, finetune_iters=3,
-        lottery_rounds=2, distill_batch_size=32,
+        name=TINY,
+        baseline="cnn_tutorial8",
+        train_subset=96,
+        val_size=32,
+        batch_size=16,
+        sgld_steps=2,
+        buffer_size=64,
+        epochs=2,
+        max_iters_per_epoch=3,
+        ckpt_every=2,
+        snapshot_epochs=(1,),
+        clf_epochs=1,
+        clf_train_subset=256,
+        prune_ratios=(0.5,),
+        seeded_ratios=(0.5,),
+        training_seeds=2,
+        finetune_epochs=1,
+        finetune_iters=3,
+        lottery_rounds=2,
+        distill_batch_size=32,
     )
     monkeypatch.setitem(PROFILES, TINY, p)
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
@@ -44,15 +60,30 @@ def test_train_all_commits_every_model_with_its_manifest_entry(tiny):
     # what every notebook needs once (every ratio's first seed, Figure 4's unstructured 60% that the profile lacks,
     # the lottery, every student's first seed and the extensions), then the extra seeds: fine-tunings, students
     students = [job[0] for job in train_all.student_jobs(tiny)]
-    assert ran == ["baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
-                   train_all.LOTTERY, *[f for f in students if not f.endswith("_s1")],
-                   "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1",
-                   *[f for f in students if f.endswith("_s1")]]
+    assert ran == [
+        "baseline",
+        "prune_unstructured_conv_50",
+        "prune_structured_conv_50_l1",
+        "prune_unstructured_conv_60",
+        train_all.LOTTERY,
+        *[f for f in students if not f.endswith("_s1")],
+        "prune_unstructured_conv_50_s1",
+        "prune_structured_conv_50_l1_s1",
+        *[f for f in students if f.endswith("_s1")],
+    ]
     assert {"student_cnn_20k_eq6", "student_cnn_20k_eq6_s1", "student_cnn_20k_mixed+grad"} <= set(students)
     manifest = pretrained.read_manifest(TINY)
-    expected = {"baseline", "prune_unstructured_conv_50", "prune_structured_conv_50_l1", "prune_unstructured_conv_60",
-                "prune_unstructured_conv_50_s1", "prune_structured_conv_50_l1_s1", "lottery_r1_unstructured_conv_50",
-                "lottery_r2_unstructured_conv_50", *students}
+    expected = {
+        "baseline",
+        "prune_unstructured_conv_50",
+        "prune_structured_conv_50_l1",
+        "prune_unstructured_conv_60",
+        "prune_unstructured_conv_50_s1",
+        "prune_structured_conv_50_l1_s1",
+        "lottery_r1_unstructured_conv_50",
+        "lottery_r2_unstructured_conv_50",
+        *students,
+    }
     assert set(manifest) == expected
     assert {manifest[f]["kind"] for f in students} == {"student"}
     base = manifest["baseline"]
@@ -98,9 +129,16 @@ def test_notebooks_install_committed_weights_instead_of_training(tiny, tmp_path,
     monkeypatch.setattr(distillation.Distiller, "fit", no_training)
     (train_x, train_kind), _ = distillation.distillation_inputs(tiny, baseline.buffer.samples, ctx.device)
     targets = distillation.teacher_targets(baseline.model, train_x, train_kind, tiny.eval_batch_size)
-    student, history = distillation.load_or_distill(ctx, "cnn_20k", distillation.REPRODUCTION, targets,
-                                                    distillation.num_steps(tiny, len(targets)), baseline.model,
-                                                    seed=1, parent=baseline.identity)
+    student, history = distillation.load_or_distill(
+        ctx,
+        "cnn_20k",
+        distillation.REPRODUCTION,
+        targets,
+        distillation.num_steps(tiny, len(targets)),
+        baseline.model,
+        seed=1,
+        parent=baseline.identity,
+    )
     committed_student = pretrained.load(TINY, "student_cnn_20k_eq6_s1")
     for key, value in committed_student["model"].items():
         assert torch.equal(student.state_dict()[key], value), key
@@ -183,14 +221,17 @@ def test_unknown_model_is_a_one_line_error(tiny):
         train_all.train(TINY, ["nonsense"])
 
 
-def test_a_run_continued_from_the_committed_baseline_resumes_and_a_local_one_is_not_overwritten(tiny, tmp_path,
-                                                                                             monkeypatch):
+def test_a_run_continued_from_the_committed_baseline_resumes_and_a_local_one_is_not_overwritten(
+    tiny, tmp_path, monkeypatch
+):
     train_all.train(TINY, ["baseline"])
     sha = pretrained.read_manifest(TINY)["baseline"]["sha256"]
     longer = Context(tiny.replace(epochs=3), get_device("cpu"), tmp_path / "continued")
     first = training.load_or_train_baseline(longer, progress=False)  # installs, then trains epoch 3
     assert first.done and first.continued_from == sha and first.installed_from is None
-    assert first.seconds > 0 and torch.load(first.ckpt_path, weights_only=True)["seconds"] == pytest.approx(first.seconds)
+    assert first.seconds > 0 and torch.load(first.ckpt_path, weights_only=True)["seconds"] == pytest.approx(
+        first.seconds
+    )
     again = training.load_or_train_baseline(longer, progress=False)  # resumes (here: loads), no refusal
     assert again.step == first.step and again.seconds == pytest.approx(first.seconds)
     # a baseline trained here, not from the committed one, is never overwritten by an install

@@ -134,8 +134,9 @@ def test_gap_criterion_uses_the_window_mean():
 
 
 # Collapse test: tutorial 8's CNN on real digits, 10x the profile's learning rate so it is quick.
-COLLAPSE = get_profile("smoke").replace(buffer_size=64, batch_size=16, max_iters_per_epoch=None, epochs=6,
-                                        ckpt_every=10, lr=1e-3, max_rollbacks=2)  # fmt: skip
+COLLAPSE = get_profile("smoke").replace(
+    buffer_size=64, batch_size=16, max_iters_per_epoch=None, epochs=6, ckpt_every=10, lr=1e-3, max_rollbacks=2
+)
 
 
 def _window_gaps(history, every):

@@ -14,13 +14,29 @@ from ebmhelpers.verdicts import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPROD
 
 NAN = float("nan")
 CPU = Path(__file__).resolve().parents[1] / "results" / "cpu"
-REFS = References(base_IS=7.0, base_FID=300.0, noise_IS=1.0, noise_FID=4000.0,
-                  ood_n={(s, "all"): (2000, 2000) for s in ("noise", "flip", "reduced")})  # fmt: skip
+REFS = References(
+    base_IS=7.0,
+    base_FID=300.0,
+    noise_IS=1.0,
+    noise_FID=4000.0,
+    ood_n={(s, "all"): (2000, 2000) for s in ("noise", "flip", "reduced")},
+)
 
 
 def _row(IS=7.0, FID=300.0, IS_std=0.1, FID_std=2.0, n_seeds=3, auroc=0.9, **extra):
-    return pd.Series({"IS": IS, "IS_std": IS_std, "FID": FID, "FID_std": FID_std, "n_seeds": n_seeds,
-                      "auroc_noise": auroc, "auroc_flip": auroc, "auroc_reduced": auroc, **extra})  # fmt: skip
+    return pd.Series(
+        {
+            "IS": IS,
+            "IS_std": IS_std,
+            "FID": FID,
+            "FID_std": FID_std,
+            "n_seeds": n_seeds,
+            "auroc_noise": auroc,
+            "auroc_flip": auroc,
+            "auroc_reduced": auroc,
+            **extra,
+        }
+    )
 
 
 # ---- margins ----------------------------------------------------------------------------------
@@ -47,7 +63,9 @@ def test_fid_within_the_margin_is_kept_beyond_it_is_not_and_a_wide_interval_deci
 def test_is_is_a_ratio_with_its_own_margin():
     ref = _row(IS=6.0, IS_std=0.02)
     m = verdicts.margin("IS")
-    assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.8, IS_std=0.02), ref, "IS"), m) == REPRODUCED  # -3%
+    assert (
+        verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.8, IS_std=0.02), ref, "IS"), m) == REPRODUCED
+    )  # -3%
     assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.4, IS_std=0.02), ref, "IS"), m) == CONTRADICTED
     assert verdicts.non_inferior(verdicts.quality_interval(_row(IS=5.8), ref, "IS"), m) == INCONCLUSIVE  # std 0.1
 
@@ -77,7 +95,9 @@ def test_auroc_interval_narrows_with_more_digits():
     few = verdicts.auroc_interval(0.88, 0.90, (200, 200))
     many = verdicts.auroc_interval(0.88, 0.90, (20000, 20000))
     assert few.estimate == pytest.approx(-0.02) and few.hi - few.lo > many.hi - many.lo
-    assert few.hi - few.lo == pytest.approx(2 * 1.959964 * math.hypot(auroc_se(0.88, 200, 200), auroc_se(0.9, 200, 200)))
+    assert few.hi - few.lo == pytest.approx(
+        2 * 1.959964 * math.hypot(auroc_se(0.88, 200, 200), auroc_se(0.9, 200, 200))
+    )
     assert verdicts.non_inferior(verdicts.auroc_interval(0.89, 0.90, (20000, 20000)), 0.02) == REPRODUCED
     assert verdicts.non_inferior(verdicts.auroc_interval(0.80, 0.90, (20000, 20000)), 0.02) == CONTRADICTED
     assert verdicts.non_inferior(few, 0.02) == INCONCLUSIVE
@@ -91,7 +111,10 @@ def test_directional_claims_and_their_combination():
     assert verdicts.superior(iv(0.0, -0.01, 0.01), 0.02) == CONTRADICTED  # any advantage below the margin
     assert verdicts.superior(iv(0.02, -0.01, 0.05), 0.02) == INCONCLUSIVE
     assert verdicts.inferior(iv(-0.05, -0.09, -0.01), 0.02) == REPRODUCED
-    assert verdicts.below(iv(0.6, 0.55, 0.65), 0.7) == REPRODUCED and verdicts.below(iv(0.9, 0.8, 1.0), 0.7) == CONTRADICTED
+    assert (
+        verdicts.below(iv(0.6, 0.55, 0.65), 0.7) == REPRODUCED
+        and verdicts.below(iv(0.9, 0.8, 1.0), 0.7) == CONTRADICTED
+    )
     assert verdicts.combine([REPRODUCED, NOT_TESTABLE]) == INCONCLUSIVE
     assert verdicts.combine([REPRODUCED, REPRODUCED]) == REPRODUCED
     assert verdicts.combine([REPRODUCED, CONTRADICTED, INCONCLUSIVE]) == CONTRADICTED

@@ -2,8 +2,8 @@
 
 ``python -m ebmhelpers bench --speedups`` measures the SGLD speed-ups instead (:func:`run_speedup_bench`):
 the baseline under each rung of :func:`ladder` with its agreement with eager fp32 chains, and
-the speed targets (:data:`TARGET_GEN`, :data:`TARGET_TRAIN_MIN`). Its GPU rungs (channels_last, compile, CUDA graphs on a GPU) have not been
-measured yet, so every profile keeps those speed-ups off; this is the command that would measure them.
+the speed targets (:data:`TARGET_GEN`, :data:`TARGET_TRAIN_MIN`). Its GPU rungs (compile, CUDA graphs) are
+not measured on a GPU, so every profile keeps them off; this is the command that measures them.
 
 For each model: SGLD image-steps per second (the cost of sampling and of PCD training), the
 FLOPs of one SGLD step counted by ``torch.utils.flop_counter``, the FLOP/s achieved and, where the
@@ -36,6 +36,8 @@ from ..training import PCDTrainer, training_iterations
 
 MNIST_TRAIN = 60_000  # digits the paper trains on
 CPU_BATCH = 16  # images per SGLD batch when benchmarking on a CPU
+
+
 def sgld_step_flops(model: nn.Module, batch: int, device: torch.device) -> int:
     """FLOPs of one SGLD step (forward + input gradient) on ``batch`` images."""
     x = torch.zeros(batch, 1, 28, 28, device=device, requires_grad=True)
@@ -70,8 +72,14 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def measure_sgld(
-    name: str, model: nn.Module, cfg: SGLDConfig, batch: int, device: torch.device, repeats: int,
-    amp_dtype: str | None = None, freeze: bool = True,
+    name: str,
+    model: nn.Module,
+    cfg: SGLDConfig,
+    batch: int,
+    device: torch.device,
+    repeats: int,
+    amp_dtype: str | None = None,
+    freeze: bool = True,
 ) -> dict:
     """One row of the benchmark table for SGLD sampling with ``model``."""
     model = model.to(device).eval()
@@ -116,7 +124,10 @@ def measure_training(profile: Profile, batch: int, device: torch.device, repeats
 
 
 def run_bench(
-    profile: str | None = None, batch: int | None = None, repeats: int = 5, models: list[str] | None = None,
+    profile: str | None = None,
+    batch: int | None = None,
+    repeats: int = 5,
+    models: list[str] | None = None,
     steps: int | None = None,
 ) -> pd.DataFrame:
     """The benchmark table for the current device (see the module docstring): on a GPU, chains
@@ -125,7 +136,11 @@ def run_bench(
     p = get_profile(profile)
     device = get_device()
     batch = batch or (p.batch_size if device.type == "cuda" else CPU_BATCH)
-    cfg = p.sgld_config(steps) if steps else (p.sgld_config() if device.type == "cuda" else throughput_config(p.sgld_config()))
+    cfg = (
+        p.sgld_config(steps)
+        if steps
+        else (p.sgld_config() if device.type == "cuda" else throughput_config(p.sgld_config()))
+    )
     torch.manual_seed(p.seed)
     rows = []
     t0 = time.monotonic()
@@ -161,17 +176,29 @@ def ladder(device: torch.device) -> list[tuple[str | None, Speedups]]:
     runs there: bf16 only with native bf16 units, no CUDA graphs."""
     cuda = device.type == "cuda"
     bf16 = "bf16" if cuda or torch.cpu._is_avx512_bf16_supported() else None
-    rungs = [(None, Speedups()), (bf16, Speedups()), (bf16, Speedups(channels_last=True)),
-             (bf16, Speedups(channels_last=True, compile=True))]
+    rungs = [
+        (None, Speedups()),
+        (bf16, Speedups()),
+        (bf16, Speedups(channels_last=True)),
+        (bf16, Speedups(channels_last=True, compile=True)),
+    ]
     if cuda:
-        rungs += [(bf16, Speedups(channels_last=True, cuda_graph=True)), (bf16, Speedups(True, True, True)),
-                  (None, Speedups(True, True, True))]
+        rungs += [
+            (bf16, Speedups(channels_last=True, cuda_graph=True)),
+            (bf16, Speedups(True, True, True)),
+            (None, Speedups(True, True, True)),
+        ]
     return list(dict.fromkeys(rungs))  # without bf16 units the bf16 rungs collapse onto the fp32 ones
 
 
 def measure_rung(
-    make: Callable[[], nn.Module], amp: str | None, speedups: Speedups, cfg: SGLDConfig, batch: int,
-    device: torch.device, repeats: int,
+    make: Callable[[], nn.Module],
+    amp: str | None,
+    speedups: Speedups,
+    cfg: SGLDConfig,
+    batch: int,
+    device: torch.device,
+    repeats: int,
 ) -> dict:
     """Speed of one rung: the first call (compile or capture included) and the median of later calls."""
     model = make().to(device).eval()
@@ -187,15 +214,22 @@ def measure_rung(
     flops = sgld_step_flops(model, batch, device) * cfg.steps
     peak = peak_flops(device, amp or "fp32")
     return {
-        "dtype": amp or "fp32", "speedups": speedups.label, "batch": batch, "sgld_steps": cfg.steps,
-        "img_steps_per_s": batch * cfg.steps / t, "tflops_per_s": flops / t / 1e12,
-        "frac_of_peak": flops / t / peak if peak else float("nan"), "first_call_s": first,
+        "dtype": amp or "fp32",
+        "speedups": speedups.label,
+        "batch": batch,
+        "sgld_steps": cfg.steps,
+        "img_steps_per_s": batch * cfg.steps / t,
+        "tflops_per_s": flops / t / 1e12,
+        "frac_of_peak": flops / t / peak if peak else float("nan"),
+        "first_call_s": first,
         "peak_mem_mb": _peak_memory_mb(device),
     }
 
 
 def run_speedup_bench(
-    profile: str | None = None, repeats: int = 3, budget_s: float = LADDER_BUDGET_S,
+    profile: str | None = None,
+    repeats: int = 3,
+    budget_s: float = LADDER_BUDGET_S,
     target: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """The profile baseline's SGLD under each rung of :func:`ladder` at the training batch, with its
@@ -251,7 +285,12 @@ def _speedups_of(label: str) -> Speedups:
 
 
 def target_lines(
-    p: Profile, make: Callable[[], nn.Module], amp: str | None, sp: Speedups, batch: int, device: torch.device,
+    p: Profile,
+    make: Callable[[], nn.Module],
+    amp: str | None,
+    sp: Speedups,
+    batch: int,
+    device: torch.device,
     target: tuple[int, int] = TARGET_GEN,
 ) -> str:
     """The speed targets, measured with one rung: generation of ``target`` = (digits, steps) from
@@ -267,17 +306,20 @@ def target_lines(
     generate(model, n, gen_cfg, batch_size=min(batch, n), device=device, progress=False, sampler=runner)
     synchronize(device)
     gen_s = time.perf_counter() - t0
-    paper = get_profile("paper").replace(baseline=p.baseline, amp_dtype=amp, channels_last=sp.channels_last,
-                                         compile=sp.compile, cuda_graph=sp.cuda_graph)
+    paper = get_profile("paper").replace(
+        baseline=p.baseline, amp_dtype=amp, channels_last=sp.channels_last, compile=sp.compile, cuda_graph=sp.cuda_graph
+    )
     train = measure_training(paper, paper.batch_size, device, repeats=5)
     iters = training_iterations(paper, MNIST_TRAIN)
     train_min = iters / train["train_iters_per_s"] / 60
     verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
-    return (f"[bench] target: {n:,} digits x {steps} SGLD steps (batch {min(batch, n)}): {gen_s:.1f} s "
-            f"(target < {TARGET_GEN_S:.0f} s: {verdict(gen_s < TARGET_GEN_S)})\n"
-            f"[bench] target: paper profile training, {iters:,} PCD iterations x "
-            f"{1e3 / train['train_iters_per_s']:.1f} ms = {train_min:.1f} min projected "
-            f"(target <= {TARGET_TRAIN_MIN:.0f} min: {verdict(train_min <= TARGET_TRAIN_MIN)})")
+    return (
+        f"[bench] target: {n:,} digits x {steps} SGLD steps (batch {min(batch, n)}): {gen_s:.1f} s "
+        f"(target < {TARGET_GEN_S:.0f} s: {verdict(gen_s < TARGET_GEN_S)})\n"
+        f"[bench] target: paper profile training, {iters:,} PCD iterations x "
+        f"{1e3 / train['train_iters_per_s']:.1f} ms = {train_min:.1f} min projected "
+        f"(target <= {TARGET_TRAIN_MIN:.0f} min: {verdict(train_min <= TARGET_TRAIN_MIN)})"
+    )
 
 
 def run_interleaved_speedups(profile: str | None = None, repeats: int = 7, out: str | None = None) -> pd.DataFrame:
@@ -294,8 +336,11 @@ def run_interleaved_speedups(profile: str | None = None, repeats: int = 7, out: 
     x = torch.rand(p.batch_size, 1, 28, 28, device=device) * 2 - 1
     reference = build_baseline(p.baseline).to(device).eval()
     fns, failed = {}, {}
-    for label, speedups in (("eager", Speedups()), ("channels_last", Speedups(channels_last=True)),
-                            ("compile", Speedups(compile=True))):  # fmt: skip
+    for label, speedups in (
+        ("eager", Speedups()),
+        ("channels_last", Speedups(channels_last=True)),
+        ("compile", Speedups(compile=True)),
+    ):
         model = build_baseline(p.baseline).to(device).eval()
         model.load_state_dict(reference.state_dict())
         try:
@@ -309,7 +354,9 @@ def run_interleaved_speedups(profile: str | None = None, repeats: int = 7, out: 
     table["speedup"] = eager.median_s / table.median_s
     table["speedup_lo"], table["speedup_hi"] = eager.q1_s / table.q3_s, eager.q3_s / table.q1_s
     table = pd.concat([table, pd.DataFrame([{"model": k, "error": v} for k, v in failed.items()])], ignore_index=True)
-    table.insert(1, "chain", f"batch {p.batch_size} x {cfg.steps} SGLD steps, {p.baseline}, {torch.get_num_threads()} threads")
+    table.insert(
+        1, "chain", f"batch {p.batch_size} x {cfg.steps} SGLD steps, {p.baseline}, {torch.get_num_threads()} threads"
+    )
     if out:
         table.to_csv(out, index=False)
     return table

@@ -1,4 +1,5 @@
-"""Command line: ``python -m ebmhelpers {run,train,recipe-study,bench,estimate,prepare-data}``.
+"""Command line: ``python -m ebmhelpers {run,train,report,recipe-study,export-pretrained,distill-study,bench,
+estimate,prepare-data}``.
 
 A mistake of the caller (an unknown profile, a profile sized for a GPU on a CPU, a notebook that does
 not exist) is one line on stderr and exit status 2, never a traceback.
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="folder for executed copies (default runs/<profile>/)")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 01")
 
-    train = sub.add_parser("train", help="train once: train (or resume) and commit the profile's models with their manifest")
+    train = sub.add_parser(
+        "train", help="train once: train (or resume) and commit the profile's models with their manifest"
+    )
     train.add_argument("--profile", help="profile to train (default: EBM_PROFILE, else the committed one)")
     which = train.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every model not yet committed from the committed baseline")
@@ -33,27 +36,53 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--list", action="store_true", help="every model of the profile and whether it is committed")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
-    study = sub.add_parser("recipe-study", help="train the cpu baseline under several PCD recipes at equal budget, "
-                           "scored on validation digits (resumable)")
+    study = sub.add_parser(
+        "recipe-study",
+        help="train the cpu baseline under several PCD recipes at equal budget, "
+        "scored on validation digits (resumable)",
+    )
     study.add_argument("--profile", default="cpu", help="profile whose baseline and validation split are used")
     study.add_argument("--recipes", nargs="*", help="subset of recipe names (default: all)")
-    study.add_argument("--training-length", action="store_true",
-                       help="instead: score every kept epoch snapshot of the profile's baseline on validation digits")
-    study.add_argument("--chain", metavar="SNAPSHOT",
-                       help="instead: compare generation chains for one snapshot (e.g. epoch8) on validation digits")
-    study.add_argument("--long", type=int, metavar="EPOCHS",
-                       help="instead: train --recipe for EPOCHS epochs with a snapshot after each (resumable, kept "
-                            "apart from the profile's baseline)")
-    study.add_argument("--targets", action="store_true",
-                       help="the committed baseline on test digits against its targets (IS, FID, confident, memorisation)")
-    study.add_argument("--select", nargs="+", metavar="SNAPSHOT",
-                       help="score these snapshots of --recipe's long run (epochN or epochN@ema<decay>) against the "
-                       "committed baseline on validation digits, and name the one the selection rule adopts")
-    study.add_argument("--recipe", help="with --long, --training-length or --chain: that recipe's long run "
-                                        "(default for the last two: the profile's baseline run)")
+    study.add_argument(
+        "--training-length",
+        action="store_true",
+        help="instead: score every kept epoch snapshot of the profile's baseline on validation digits",
+    )
+    study.add_argument(
+        "--chain",
+        metavar="SNAPSHOT",
+        help="instead: compare generation chains for one snapshot (e.g. epoch8) on validation digits",
+    )
+    study.add_argument(
+        "--long",
+        type=int,
+        metavar="EPOCHS",
+        help="instead: train --recipe for EPOCHS epochs with a snapshot after each (resumable, kept "
+        "apart from the profile's baseline)",
+    )
+    study.add_argument(
+        "--targets",
+        action="store_true",
+        help="the committed baseline on test digits against its targets (IS, FID, confident, memorisation)",
+    )
+    study.add_argument(
+        "--select",
+        nargs="+",
+        metavar="SNAPSHOT",
+        help="score these snapshots of --recipe's long run (epochN or epochN@ema<decay>) against the "
+        "committed baseline on validation digits, and name the one the selection rule adopts",
+    )
+    study.add_argument(
+        "--recipe",
+        help="with --long, --training-length or --chain: that recipe's long run "
+        "(default for the last two: the profile's baseline run)",
+    )
 
-    export = sub.add_parser("export-pretrained", help="commit a trained baseline (or one of its snapshots) as the "
-                            "profile's baseline in ebmhelpers/pretrained/<profile>/ with its manifest entry")
+    export = sub.add_parser(
+        "export-pretrained",
+        help="commit a trained baseline (or one of its snapshots) as the "
+        "profile's baseline in ebmhelpers/pretrained/<profile>/ with its manifest entry",
+    )
     export.add_argument("--profile", default="cpu")
     export.add_argument("--checkpoints", help="the run's checkpoint folder (default: the profile's)")
     export.add_argument("--snapshot", help="a kept snapshot to export instead of the final weights, e.g. epoch8")
@@ -62,15 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--seconds", type=float, required=True, help="training wall time up to the exported step")
     study.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
-    dstudy = sub.add_parser("distill-study", help="students trained by several distillation objectives at equal FLOPs, "
-                            "scored on validation digits (resumable; results/<profile>/distillation_study.csv)")
+    dstudy = sub.add_parser(
+        "distill-study",
+        help="students trained by several distillation objectives at equal FLOPs, "
+        "scored on validation digits (resumable; results/<profile>/distillation_study.csv)",
+    )
     dstudy.add_argument("--profile", default="cpu")
     dstudy.add_argument("--objectives", nargs="+", help="subset of objectives (default: all)")
     dstudy.add_argument("--ratios", nargs="+", type=float, help="student sizes as teacher/student parameter ratios")
     dstudy.add_argument("--seeds", type=int, default=None, help="training seeds per cell")
-    dstudy.add_argument("--budget-fraction", type=float, default=None, help="FLOPs per cell, as a fraction of the teacher's training")
+    dstudy.add_argument(
+        "--budget-fraction", type=float, default=None, help="FLOPs per cell, as a fraction of the teacher's training"
+    )
     dstudy.add_argument("--baseline", help="another teacher architecture, trained in the study's own folder")
-    dstudy.add_argument("--winners", action="store_true", help="instead: train and commit the chosen objective's students")
+    dstudy.add_argument(
+        "--winners", action="store_true", help="instead: train and commit the chosen objective's students"
+    )
     dstudy.add_argument("--objective", help="with --winners: this objective instead of the chosen one")
     dstudy.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
@@ -80,18 +116,28 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--models", nargs="*", help="subset of models to measure")
     bench.add_argument("--out", help="write the table as CSV here")
-    bench.add_argument("--interleaved", action="store_true",
-                       help="eager against channels_last and torch.compile on the profile's training chain, timed interleaved")
-    bench.add_argument("--speedups", action="store_true",
-                       help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
-                       "unmeasured and off in every profile) and the speed targets")
+    bench.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="eager against channels_last and torch.compile on the profile's training chain, timed interleaved",
+    )
+    bench.add_argument(
+        "--speedups",
+        action="store_true",
+        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
+        "unmeasured and off in every profile) and the speed targets",
+    )
 
-    report = sub.add_parser("report", help="the README's results section, generated from results/<profile>/ and the manifest")
+    report = sub.add_parser(
+        "report", help="the README's results section, generated from results/<profile>/ and the manifest"
+    )
     report.add_argument("--profile", default="cpu")
     report.add_argument("--write", action="store_true", help="replace the section between the README's markers")
     report.add_argument("--check", action="store_true", help="exit 1 when the README's section differs")
 
-    est = sub.add_parser("estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)")
+    est = sub.add_parser(
+        "estimate", help="FLOPs and hours of the whole series under a profile (estimate until measured)"
+    )
     est.add_argument("--profile", help="cpu | smoke | colab | gpu | paper (default: EBM_PROFILE, else cpu)")
     est.add_argument("--tflops", type=float, default=None, help="sustained TFLOP/s (default: an assumed T4 fp32 rate)")
     est.add_argument("--device", default="cuda", help="device type the series would run on (cuda | cpu)")
@@ -149,7 +195,8 @@ def _run(args: argparse.Namespace) -> int:
             if not args.recipe:
                 raise CommandError("--long needs --recipe NAME (the recipe to train)")
             trainer = long_run(args.recipe, args.long, args.profile)
-            print(f"{args.recipe}: {trainer.step} iterations, {len(trainer.rollbacks)} rollbacks, in {trainer.ckpt_path.parent}")
+            rollbacks = len(trainer.rollbacks)
+            print(f"{args.recipe}: {trainer.step} iterations, {rollbacks} rollbacks, in {trainer.ckpt_path.parent}")
         elif args.training_length:
             from .recipe_study import training_length_study
 
@@ -168,8 +215,10 @@ def _run(args: argparse.Namespace) -> int:
             print(generation_chain_study(args.chain, args.profile, args.recipe).to_string(index=False))
         else:
             if args.recipe:
-                raise CommandError("--recipe goes with --long, --training-length or --chain; "
-                                   "the study's subset of recipes is --recipes")
+                raise CommandError(
+                    "--recipe goes with --long, --training-length or --chain; "
+                    "the study's subset of recipes is --recipes"
+                )
             print(run_study(args.profile, args.recipes).to_string(index=False))
     elif args.command == "distill-study":
         import torch
@@ -183,8 +232,14 @@ def _run(args: argparse.Namespace) -> int:
                 for entry in ds.train_winners(args.profile, args.objective, args.baseline):
                     print(f"committed {entry['file']} ({entry['architecture']}, {entry['iterations']} steps)")
             else:
-                table = ds.run_study(args.profile, args.objectives, tuple(args.ratios or ds.RATIOS),
-                                     args.seeds or ds.SEEDS, args.budget_fraction or ds.BUDGET_FRACTION, args.baseline)
+                table = ds.run_study(
+                    args.profile,
+                    args.objectives,
+                    tuple(args.ratios or ds.RATIOS),
+                    args.seeds or ds.SEEDS,
+                    args.budget_fraction or ds.BUDGET_FRACTION,
+                    args.baseline,
+                )
                 summary = ds.summarize(ds.of_budget(table))
                 print(summary.to_string(index=False))
                 print(f"chosen objective: {ds.choose_objective(summary)}")
@@ -202,8 +257,17 @@ def _run(args: argparse.Namespace) -> int:
         folder = Path(args.checkpoints) if args.checkpoints else checkpoint_dir(p)
         keep = ("rewind", *(f"epoch{e}" for e in p.snapshot_epochs))
         state = baseline_state(folder, p.name, args.snapshot, args.weights, keep) | {"seconds": args.seconds}
-        entry = commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=state["step"],
-                       seconds=args.seconds, command=args.trained, weights=args.weights)
+        entry = commit(
+            p.name,
+            "baseline",
+            "baseline",
+            state,
+            architecture=p.baseline,
+            iterations=state["step"],
+            seconds=args.seconds,
+            command=args.trained,
+            weights=args.weights,
+        )
         print(f"committed {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]})")
     elif args.command == "bench":
         from .bench import run_bench, run_speedup_bench

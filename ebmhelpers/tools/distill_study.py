@@ -56,7 +56,13 @@ from ..models import count_parameters
 from ..profiles import Profile, get_profile
 from ..runtime import Context, checkpoint_dir, get_device, seed_everything
 from ..sampling import ReplayBuffer, frozen, sgld, sgld_step
-from ..training import DivergenceError, PCDTrainer, load_or_train_baseline, load_or_train_classifier, training_iterations
+from ..training import (
+    DivergenceError,
+    PCDTrainer,
+    load_or_train_baseline,
+    load_or_train_classifier,
+    training_iterations,
+)
 
 RATIOS = (4, 10, 40)  # students at about 1/4, 1/10 and 1/40 of the teacher's parameters
 BUDGET_FRACTION = 0.02  # each cell's budget: this fraction of the teacher's PCD training FLOPs
@@ -91,16 +97,24 @@ class Objective:
     pcd_from_teacher_buffer: bool = True  # PCD chains start from the teacher's buffer (False: from noise)
 
 
-OBJECTIVES: dict[str, Objective] = {o.key: o for o in (
-    Objective("eq6", "(a) eq. 6 on real, buffer, SGLD and noise inputs", "eq6"),
-    Objective("score", "(b) input-gradient (score) matching", "score", teacher_grads=True),
-    Objective("diff", "(c) pairwise energy differences", "diff"),
-    Objective("rank", "(c) pairwise logistic ranking", "rank"),
-    Objective("eq6+pcd", "(d) eq. 6, then PCD from the distilled student", "eq6", pcd_share=PCD_SHARE),
-    Objective("eq6+scale", "(e) eq. 6, then the energy scale fitted to the teacher's gradients", "eq6",
-              teacher_grads=True, scale_fit=True),
-    Objective("pcd", "(f) control: PCD from scratch", None, pcd_share=1.0, pcd_from_teacher_buffer=False),
-)}  # fmt: skip
+OBJECTIVES: dict[str, Objective] = {
+    o.key: o
+    for o in (
+        Objective("eq6", "(a) eq. 6 on real, buffer, SGLD and noise inputs", "eq6"),
+        Objective("score", "(b) input-gradient (score) matching", "score", teacher_grads=True),
+        Objective("diff", "(c) pairwise energy differences", "diff"),
+        Objective("rank", "(c) pairwise logistic ranking", "rank"),
+        Objective("eq6+pcd", "(d) eq. 6, then PCD from the distilled student", "eq6", pcd_share=PCD_SHARE),
+        Objective(
+            "eq6+scale",
+            "(e) eq. 6, then the energy scale fitted to the teacher's gradients",
+            "eq6",
+            teacher_grads=True,
+            scale_fit=True,
+        ),
+        Objective("pcd", "(f) control: PCD from scratch", None, pcd_share=1.0, pcd_from_teacher_buffer=False),
+    )
+}
 
 
 def make_loss(key: str, targets: distillation.DistillSet) -> objectives.Loss:
@@ -138,8 +152,11 @@ def student_for_ratio(teacher_params: int, teacher_flops: int, ratio: float) -> 
     named student (:func:`distillation.students_for`) within :data:`NAMED_SLACK` of that size, else
     the largest 4-convolution CNN of the grid (:func:`_grid`) that fits."""
     target = teacher_params / ratio
-    named = [n for n in distillation.students_for(teacher_params, teacher_flops)
-             if target / NAMED_SLACK <= distillation.STUDENTS[n].params <= target]
+    named = [
+        n
+        for n in distillation.students_for(teacher_params, teacher_flops)
+        if target / NAMED_SLACK <= distillation.STUDENTS[n].params <= target
+    ]
     if named:
         return max(named, key=lambda n: distillation.STUDENTS[n].params)
     for params, name in reversed(_grid()):
@@ -234,7 +251,9 @@ def pcd_iteration_flops(costs: UnitCosts, profile: Profile) -> float:
 
 def budget_flops(teacher_costs: UnitCosts, profile: Profile, n_fit: int, fraction: float = BUDGET_FRACTION) -> float:
     """``fraction`` of the teacher's PCD training: its iterations x (K SGLD steps and an update)."""
-    per_iter = profile.batch_size * (profile.sgld_steps * teacher_costs.teacher_energy_grad + 6 * teacher_costs.teacher_forward)
+    per_iter = profile.batch_size * (
+        profile.sgld_steps * teacher_costs.teacher_energy_grad + 6 * teacher_costs.teacher_forward
+    )
     return fraction * training_iterations(profile, n_fit) * per_iter
 
 
@@ -268,13 +287,20 @@ class Plan:
 
     @property
     def spent(self) -> float:
-        return self.teacher + self.distill_steps * self.step_flops + self.scale_fit + self.pcd_iterations * self.pcd_iteration_flops
+        return (
+            self.teacher
+            + self.distill_steps * self.step_flops
+            + self.scale_fit
+            + self.pcd_iterations * self.pcd_iteration_flops
+        )
 
     @property
     def unit(self) -> float:
         """The largest indivisible piece of the budget: the most a plan may fall short of it."""
-        return max(self.step_flops if self.distill_steps or self.scale_fit else 0.0,
-                   self.pcd_iteration_flops * max(self.pcd_epochs, 1) if self.pcd_iterations else 0.0)
+        return max(
+            self.step_flops if self.distill_steps or self.scale_fit else 0.0,
+            self.pcd_iteration_flops * max(self.pcd_epochs, 1) if self.pcd_iterations else 0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -294,7 +320,9 @@ def plan_cell(objective: Objective, costs: UnitCosts, budget: float, work: Workl
     ``ValueError`` when the teacher's work alone exceeds it."""
     teacher = 0.0
     if objective.loss is not None:
-        per_input = costs.teacher_energy_grad if objective.teacher_grads and not objective.scale_fit else costs.teacher_forward
+        per_input = (
+            costs.teacher_energy_grad if objective.teacher_grads and not objective.scale_fit else costs.teacher_forward
+        )
         teacher = work.n_inputs * per_input + work.sgld_chains * work.sgld_steps * costs.teacher_energy_grad
         if objective.scale_fit:
             teacher += work.n_fit * (costs.teacher_energy_grad - costs.teacher_forward)
@@ -324,8 +352,9 @@ def teacher_sgld_inputs(teacher: nn.Module, profile: Profile, n_chains: int, dev
     return chain[1:].flatten(0, 1)
 
 
-def study_inputs(teacher: nn.Module, profile: Profile, buffer: torch.Tensor, device: torch.device,
-                 progress: bool = True) -> tuple[distillation.DistillSet, int]:
+def study_inputs(
+    teacher: nn.Module, profile: Profile, buffer: torch.Tensor, device: torch.device, progress: bool = True
+) -> tuple[distillation.DistillSet, int]:
     """The distillation inputs (``distillation_inputs``' training part and the teacher's SGLD
     samples; kinds index :data:`STUDY_KINDS`) with the teacher's energies and input gradients, and
     the number of teacher chains that made the SGLD kind."""
@@ -398,8 +427,9 @@ def cell_name(student: str, objective: str, seed: int, budget: float) -> str:
     return f"{student}_{objective.replace('+', '-')}_s{seed}_b{budget:.3g}"
 
 
-def train_cell(setup: Setup, student_name: str, objective: Objective, plan: Plan, seed: int,
-               progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def train_cell(
+    setup: Setup, student_name: str, objective: Objective, plan: Plan, seed: int, progress: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or resume) one student with ``objective`` as ``plan`` says; returns it (eval mode)
     and its columns: steps and iterations run, PCD rollbacks, fitted energy scale, outcome, training
     seconds, and ``state``, the weights as :func:`pretrained.commit` stores them."""
@@ -407,15 +437,30 @@ def train_cell(setup: Setup, student_name: str, objective: Objective, plan: Plan
     name = cell_name(student_name, objective.key, seed, plan.budget)
     seed_everything(p.seed + seed)
     student = distillation.build_student(student_name).to(setup.ctx.device)
-    info: dict[str, Any] = {"distill_steps": 0, "pcd_iterations": 0, "pcd_rollbacks": 0, "energy_scale": 1.0,
-                            "outcome": "ok"}
+    info: dict[str, Any] = {
+        "distill_steps": 0,
+        "pcd_iterations": 0,
+        "pcd_rollbacks": 0,
+        "energy_scale": 1.0,
+        "outcome": "ok",
+    }
     history: list[list[float]] = []  # the distillation's loss per step (what a committed student keeps)
     if objective.loss is not None:
         distiller = ObjectiveDistiller(
-            student, setup.targets, plan.distill_steps, setup.work.distill_batch, seed=p.seed + seed,
-            ckpt_path=setup.folder / f"{name}_distill.pt", ckpt_every=p.ckpt_every,
-            meta={"loss": objective.loss, "student": student_name, "teacher": distillation.teacher_fingerprint(setup.teacher.model)},
-            loss_fn=make_loss(objective.loss, setup.targets))  # fmt: skip
+            student,
+            setup.targets,
+            plan.distill_steps,
+            setup.work.distill_batch,
+            seed=p.seed + seed,
+            ckpt_path=setup.folder / f"{name}_distill.pt",
+            ckpt_every=p.ckpt_every,
+            meta={
+                "loss": objective.loss,
+                "student": student_name,
+                "teacher": distillation.teacher_fingerprint(setup.teacher.model),
+            },
+            loss_fn=make_loss(objective.loss, setup.targets),
+        )
         if not (distiller.load() and distiller.done):
             distiller.fit(progress=progress, desc=f"{student_name} {objective.key} (seed {seed})")
         student, info["distill_steps"] = distiller.student, distiller.step
@@ -425,18 +470,33 @@ def train_cell(setup: Setup, student_name: str, objective: Objective, plan: Plan
             info["outcome"] = "non-finite loss"
     if objective.scale_fit:
         t0, mask = time.perf_counter(), fit_mask(setup.targets)
-        info["energy_scale"] = objectives.fit_energy_scale(student, setup.targets.x[mask], setup.targets.grad[mask],
-                                                           p.eval_batch_size)
+        info["energy_scale"] = objectives.fit_energy_scale(
+            student, setup.targets.x[mask], setup.targets.grad[mask], p.eval_batch_size
+        )
         objectives.fold_energy_scale(student, info["energy_scale"])
         seconds += time.perf_counter() - t0
     if plan.pcd_iterations:
-        pp = p.replace(seed=p.seed + seed, epochs=plan.pcd_epochs, max_iters_per_epoch=plan.pcd_iters_per_epoch,
-                       snapshot_epochs=(), ema_decays=())
-        buffer = ReplayBuffer(pp.buffer_size, (1, 28, 28), pp.reinit_frac, setup.ctx.device, pp.buffer_max_age, pp.buffer_grows)
+        pp = p.replace(
+            seed=p.seed + seed,
+            epochs=plan.pcd_epochs,
+            max_iters_per_epoch=plan.pcd_iters_per_epoch,
+            snapshot_epochs=(),
+            ema_decays=(),
+        )
+        buffer = ReplayBuffer(
+            pp.buffer_size, (1, 28, 28), pp.reinit_frac, setup.ctx.device, pp.buffer_max_age, pp.buffer_grows
+        )
         if objective.pcd_from_teacher_buffer:
             buffer.samples = setup.teacher.buffer.samples.clone()
-        trainer = PCDTrainer(student, pp, setup.images, ckpt_path=setup.folder / f"{name}_pcd.pt",
-                             device=setup.ctx.device, buffer=buffer, origin=f"study:{name}")
+        trainer = PCDTrainer(
+            student,
+            pp,
+            setup.images,
+            ckpt_path=setup.folder / f"{name}_pcd.pt",
+            device=setup.ctx.device,
+            buffer=buffer,
+            origin=f"study:{name}",
+        )
         trainer.load()
         try:
             trainer.fit(progress=progress)
@@ -447,8 +507,12 @@ def train_cell(setup: Setup, student_name: str, objective: Objective, plan: Plan
         info["pcd_iterations"], info["pcd_rollbacks"] = trainer.step, len(trainer.rollbacks)
         seconds += trainer.seconds
     info["train_seconds"] = seconds  # over every call that trained this cell (kept in its checkpoints)
-    info["state"] = {"model": pretrained.encode_masks(student.state_dict()), "step": info["distill_steps"] + info["pcd_iterations"],
-                     "history": pretrained.pack_history(history), "seconds": info["train_seconds"]}
+    info["state"] = {
+        "model": pretrained.encode_masks(student.state_dict()),
+        "step": info["distill_steps"] + info["pcd_iterations"],
+        "history": pretrained.pack_history(history),
+        "seconds": info["train_seconds"],
+    }
     return student.eval(), info
 
 
@@ -469,11 +533,27 @@ def study_context(profile: str | Profile | None = None, baseline: str | None = N
     return Context(p, get_device(), checkpoint_dir(base) / "distill_study" / f"teacher_{p.baseline}_val{p.val_size}")
 
 
-def reproduce_command(profile: str, objectives_: Sequence[str], ratios: Sequence[float], seeds: int,
-                      budget_fraction: float, baseline: str | None) -> str:
+def reproduce_command(
+    profile: str,
+    objectives_: Sequence[str],
+    ratios: Sequence[float],
+    seeds: int,
+    budget_fraction: float,
+    baseline: str | None,
+) -> str:
     """The command line that recomputes a run's rows."""
-    cmd = ["python", "-m", "ebmhelpers", "distill-study", "--profile", profile, "--seeds", str(seeds),
-           "--budget-fraction", f"{budget_fraction:g}"]
+    cmd = [
+        "python",
+        "-m",
+        "ebmhelpers",
+        "distill-study",
+        "--profile",
+        profile,
+        "--seeds",
+        str(seeds),
+        "--budget-fraction",
+        f"{budget_fraction:g}",
+    ]
     if list(objectives_) != list(OBJECTIVES):
         cmd += ["--objectives", *objectives_]
     if tuple(ratios) != RATIOS:
@@ -510,9 +590,13 @@ def prepare(ctx: Context, progress: bool = True) -> tuple[PCDTrainer, nn.Module,
 
 
 def run_study(
-    profile: str | Profile | None = None, objective_keys: Sequence[str] | None = None,
-    ratios: Sequence[float] = RATIOS, seeds: int = SEEDS, budget_fraction: float = BUDGET_FRACTION,
-    baseline: str | None = None, progress: bool = True,
+    profile: str | Profile | None = None,
+    objective_keys: Sequence[str] | None = None,
+    ratios: Sequence[float] = RATIOS,
+    seeds: int = SEEDS,
+    budget_fraction: float = BUDGET_FRACTION,
+    baseline: str | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Train and score every (ratio, objective, seed) cell that is not yet a row of the CSV, and
     the teacher once; each row is written as soon as its cell is scored. Returns the table."""
@@ -532,8 +616,13 @@ def run_study(
     budget = budget_flops(next(iter(costs.values())), p, len(images), budget_fraction)
     out_csv = ctx.results / CSV_NAME
     table = pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame()
-    common = {"profile": p.name, "teacher_arch": p.baseline, "budget_flops": float(budget),
-              "budget_fraction": budget_fraction, "flop_unit": "FLOPs (torch.utils.flop_counter)"}
+    common = {
+        "profile": p.name,
+        "teacher_arch": p.baseline,
+        "budget_flops": float(budget),
+        "budget_fraction": budget_fraction,
+        "flop_unit": "FLOPs (torch.utils.flop_counter)",
+    }
     ev: ValidationEvaluator | None = None
 
     def save(row: dict[str, Any]) -> None:
@@ -551,16 +640,36 @@ def run_study(
         ev = ev or ValidationEvaluator(ctx, classifier)
         noise = torch.rand(p.n_gen, 1, 28, 28, generator=torch.Generator().manual_seed(p.seed + 1)) * 2 - 1
         save(common | noise_key | {"params": 0} | ev.quality_of_samples(noise))
-    todo = [(r, k, s) for r in students for k in keys for s in range(seeds)
-            if not _done(table, {"teacher_arch": p.baseline, "ratio": r, "student": students[r], "objective": k,
-                                 "seed": s, "budget_flops": float(budget)})]
+    todo = [
+        (r, k, s)
+        for r in students
+        for k in keys
+        for s in range(seeds)
+        if not _done(
+            table,
+            {
+                "teacher_arch": p.baseline,
+                "ratio": r,
+                "student": students[r],
+                "objective": k,
+                "seed": s,
+                "budget_flops": float(budget),
+            },
+        )
+    ]
     if todo:
         from ..progress import tqdm
 
         targets, n_chains = study_inputs(teacher.model, p, teacher.buffer.samples, device, progress)
         fit = int(fit_mask(targets).sum())
-        work = Workload(len(targets), fit, n_chains, SGLD_RECORDS * max(1, p.gen_sgld_config().steps // SGLD_RECORDS),
-                        p.distill_batch_size, training_iterations(p.replace(epochs=1), len(images)))
+        work = Workload(
+            len(targets),
+            fit,
+            n_chains,
+            SGLD_RECORDS * max(1, p.gen_sgld_config().steps // SGLD_RECORDS),
+            p.distill_batch_size,
+            training_iterations(p.replace(epochs=1), len(images)),
+        )
         setup = Setup(ctx, teacher, targets, images, work, cells_folder(ctx))
         ev = ev or ValidationEvaluator(ctx, classifier)
         for ratio, key, seed in tqdm(todo, desc="distillation study cells", disable=not progress):
@@ -570,19 +679,37 @@ def run_study(
             info.pop("state")
             t0 = time.perf_counter()
             row, _, _ = ev.score(model, f"{name}/{key}/s{seed}")
-            save(common | {"teacher_arch": p.baseline, "ratio": ratio, "target_params": t_params / ratio,
-                           "student": name, "objective": key, "seed": seed, "label": OBJECTIVES[key].label,
-                           "teacher_flops": plan.teacher, "student_flops": plan.spent - plan.teacher,
-                           "spent_flops": plan.spent, "budget_used": plan.spent / budget,
-                           "planned_distill_steps": plan.distill_steps, "planned_pcd_iterations": plan.pcd_iterations,
-                           **info, "score_seconds": time.perf_counter() - t0} | row)  # fmt: skip
+            save(
+                common
+                | {
+                    "teacher_arch": p.baseline,
+                    "ratio": ratio,
+                    "target_params": t_params / ratio,
+                    "student": name,
+                    "objective": key,
+                    "seed": seed,
+                    "label": OBJECTIVES[key].label,
+                    "teacher_flops": plan.teacher,
+                    "student_flops": plan.spent - plan.teacher,
+                    "spent_flops": plan.spent,
+                    "budget_used": plan.spent / budget,
+                    "planned_distill_steps": plan.distill_steps,
+                    "planned_pcd_iterations": plan.pcd_iterations,
+                    **info,
+                    "score_seconds": time.perf_counter() - t0,
+                }
+                | row
+            )
     if len(table):
         from ..plotting import plot_distill_study
 
         summary = summarize(of_budget(table))
-        plot_distill_study(summary[~summary.objective.isin(REFERENCE_ROWS)], summary[summary.objective == TEACHER].iloc[0],
-                           title=f"distillation objectives at equal compute (validation digits)\n{ctx.label()}",
-                           save=ctx.figures / "distillation_study.png")
+        plot_distill_study(
+            summary[~summary.objective.isin(REFERENCE_ROWS)],
+            summary[summary.objective == TEACHER].iloc[0],
+            title=f"distillation objectives at equal compute (validation digits)\n{ctx.label()}",
+            save=ctx.figures / "distillation_study.png",
+        )
     return table
 
 
@@ -613,7 +740,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         for col in ("IS", "FID"):
             within = part[f"{col}_std"].pow(2).mean() if part[f"{col}_std"].notna().any() else 0.0
             across = part[col].var(ddof=1) if len(part) > 1 else 0.0
-            row[f"{col}_std"] = float((within + across) ** 0.5) if len(part) > 1 or part[f"{col}_std"].notna().any() else float("nan")
+            row[f"{col}_std"] = (
+                float((within + across) ** 0.5) if len(part) > 1 or part[f"{col}_std"].notna().any() else float("nan")
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -682,15 +811,35 @@ def targets(summary: pd.DataFrame) -> pd.DataFrame:
     if len(pick):
         best = pick.loc[pick.FID.idxmin()]
         why = keeps_targets(best, teacher, refs)
-        rows.append({"target": "compressed", "student": best.student, "objective": best.objective,
-                     "params": int(best.params), "IS": best.IS, "FID": best.FID, "met": not why, "why": "; ".join(why)})
+        rows.append(
+            {
+                "target": "compressed",
+                "student": best.student,
+                "objective": best.objective,
+                "params": int(best.params),
+                "IS": best.IS,
+                "FID": best.FID,
+                "met": not why,
+                "why": "; ".join(why),
+            }
+        )
     else:
         rows.append({"target": "compressed", "met": False, "why": "no student with at most 1/4 of the parameters"})
     gen = students[students.apply(lambda r: verdicts.generates(r, refs), axis=1)] if len(students) else students
     if len(gen):
         best = gen.sort_values(["params", "FID"]).iloc[0]
-        rows.append({"target": "smallest generating", "student": best.student, "objective": best.objective,
-                     "params": int(best.params), "IS": best.IS, "FID": best.FID, "met": True, "why": ""})
+        rows.append(
+            {
+                "target": "smallest generating",
+                "student": best.student,
+                "objective": best.objective,
+                "params": int(best.params),
+                "IS": best.IS,
+                "FID": best.FID,
+                "met": True,
+                "why": "",
+            }
+        )
     else:
         rows.append({"target": "smallest generating", "met": False, "why": "no student generates"})
     return pd.DataFrame(rows)
@@ -702,8 +851,12 @@ def winner_file(student: str, objective: str) -> str:
     return distillation.student_file(student, f"study_{objective.replace('+', '-')}")
 
 
-def train_winners(profile: str | Profile | None = None, objective: str | None = None, baseline: str | None = None,
-                  progress: bool = True) -> list[dict[str, Any]]:
+def train_winners(
+    profile: str | Profile | None = None,
+    objective: str | None = None,
+    baseline: str | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Train (or take from the study's checkpoints) seed 0 of ``objective``'s students (default:
     :func:`choose_objective` on the study's table) at every ratio of the table, and commit each
     one through the manifest (kind ``student``, :func:`pretrained.commit`); returns the entries."""
@@ -721,9 +874,14 @@ def train_winners(profile: str | Profile | None = None, objective: str | None = 
         raise ValueError(f"the study table has no seed-0 row of objective {objective!r}")
     images = data_mod.load_training_split("fit", p.val_size, p.train_subset, p.seed, ctx.device)
     targets, n_chains = study_inputs(teacher.model, p, teacher.buffer.samples, ctx.device, progress)
-    work = Workload(len(targets), int(fit_mask(targets).sum()), n_chains,
-                    SGLD_RECORDS * max(1, p.gen_sgld_config().steps // SGLD_RECORDS), p.distill_batch_size,
-                    training_iterations(p.replace(epochs=1), len(images)))
+    work = Workload(
+        len(targets),
+        int(fit_mask(targets).sum()),
+        n_chains,
+        SGLD_RECORDS * max(1, p.gen_sgld_config().steps // SGLD_RECORDS),
+        p.distill_batch_size,
+        training_iterations(p.replace(epochs=1), len(images)),
+    )
     setup = Setup(ctx, teacher, targets, images, work, cells_folder(ctx))
     losses = sorted({o.loss for o in OBJECTIVES.values() if o.loss})
     entries = []
@@ -731,8 +889,20 @@ def train_winners(profile: str | Profile | None = None, objective: str | None = 
         costs = measure_costs(teacher.model, distillation.build_student(row.student), losses)
         plan = plan_cell(OBJECTIVES[objective], costs, budget, work, p)
         _, info = train_cell(setup, row.student, OBJECTIVES[objective], plan, 0, progress)
-        entries.append(pretrained.commit(
-            p.name, winner_file(row.student, objective), "student", info["state"], architecture=row.student,
-            iterations=info["state"]["step"], seconds=info["train_seconds"], command=f"{row.command} --winners",
-            seed=0, parent=teacher.identity, variant=f"study_{objective}", budget_flops=budget))
+        entries.append(
+            pretrained.commit(
+                p.name,
+                winner_file(row.student, objective),
+                "student",
+                info["state"],
+                architecture=row.student,
+                iterations=info["state"]["step"],
+                seconds=info["train_seconds"],
+                command=f"{row.command} --winners",
+                seed=0,
+                parent=teacher.identity,
+                variant=f"study_{objective}",
+                budget_flops=budget,
+            )
+        )
     return entries

@@ -81,8 +81,7 @@ def count_step_flops(model: nn.Module, batch: int = 1) -> StepFlops:
         fwd = count(lambda: model(zeros()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return StepFlops(fwd, count(sgld_step), count(lambda: model(zeros()).sum().backward()),
-                         count(grad_match_step))  # fmt: skip
+        return StepFlops(fwd, count(sgld_step), count(lambda: model(zeros()).sum().backward()), count(grad_match_step))
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +89,11 @@ def network_flops(kind: str, name: str) -> StepFlops:
     """:class:`StepFlops` of a baseline architecture (``kind='baseline'``), a student or the
     metric classifier (``kind='classifier'``), built on the ``meta`` device and counted once
     per process."""
-    builders = {"baseline": build_baseline, "student": distillation.build_student, "classifier": lambda _: MNISTClassifier()}
+    builders = {
+        "baseline": build_baseline,
+        "student": distillation.build_student,
+        "classifier": lambda _: MNISTClassifier(),
+    }
     if kind not in builders:
         raise ValueError(f"unknown network kind {kind!r}; choose one of {list(builders)}")
     with torch.device("meta"):
@@ -152,8 +155,12 @@ def series_flops(profile: Profile | str | None = None, device: str = "cuda") -> 
     add("03", "sampler comparison (fp32, autocast, weight-only)", samplers, samplers * n_prec * p.gen_steps * base.sgld)
     variants = 1 + len(quantization.WEIGHT_ONLY_BITS)
     n_ood = p.n_ood or MNIST_TEST
-    add("03", "calibration and fidelity checks", variants,
-        p.n_calib * base.forward + variants * (n_prec * base.sgld + n_ood * base.forward))  # fmt: skip
+    add(
+        "03",
+        "calibration and fidelity checks",
+        variants,
+        p.n_calib * base.forward + variants * (n_prec * base.sgld + n_ood * base.forward),
+    )
     # 04: pruning
     strategies, ratios = list(pruning.STRATEGIES.values()), len(p.prune_ratios)
     tuned = sum(s.finetuned for s in strategies) * ratios
@@ -162,12 +169,19 @@ def series_flops(profile: Profile | str | None = None, device: str = "cuda") -> 
     add("04", "score each strategy x ratio", len(strategies) * ratios, len(strategies) * ratios * score)
     add("04", "fine-tune (Conv2d strategies x ratios)", tuned, tuned * _pcd_flops(p, ft_iters, base))
     add("04", "score the fine-tuned models", tuned, tuned * score)
-    add("04", "lottery ticket: rounds of rewound training", p.lottery_rounds, p.lottery_rounds * _pcd_flops(p, ft_iters, base))
+    add(
+        "04",
+        "lottery ticket: rounds of rewound training",
+        p.lottery_rounds,
+        p.lottery_rounds * _pcd_flops(p, ft_iters, base),
+    )
     add("04", "score the lottery ticket", 1, score)
     # 05: distillation
     with torch.device("meta"):
         teacher = build_baseline(p.baseline)
-        students = distillation.students_with_paper_ratio(count_parameters(teacher), distillation.forward_flops(teacher))
+        students = distillation.students_with_paper_ratio(
+            count_parameters(teacher), distillation.forward_flops(teacher)
+        )
     n_hold = p.buffer_size // distillation.HOLDOUT_FRACTION
     n_points = n_train + 2 * (p.buffer_size - n_hold)
     add("05", "teacher energies and input gradients", 1, (n_points + 3 * n_hold) * base.sgld)
@@ -184,12 +198,18 @@ def series_flops(profile: Profile | str | None = None, device: str = "cuda") -> 
     assumed_best = distillation.PAPER_SIZED_STUDENT if distillation.PAPER_SIZED_STUDENT in students else students[0]
     chain_steps = sum(max(1, round(f * p.gen_steps)) for f in distillation.BUFFER_CHAIN_FRACTIONS)
     student_net = network_flops("student", assumed_best)
-    add("05", f"chains from the teacher's buffer ({assumed_best} as the best student)", 1,
-        chain_steps * p.n_gen * student_net.sgld)  # fmt: skip
+    add(
+        "05",
+        f"chains from the teacher's buffer ({assumed_best} as the best student)",
+        1,
+        chain_steps * p.n_gen * student_net.sgld,
+    )
     # 06: the sampling-budget study (baseline and the best student)
     add("06", "sampling budget: baseline", 1, _budget_flops(p, base, clf))
     add("06", f"sampling budget: {assumed_best} as the best student", 1, _budget_flops(p, student_net, clf))
-    add("02-06", "Evaluator set-up (real-digit FID statistics)", N_EVALUATORS, N_EVALUATORS * p.n_fid_real * clf.forward)
+    add(
+        "02-06", "Evaluator set-up (real-digit FID statistics)", N_EVALUATORS, N_EVALUATORS * p.n_fid_real * clf.forward
+    )
     return pd.DataFrame(rows)
 
 
@@ -203,19 +223,24 @@ def estimate(
     table["hours"] = table.flops / flops_per_s / 3600
     total = table.flops.sum()
     by_nb = table.groupby("notebook", sort=False).hours.sum()
-    assumed = (f"assumed {flops_per_s / 1e12:.2f} TFLOP/s sustained (ASSUMPTION: {ASSUMED_EFFICIENCY:.0%} of a T4's "
-               f"{PEAK_FLOPS['T4']['fp32'] / 1e12:.1f} TFLOP/s fp32 peak)" if flops_per_s == ASSUMED_T4_FLOPS_PER_S
-               else f"at {flops_per_s / 1e12:.3g} TFLOP/s")  # fmt: skip
-    summary = (f"profile {p.name} ({p.baseline}): {total:.3g} FLOPs counted, about {duration_text(total / flops_per_s)} "
-               f"{assumed}; by notebook: " + ", ".join(f"{nb} {duration_text(h * 3600)}" for nb, h in by_nb.items())
-               + f" [{LABEL}]")  # fmt: skip
+    assumed = (
+        f"assumed {flops_per_s / 1e12:.2f} TFLOP/s sustained (ASSUMPTION: {ASSUMED_EFFICIENCY:.0%} of a T4's "
+        f"{PEAK_FLOPS['T4']['fp32'] / 1e12:.1f} TFLOP/s fp32 peak)"
+        if flops_per_s == ASSUMED_T4_FLOPS_PER_S
+        else f"at {flops_per_s / 1e12:.3g} TFLOP/s"
+    )
+    summary = (
+        f"profile {p.name} ({p.baseline}): {total:.3g} FLOPs counted, about {duration_text(total / flops_per_s)} "
+        f"{assumed}; by notebook: "
+        + ", ".join(f"{nb} {duration_text(h * 3600)}" for nb, h in by_nb.items())
+        + f" [{LABEL}]"
+    )
     return table, summary
 
 
 def total_flops(profile: Profile | str | None = None, device: str = "cuda") -> float:
     """All FLOPs of :func:`series_flops`."""
     return float(series_flops(profile, device).flops.sum())
-
 
 
 def t4_ratio(measured_on: str, dtype: str = "bf16") -> float:

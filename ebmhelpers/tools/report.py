@@ -84,9 +84,18 @@ def _models(profile: str) -> pd.DataFrame:
         return train_all.status(profile)[["name", "kind", "committed", "fresh"]]
     except ProfileError:
         entries = pretrained.read_manifest(profile).values()
-        return pd.DataFrame([{"name": e["name"], "kind": e["kind"], "committed": True,
-                              "fresh": pretrained.is_fresh(profile, e["name"])} for e in entries],
-                            columns=["name", "kind", "committed", "fresh"])
+        return pd.DataFrame(
+            [
+                {
+                    "name": e["name"],
+                    "kind": e["kind"],
+                    "committed": True,
+                    "fresh": pretrained.is_fresh(profile, e["name"]),
+                }
+                for e in entries
+            ],
+            columns=["name", "kind", "committed", "fresh"],
+        )
 
 
 def trained_once(models: pd.DataFrame, manifest: dict[str, dict]) -> str:
@@ -101,26 +110,39 @@ def trained_once(models: pd.DataFrame, manifest: dict[str, dict]) -> str:
     for k in dict.fromkeys(kind[n] for n in names):
         entries = [manifest[n] for n in names if kind[n] == k and n in manifest]
         total = sum(1 for n in names if kind[n] == k)
-        rows.append({"kind": k, "committed": f"{len(entries)} of {total}",
-                     "iterations per model": _span([e["iterations"] for e in entries]) if entries else "-",
-                     "hours": _num(sum(e["seconds"] for e in entries) / 3600) if entries else "-",
-                     "hardware": "; ".join(dict.fromkeys(e.get("hardware", "?") for e in entries)) or "-",
-                     "trained on": _dates([e.get("date", "?") for e in entries])})  # fmt: skip
+        rows.append(
+            {
+                "kind": k,
+                "committed": f"{len(entries)} of {total}",
+                "iterations per model": _span([e["iterations"] for e in entries]) if entries else "-",
+                "hours": _num(sum(e["seconds"] for e in entries) / 3600) if entries else "-",
+                "hardware": "; ".join(dict.fromkeys(e.get("hardware", "?") for e in entries)) or "-",
+                "trained on": _dates([e.get("date", "?") for e in entries]),
+            }
+        )
     seconds = sum(e["seconds"] for e in manifest.values())
     stale = [n for n, done, fresh in zip(models.name, models.committed, models.fresh) if done and not fresh]
     todo = [n for n in names if n not in manifest]
-    out = (f"**Trained once** (`manifest.json`; `train --list` names the models): {len(manifest)} of {len(names)} "
-           f"models committed, {_num(seconds / 3600)} h of training in all (the sum of their `seconds`).\n\n"
-           + markdown(pd.DataFrame(rows)))
+    out = (
+        f"**Trained once** (`manifest.json`; `train --list` names the models): {len(manifest)} of {len(names)} "
+        f"models committed, {_num(seconds / 3600)} h of training in all (the sum of their `seconds`).\n\n"
+        + markdown(pd.DataFrame(rows))
+    )
     notes = [f"`{n}`: {e['seconds_note']}." for n, e in manifest.items() if e.get("seconds_note")]
     if notes:
         out += "\n\nHow the seconds were measured: " + " ".join(notes)
     if stale:
-        out += (f"\n\n{len(stale)} committed model(s) not fresh (altered, or trained from another baseline): "
-                + ", ".join(f"`{n}`" for n in stale) + ".")
+        out += (
+            f"\n\n{len(stale)} committed model(s) not fresh (altered, or trained from another baseline): "
+            + ", ".join(f"`{n}`" for n in stale)
+            + "."
+        )
     if todo:
-        out += (f"\n\nNot committed yet ({len(todo)}; until they are, the notebook that needs one trains it): "
-                + ", ".join(f"`{n}`" for n in todo) + ".")
+        out += (
+            f"\n\nNot committed yet ({len(todo)}; until they are, the notebook that needs one trains it): "
+            + ", ".join(f"`{n}`" for n in todo)
+            + "."
+        )
     return out
 
 
@@ -132,14 +154,18 @@ def _times(folder: Path, manifest: dict[str, dict]) -> str:
         return _missing("notebook_times")
     cols = [c for c in ("notebook", "seconds", "hardware", "finished") if c in t]
     rows = t.assign(seconds=t.seconds.map(lambda s: _num(s, 4)))[cols]
-    out = (f"**Series time**: {_num(t.seconds.sum() / 60)} minutes in all (`notebook_times.csv`: each notebook's "
-           f"wall time in its latest run).\n\n{markdown(rows)}")
+    out = (
+        f"**Series time**: {_num(t.seconds.sum() / 60)} minutes in all (`notebook_times.csv`: each notebook's "
+        f"wall time in its latest run).\n\n{markdown(rows)}"
+    )
     newest = max((e["date"] for e in manifest.values() if e.get("date")), default=None)
     if newest and "finished" in t:
         older = [nb for nb, done in zip(t.notebook, t.finished) if str(done)[:10] < newest]
         if older:
-            out += (f"\n\n{len(older)} of {len(t)} notebooks last ran before {newest}, the date of the newest "
-                    f"committed model: their tables come from the models as they were then, not from those committed since.")
+            out += (
+                f"\n\n{len(older)} of {len(t)} notebooks last ran before {newest}, the date of the newest "
+                f"committed model: their tables come from the models as they were then, not from those committed since."
+            )
     return out
 
 
@@ -148,27 +174,48 @@ def _baseline(folder: Path) -> str:
     if b is None:
         return _missing("baseline")
     r = b.iloc[0]
-    cols = {"parameters": _num(r.params), "IS": _pm(r, "IS"), "FID": _pm(r, "FID"), "confident": _num(r.confident),
-            "class entropy (bits)": _num(r.entropy_bits), "seeds": int(r.n_seeds),
-            **{f"AUROC {s}": _num(r[f"auroc_{s}"]) for s in ("noise", "flip", "reduced", "shrink_centre", "fashion", "uniform")
-               if f"auroc_{s}" in r}}  # fmt: skip
+    cols = {
+        "parameters": _num(r.params),
+        "IS": _pm(r, "IS"),
+        "FID": _pm(r, "FID"),
+        "confident": _num(r.confident),
+        "class entropy (bits)": _num(r.entropy_bits),
+        "seeds": int(r.n_seeds),
+        **{
+            f"AUROC {s}": _num(r[f"auroc_{s}"])
+            for s in ("noise", "flip", "reduced", "shrink_centre", "fashion", "uniform")
+            if f"auroc_{s}" in r
+        },
+    }
     out = f"**Baseline** (`baseline.csv`, test digits):\n\n{markdown(pd.DataFrame([cols]))}"
     t = _read(folder, "baseline_targets")
     if t is not None:
-        rows = t.assign(value=[f"{_num(v)}" + (f" ± {_num(s, 2)}" if pd.notna(s) else "") for v, s in zip(t.value, t["std"])],
-                        met=t.met.map({True: "met", False: "missed"}))[["target", "rule", "value", "met"]]
-        which = (f"the baseline of {_num(t.baseline_iterations.iloc[0])} iterations, sha256 {t.baseline.iloc[0][:12]}"
-                 if "baseline" in t else "the committed baseline")
-        out += (f"\n\n**Baseline targets** (`baseline_targets.csv`: {which}; {int(t.n_seeds.iloc[0])} seeds x "
-                f"{_num(t.digits_per_seed.iloc[0])} test digits, chain {t.chain.iloc[0]}):\n\n{markdown(rows)}")
+        rows = t.assign(
+            value=[f"{_num(v)}" + (f" ± {_num(s, 2)}" if pd.notna(s) else "") for v, s in zip(t.value, t["std"])],
+            met=t.met.map({True: "met", False: "missed"}),
+        )[["target", "rule", "value", "met"]]
+        which = (
+            f"the baseline of {_num(t.baseline_iterations.iloc[0])} iterations, sha256 {t.baseline.iloc[0][:12]}"
+            if "baseline" in t
+            else "the committed baseline"
+        )
+        out += (
+            f"\n\n**Baseline targets** (`baseline_targets.csv`: {which}; {int(t.n_seeds.iloc[0])} seeds x "
+            f"{_num(t.digits_per_seed.iloc[0])} test digits, chain {t.chain.iloc[0]}):\n\n{markdown(rows)}"
+        )
     return out
 
 
 def _scored(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Key columns, then IS and FID with their spread and the worst AUROC of the paper's transforms."""
-    return pd.DataFrame({**{k: df[k] for k in keys}, "IS": [_pm(r, "IS") for _, r in df.iterrows()],
-                         "FID": [_pm(r, "FID") for _, r in df.iterrows()],
-                         "worst AUROC": [f"{_num(r.auroc_worst)} ({r.worst_set})" for _, r in df.iterrows()]})
+    return pd.DataFrame(
+        {
+            **{k: df[k] for k in keys},
+            "IS": [_pm(r, "IS") for _, r in df.iterrows()],
+            "FID": [_pm(r, "FID") for _, r in df.iterrows()],
+            "worst AUROC": [f"{_num(r.auroc_worst)} ({r.worst_set})" for _, r in df.iterrows()],
+        }
+    )
 
 
 def _scored_section(folder: Path, name: str, title: str, keys: list[str], formats: dict) -> str:
@@ -187,8 +234,13 @@ def _quantization(folder: Path) -> str:
 
 
 def _pruning(folder: Path) -> str:
-    return _scored_section(folder, "pruning", "Pruning", ["method", "strategy", "ratio", "finetuned", "training_seeds"],
-                           {"ratio": lambda r: f"{r:.0%}", "finetuned": {True: "yes", False: "no"}.get})
+    return _scored_section(
+        folder,
+        "pruning",
+        "Pruning",
+        ["method", "strategy", "ratio", "finetuned", "training_seeds"],
+        {"ratio": lambda r: f"{r:.0%}", "finetuned": {True: "yes", False: "no"}.get},
+    )
 
 
 def _distillation(folder: Path) -> str:
@@ -203,8 +255,9 @@ def _verdicts(folder: Path) -> str:
     except FileNotFoundError as err:
         return f"*No verdicts: {err}*"
     counts = ", ".join(f"{n} {verdict}" for verdict, n in v.verdict.value_counts().items())
-    return (f"**The paper's claims** (`paper_report.verdict_table`): {counts}.\n\n"
-            + markdown(v[["claim", "section", "verdict"]]))
+    return f"**The paper's claims** (`paper_report.verdict_table`): {counts}.\n\n" + markdown(
+        v[["claim", "section", "verdict"]]
+    )
 
 
 def render(profile: str = "cpu", folder: str | Path | None = None) -> str:
@@ -212,10 +265,17 @@ def render(profile: str = "cpu", folder: str | Path | None = None) -> str:
     (default: the checkout's ``results/<profile>/``)."""
     folder = Path(folder) if folder is not None else COMMITTED_RESULTS / profile
     manifest = pretrained.read_manifest(profile)
-    parts = [f"*Generated by `python -m ebmhelpers report --profile {profile} --write` from `results/{profile}/` and "
-             f"`ebmhelpers/pretrained/{profile}/manifest.json`: a new run updates it, nothing here is typed.*",
-             trained_once(_models(profile), manifest), _times(folder, manifest), _baseline(folder),
-             _quantization(folder), _pruning(folder), _distillation(folder), _verdicts(folder)]  # fmt: skip
+    parts = [
+        f"*Generated by `python -m ebmhelpers report --profile {profile} --write` from `results/{profile}/` and "
+        f"`ebmhelpers/pretrained/{profile}/manifest.json`: a new run updates it, nothing here is typed.*",
+        trained_once(_models(profile), manifest),
+        _times(folder, manifest),
+        _baseline(folder),
+        _quantization(folder),
+        _pruning(folder),
+        _distillation(folder),
+        _verdicts(folder),
+    ]
     return "\n\n".join([START, *parts, END])
 
 

@@ -68,8 +68,14 @@ def execute_notebook(path: Path, target: Path, timeout_s: int = 6 * 3600) -> Non
     from ..progress import PLAIN_ENV
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, startup_timeout=300, kernel_name="python3", coalesce_streams=True,
-                            resources={"metadata": {"path": str(Path(path).parent)}})  # fmt: skip
+    client = NotebookClient(
+        nb,
+        timeout=timeout_s,
+        startup_timeout=300,
+        kernel_name="python3",
+        coalesce_streams=True,
+        resources={"metadata": {"path": str(Path(path).parent)}},
+    )
     try:
         client.execute(env={**os.environ, PLAIN_ENV: "1"})  # the kernel's environment
     finally:
@@ -84,8 +90,17 @@ def _record_time(profile: Profile, notebook: str, seconds: float) -> None:
     import torch
 
     path = results_dir(profile) / "notebook_times.csv"
-    row = pd.DataFrame([{"notebook": notebook, "seconds": round(seconds, 1), "hardware": device_name(get_device()),
-                         "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M")}])
+    row = pd.DataFrame(
+        [
+            {
+                "notebook": notebook,
+                "seconds": round(seconds, 1),
+                "hardware": device_name(get_device()),
+                "torch_threads": torch.get_num_threads(),
+                "finished": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        ]
+    )
     old = pd.read_csv(path) if path.exists() else None
     if old is not None:
         old = old[old.notebook != notebook]

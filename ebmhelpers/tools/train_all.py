@@ -58,20 +58,29 @@ def finetune_jobs(profile) -> list[tuple[str, pruning.Strategy, float, int]]:
 def lottery_names(profile) -> tuple[str, ...]:
     strategy = pruning.STRATEGIES[pruning.LOTTERY_STRATEGY]
     target = max(profile.prune_ratios)
-    return tuple(pruning.checkpoint_name(strategy, target, f"lottery_r{r}") for r in range(1, profile.lottery_rounds + 1))
+    return tuple(
+        pruning.checkpoint_name(strategy, target, f"lottery_r{r}") for r in range(1, profile.lottery_rounds + 1)
+    )
 
 
 def _baseline(ctx: Context):
     """The committed baseline, installed: what every derived model starts from."""
     trainer = load_or_train_baseline(ctx)
     if trainer.installed_from is None:
-        raise pretrained.WeightsError(f"the baseline in {trainer.ckpt_path} is not the committed one; commit it first "
-                                      f"(`{retrain_command(ctx.profile.name, 'baseline')}`)")
+        raise pretrained.WeightsError(
+            f"the baseline in {trainer.ckpt_path} is not the committed one; commit it first "
+            f"(`{retrain_command(ctx.profile.name, 'baseline')}`)"
+        )
     return trainer
 
 
-def _start_over(path, force: bool, total: int, stale: Callable[[dict], bool] | None = None,
-                why: str = "trained from another baseline") -> None:
+def _start_over(
+    path,
+    force: bool,
+    total: int,
+    stale: Callable[[dict], bool] | None = None,
+    why: str = "trained from another baseline",
+) -> None:
     """Remove the checkpoint at ``path`` when its run must start over: ``force`` (a retrain was asked)
     and the run is installed or finished (an unfinished run of ``total`` iterations resumes instead),
     or ``stale(state)`` says it started from something else (``why``)."""
@@ -101,8 +110,16 @@ def _train_baseline(ctx: Context, force: bool) -> None:
     trainer = load_or_train_baseline(ctx, train=True)
     load_or_train_classifier(ctx)
     state = baseline_state(ctx.checkpoints, p.name, None) | {"seconds": trainer.seconds}
-    entry = commit(p.name, "baseline", "baseline", state, architecture=p.baseline, iterations=trainer.step,
-                   seconds=trainer.seconds, command=retrain_command(p.name, "baseline"))
+    entry = commit(
+        p.name,
+        "baseline",
+        "baseline",
+        state,
+        architecture=p.baseline,
+        iterations=trainer.step,
+        seconds=trainer.seconds,
+        command=retrain_command(p.name, "baseline"),
+    )
     trainer.installed_from = entry["sha256"]  # this checkpoint is the committed baseline: no install over it
     trainer.save()
 
@@ -115,11 +132,21 @@ def _train_finetuned(name: str, strategy: pruning.Strategy, ratio: float, seed: 
     def run(ctx: Context, force: bool) -> None:
         baseline = _baseline(ctx)
         images = _fit_digits(ctx)
-        _start_over(ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images),
-                    _other_parent(baseline.identity))
+        _start_over(
+            ctx.checkpoints / f"{name}.pt", force, _finetune_iterations(ctx, images), _other_parent(baseline.identity)
+        )
         masked = pruning.apply_pruning(pruning.copy_model(baseline.model), strategy, ratio)
-        pruning.finetune(ctx, masked, images, baseline.buffer, name, train=True, parent=baseline.identity,
-                         commit={"kind": "finetuned", "strategy": strategy.key, "ratio": ratio}, seed=seed)
+        pruning.finetune(
+            ctx,
+            masked,
+            images,
+            baseline.buffer,
+            name,
+            train=True,
+            parent=baseline.identity,
+            commit={"kind": "finetuned", "strategy": strategy.key, "ratio": ratio},
+            seed=seed,
+        )
 
     return run
 
@@ -133,10 +160,19 @@ def _train_lottery(ctx: Context, force: bool) -> None:
     fresh = all(is_fresh(p.name, name) for name in names if name in read_manifest(p.name))
     retrain = force or not fresh
     for name in names:
-        _start_over(ctx.checkpoints / f"{name}.pt", retrain, _finetune_iterations(ctx, images),
-                    _other_parent(baseline.identity))
-    pruning.lottery_ticket(ctx, baseline, early, pruning.LOTTERY_STRATEGY, max(p.prune_ratios), images,
-                           train=True if retrain else None, commit=True)
+        _start_over(
+            ctx.checkpoints / f"{name}.pt", retrain, _finetune_iterations(ctx, images), _other_parent(baseline.identity)
+        )
+    pruning.lottery_ticket(
+        ctx,
+        baseline,
+        early,
+        pruning.LOTTERY_STRATEGY,
+        max(p.prune_ratios),
+        images,
+        train=True if retrain else None,
+        commit=True,
+    )
 
 
 def student_jobs(profile) -> list[tuple[str, str, str, float, int]]:
@@ -149,9 +185,13 @@ def student_jobs(profile) -> list[tuple[str, str, str, float, int]]:
     extension = distillation.extension_students(students)
     runs += [(name, "mixed", 0.0, 0) for name in extension]
     runs += [(extension[0], "real", 0.0, 0)] if extension else []
-    runs += [(name, "mixed", distillation.GRAD_WEIGHT, 0) for name in distillation.GRAD_MATCH_STUDENTS if name in students]
-    return [(distillation.student_file(name, distillation.run_name(v, g), seed), name, v, g, seed)
-            for name, v, g, seed in runs]  # fmt: skip
+    runs += [
+        (name, "mixed", distillation.GRAD_WEIGHT, 0) for name in distillation.GRAD_MATCH_STUDENTS if name in students
+    ]
+    return [
+        (distillation.student_file(name, distillation.run_name(v, g), seed), name, v, g, seed)
+        for name, v, g, seed in runs
+    ]
 
 
 _TARGETS: dict = {}  # the teacher's distillation targets, computed once per process and baseline
@@ -169,15 +209,33 @@ def _distillation_targets(ctx: Context, baseline):
     return _TARGETS[key]
 
 
-def _train_student(file: str, name: str, variant: str, grad_weight: float, seed: int) -> Callable[[Context, bool], None]:
+def _train_student(
+    file: str, name: str, variant: str, grad_weight: float, seed: int
+) -> Callable[[Context, bool], None]:
     def run(ctx: Context, force: bool) -> None:
         baseline = _baseline(ctx)
         targets, steps = _distillation_targets(ctx, baseline)
         teacher = distillation.teacher_fingerprint(baseline.model)
-        _start_over(ctx.checkpoints / f"{file}.pt", force, steps, lambda state: state["meta"].get("teacher") != teacher,
-                    "distilled from another teacher")
-        distillation.load_or_distill(ctx, name, variant, targets, steps, baseline.model, grad_weight=grad_weight,
-                                     seed=seed, train=True, commit=True, parent=baseline.identity)
+        _start_over(
+            ctx.checkpoints / f"{file}.pt",
+            force,
+            steps,
+            lambda state: state["meta"].get("teacher") != teacher,
+            "distilled from another teacher",
+        )
+        distillation.load_or_distill(
+            ctx,
+            name,
+            variant,
+            targets,
+            steps,
+            baseline.model,
+            grad_weight=grad_weight,
+            seed=seed,
+            train=True,
+            commit=True,
+            parent=baseline.identity,
+        )
 
     return run
 
@@ -186,15 +244,18 @@ def jobs(profile) -> list[Job]:
     """Every model of ``profile`` in training order: the baseline, then every model a notebook needs
     once (first-seed fine-tunings, lottery rounds, first-seed students), then the extra training
     seeds (fine-tunings, then students), so that a partial job already serves every notebook."""
-    tuned = [(seed, Job(name, "finetuned", _train_finetuned(name, s, r, seed)))
-             for name, s, r, seed in finetune_jobs(profile)]
-    students = [(seed, Job(file, "student", _train_student(file, *rest, seed)))
-                for file, *rest, seed in student_jobs(profile)]
+    tuned = [
+        (seed, Job(name, "finetuned", _train_finetuned(name, s, r, seed)))
+        for name, s, r, seed in finetune_jobs(profile)
+    ]
+    students = [
+        (seed, Job(file, "student", _train_student(file, *rest, seed))) for file, *rest, seed in student_jobs(profile)
+    ]
     first = [job for seed, job in tuned if seed == 0]
     first += [Job(LOTTERY, "lottery", _train_lottery, lottery_names(profile))]
     first += [job for seed, job in students if seed == 0]
     extra = [job for seed, job in tuned if seed > 0] + [job for seed, job in students if seed > 0]
-    return [Job("baseline", "baseline", _train_baseline)] + first + extra  # fmt: skip
+    return [Job("baseline", "baseline", _train_baseline)] + first + extra
 
 
 def status(profile_name: str | None = None) -> pd.DataFrame:
@@ -205,9 +266,16 @@ def status(profile_name: str | None = None) -> pd.DataFrame:
     for job in jobs(ctx.profile):
         for name in job.members or (job.name,):
             entry = manifest.get(name, {})
-            rows.append({"name": name, "kind": job.kind, "committed": bool(entry),
-                         "fresh": is_fresh(ctx.profile.name, name), "iterations": entry.get("iterations"),
-                         "seconds": entry.get("seconds")})  # fmt: skip
+            rows.append(
+                {
+                    "name": name,
+                    "kind": job.kind,
+                    "committed": bool(entry),
+                    "fresh": is_fresh(ctx.profile.name, name),
+                    "iterations": entry.get("iterations"),
+                    "seconds": entry.get("seconds"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -220,11 +288,16 @@ def train(profile_name: str | None = None, names: list[str] | None = None, every
     by_name |= {member: job for job in by_name.values() for member in job.members}
     unknown = [n for n in names or [] if n not in by_name]
     if unknown:
-        raise KeyError(f"unknown model(s) {', '.join(unknown)} of profile {ctx.profile.name!r}; "
-                       f"`python -m ebmhelpers train --list` shows them")
+        raise KeyError(
+            f"unknown model(s) {', '.join(unknown)} of profile {ctx.profile.name!r}; "
+            f"`python -m ebmhelpers train --list` shows them"
+        )
     if everything:
-        todo = [job for job in jobs(ctx.profile)
-                if not all(is_fresh(ctx.profile.name, n) for n in job.members or (job.name,))]
+        todo = [
+            job
+            for job in jobs(ctx.profile)
+            if not all(is_fresh(ctx.profile.name, n) for n in job.members or (job.name,))
+        ]
     else:
         todo = list(dict.fromkeys(by_name[n] for n in names or []))
     done = []
@@ -233,6 +306,8 @@ def train(profile_name: str | None = None, names: list[str] | None = None, every
         job.run(ctx, not everything)
         done.append(job.name)
     total = sum(e["seconds"] for e in read_manifest(ctx.profile.name).values())
-    print(f"{len(done)} job(s) trained; the manifest lists {len(read_manifest(ctx.profile.name))} models, "
-          f"{total / 3600:.1f} h of training in all ({pretrained.folder(ctx.profile.name)})")
+    print(
+        f"{len(done)} job(s) trained; the manifest lists {len(read_manifest(ctx.profile.name))} models, "
+        f"{total / 3600:.1f} h of training in all ({pretrained.folder(ctx.profile.name)})"
+    )
     return done
