@@ -102,8 +102,13 @@ def is_fresh(profile_name: str, name: str, parent: str | None = None) -> bool:
     return entry["kind"] == "baseline" or entry.get("parent") == (parent or parent_of(profile_name))
 
 
-def load(profile_name: str, name: str = "baseline", architecture: str | None = None,
-         model: torch.nn.Module | None = None, parent: str | None = None) -> dict[str, Any] | None:
+def load(
+    profile_name: str,
+    name: str = "baseline",
+    architecture: str | None = None,
+    model: torch.nn.Module | None = None,
+    parent: str | None = None,
+) -> dict[str, Any] | None:
     """The committed state of model ``name`` of a profile, or None when the manifest has no entry.
 
     Verified first: the file exists, its sha256 is the manifest's, its manifest ``architecture``
@@ -119,8 +124,10 @@ def load(profile_name: str, name: str = "baseline", architecture: str | None = N
     if sha256(path) != entry["sha256"]:
         raise WeightsError(f"{path} does not match its sha256 in {MANIFEST} (altered or damaged); {again}")
     if architecture is not None and entry.get("architecture") != architecture:
-        raise WeightsError(f"{path} holds a {entry.get('architecture')!r} but profile {profile_name!r} builds "
-                           f"{architecture!r}; {again}")
+        raise WeightsError(
+            f"{path} holds a {entry.get('architecture')!r} but profile {profile_name!r} builds "
+            f"{architecture!r}; {again}"
+        )
     if parent is not None and entry.get("parent") != parent:
         raise WeightsError(f"{path} was trained from another baseline than the committed one; {again}")
     state = load_checkpoint(path)
@@ -129,8 +136,10 @@ def load(profile_name: str, name: str = "baseline", architecture: str | None = N
         found = architecture_of(decode_masks(state["model"]))
         if expected != found:
             differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-            raise WeightsError(f"{path} has other weights than the model it loads into ({', '.join(differ[:3])}"
-                               f"{'...' if len(differ) > 3 else ''}); {again}")
+            raise WeightsError(
+                f"{path} has other weights than the model it loads into ({', '.join(differ[:3])}"
+                f"{'...' if len(differ) > 3 else ''}); {again}"
+            )
     return state
 
 
@@ -186,30 +195,66 @@ def git_commit() -> str:
     ``unknown``; read once per process, so that it names the code the process imported."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "ebmhelpers",
-                                ":(exclude)ebmhelpers/pretrained"], cwd=root, capture_output=True, text=True,
-                               check=True).stdout.strip()  # the committed weights are this job's output, not code
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "ebmhelpers",
+                ":(exclude)ebmhelpers/pretrained",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()  # the committed weights are this job's output, not code
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
 
 
-def commit(profile_name: str, name: str, kind: str, state: dict[str, Any], *, architecture: str, iterations: int,
-           seconds: float, command: str, **extra: Any) -> dict[str, Any]:
+def commit(
+    profile_name: str,
+    name: str,
+    kind: str,
+    state: dict[str, Any],
+    *,
+    architecture: str,
+    iterations: int,
+    seconds: float,
+    command: str,
+    **extra: Any,
+) -> dict[str, Any]:
     """Write ``state`` as the committed file of model ``name`` (replacing an older one) and its entry in
     the manifest (``extra`` adds fields, e.g. the seed or the pruning ratio); returns the entry."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
     path = path_for(profile_name, name)
     atomic_save(state, path, keep_previous=False)
-    entry = {"name": name, "kind": kind, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
-             "architecture": architecture, "iterations": int(iterations), "seconds": round(float(seconds), 3),
-             "hardware": hardware(), "command": command, "commit": git_commit(),
-             "date": datetime.date.today().isoformat(), **extra}  # fmt: skip
+    entry = {
+        "name": name,
+        "kind": kind,
+        "file": path.name,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "architecture": architecture,
+        "iterations": int(iterations),
+        "seconds": round(float(seconds), 3),
+        "hardware": hardware(),
+        "command": command,
+        "commit": git_commit(),
+        "date": datetime.date.today().isoformat(),
+        **extra,
+    }
     models = read_manifest(profile_name) | {name: entry}
-    _write_json(folder(profile_name) / MANIFEST, {"profile": profile_name,
-                                                  "models": [models[k] for k in sorted(models)]})
+    _write_json(
+        folder(profile_name) / MANIFEST, {"profile": profile_name, "models": [models[k] for k in sorted(models)]}
+    )
     return entry
 
 
@@ -234,8 +279,13 @@ def decode_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def baseline_state(checkpoints: Path, profile_name: str, snapshot: str | None, weights: str = "trained",
-                   keep: tuple[str, ...] | None = None) -> dict[str, Any]:
+def baseline_state(
+    checkpoints: Path,
+    profile_name: str,
+    snapshot: str | None,
+    weights: str = "trained",
+    keep: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """The committed baseline's state from a training checkpoint folder: the final ``baseline.pt``,
     or the kept snapshot ``baseline_<snapshot>.pt`` (chosen on validation digits), with the trained
     weights or one of its weight averages (``weights``, e.g. ``ema0.998``); the history is cut at its
@@ -260,10 +310,18 @@ def baseline_state(checkpoints: Path, profile_name: str, snapshot: str | None, w
             kept[tag] = committed[tag]
     history = [row for row in full["history"] if row[0] < step]
     per_epoch = len([r for r in full["history"] if r[1] == 0]) or 1
-    state = {"profile": profile_name, "model": {k: v.contiguous() for k, v in model.items()}, "buffer_uint8": buffer,
-             "step": step, "epoch": step // per_epoch, "it": step % per_epoch, "history": history,
-             "rollbacks": [r for r in full["rollbacks"] if r["resumed_from_step"] < step], "snapshots": kept,
-             "weights": weights}  # fmt: skip
+    state = {
+        "profile": profile_name,
+        "model": {k: v.contiguous() for k, v in model.items()},
+        "buffer_uint8": buffer,
+        "step": step,
+        "epoch": step // per_epoch,
+        "it": step % per_epoch,
+        "history": history,
+        "rollbacks": [r for r in full["rollbacks"] if r["resumed_from_step"] < step],
+        "snapshots": kept,
+        "weights": weights,
+    }
     classifier = checkpoints / "classifier.pt"
     if classifier.exists():
         state["classifier"] = load_checkpoint(classifier)["model"]
