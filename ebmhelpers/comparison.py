@@ -66,8 +66,7 @@ def best_pruning_rows(pruning: pd.DataFrame, base: pd.Series, refs: References) 
     """Per (strategy, fine-tuned): the largest ratio that keeps quality, else the lowest FID among
     the ratios that generate (FID is not compared between noise generators), else the highest IS.
     One-shot pruning only (the lottery-ticket rows are a separate experiment)."""
-    if "method" in pruning.columns:
-        pruning = pruning[pruning.method == "one-shot"]
+    pruning = results.one_shot(pruning)
     picked = []
     for _, group in pruning.groupby(["strategy", "finetuned"], sort=False):
         ok = group[group.apply(verdicts.keeps_quality, axis=1, ref=base, refs=refs)]

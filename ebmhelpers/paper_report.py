@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paper
+from . import paper, results
 from .verdicts import (
     AUROC_MARGIN,
     CHANCE_AUROC,
@@ -87,8 +87,8 @@ class Results:
         if base is None:
             raise FileNotFoundError(f"no {folder / 'baseline.csv'}: run notebooks/02_evaluation.ipynb for this profile")
         pruning = read("pruning")
-        if pruning is not None and "method" in pruning:
-            pruning = pruning[pruning.method == "one-shot"]
+        if pruning is not None:
+            pruning = results.one_shot(pruning)
         return cls(
             base.iloc[0],
             References.from_folder(folder),

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torchvision
 
-from . import verdicts
+from . import results, verdicts
 
 
 def finish(fig: plt.Figure, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
@@ -434,16 +434,6 @@ def _mark_unstable(ax: plt.Axes, d: pd.DataFrame, x: str, y: str, seen: set[str]
             seen.add(kind)
 
 
-def _error(d: pd.DataFrame, metric: str) -> np.ndarray | None:
-    """Error bars for ``metric`` (its std over seeds, :data:`pruning.ERROR_BARS`) where measured, else None."""
-    from .pruning import ERROR_BARS
-
-    col = ERROR_BARS.get(metric)
-    if col is None or col not in d or d[col].isna().all():
-        return None
-    return d[col].fillna(0.0).to_numpy()
-
-
 def plot_figure2(
     pruning: pd.DataFrame,
     baseline_row: dict,
@@ -466,7 +456,7 @@ def plot_figure2(
     cols = 3
     fig, axes = plt.subplots(-(-(n + 1) // cols), cols, figsize=(4.2 * cols, 3.5 * -(-(n + 1) // cols)))
     axes = axes.flatten()
-    one_shot = pruning[pruning.method == "one-shot"]
+    one_shot = results.one_shot(pruning)
     lottery = pruning[pruning.method == "lottery"]
     for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
         seen: set[str] = set()
@@ -474,21 +464,20 @@ def plot_figure2(
             for tuned, style in ((False, "-"), (True, "--")):
                 d = one_shot[(one_shot.strategy == key) & (one_shot.finetuned == tuned)].sort_values("ratio")
                 if not d.empty:
-                    ax.errorbar(
+                    error_bars(
+                        ax,
                         d.ratio,
                         d[metric],
-                        yerr=_error(d, metric),
+                        yerr=d.get(ERROR_BARS.get(metric)),
                         fmt=style,
-                        marker="o",
                         ms=5,
-                        capsize=2,
                         color=colors[key],
                         mfc="none" if tuned else colors[key],
                         label=s.label + (" + fine-tuned" if tuned else ""),
                     )
             t = lottery[lottery.strategy == f"lottery_{key}"]
             if not t.empty:
-                ax.errorbar(t.ratio, t[metric], yerr=_error(t, metric), fmt="none", color=colors[key], capsize=2)
+                error_bars(ax, t.ratio, t[metric], yerr=t.get(ERROR_BARS.get(metric)), fmt="none", color=colors[key])
                 ax.scatter(
                     t.ratio,
                     t[metric],
@@ -535,7 +524,7 @@ def plot_figure2(
 def _speed_points(speed: pd.DataFrame, quality: pd.DataFrame, metric: str, refs) -> pd.DataFrame:
     """The timed models of a :func:`pruning.speed_table` (masked and physical) with their one-shot
     score rows, before and after fine-tuning (``finetuned``), ``generates`` by :func:`verdicts.generates`."""
-    q = quality[quality.method == "one-shot"]
+    q = results.one_shot(quality)
     keep = ["strategy", "ratio", "finetuned", "IS", "FID", metric, "rollbacks", "diverged"]
     d = speed[speed.variant.isin(["masked", "physical"])].merge(q[list(dict.fromkeys(keep))], on=["strategy", "ratio"])
     return d.assign(generates=d.apply(verdicts.generates, axis=1, refs=refs) if len(d) else pd.Series(dtype=bool))

@@ -332,7 +332,7 @@ PROFILES: dict[str, Profile] = {
         train_subset=512,
         test_subset=512,
         sgld_steps=10,
-        gen_steps=20,
+        gen_steps=10,
         buffer_size=256,
         batch_size=16,
         epochs=1,
@@ -360,7 +360,7 @@ PROFILES: dict[str, Profile] = {
         finetune_iters=2,
         lottery_rounds=2,
         distill_batch_size=32,  # students: 1 epoch, half the baseline's 1 rounded up (Profile.student_epochs)
-        budget_steps=(5, 10, 20),
+        budget_steps=(5, 20),  # with gen_steps: K = 5, 10, 20, one point on each side of the reference
     ),
 }
 

@@ -636,7 +636,8 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, timings: pd.DataFrame
     }
     variant = timings.get("variant", pd.Series(index=timings.index, dtype=object))
     physical = timings[variant == "physical"]
-    one_shot = pruning[(pruning.method == "one-shot") & ~pruning.finetuned]
+    one_shot = results.one_shot(pruning)
+    one_shot = one_shot[~one_shot.finetuned]
     masked = one_shot[one_shot.strategy.isin(physical.strategy.unique())][["strategy", "ratio", *cols]]
     timed = timings[variant == "masked"].reindex(columns=["strategy", "ratio", *TIMED])
     masked = masked.merge(timed, on=["strategy", "ratio"], how="left").assign(variant="masked")

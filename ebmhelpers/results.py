@@ -52,6 +52,12 @@ def find(ctx: Context, filename: str) -> Path | None:
     return None
 
 
+def one_shot(pruning: pd.DataFrame) -> pd.DataFrame:
+    """The one-shot rows of a pruning table (``method`` "one-shot", fine-tuned or not): the lottery
+    ticket's rows are a separate experiment. A table without ``method`` is all one-shot."""
+    return pruning[pruning.method == "one-shot"] if "method" in pruning.columns else pruning
+
+
 class MissingResultsError(FileNotFoundError):
     """A table the final comparison needs has not been produced for this profile."""
 
