@@ -40,6 +40,7 @@ from .verdicts import (
     _get,
     auroc_interval,
     auroc_value_interval,
+    model_auroc_interval,
     below,
     combine,
     generates,
@@ -489,10 +490,7 @@ def _table2_rows(res: Results) -> list[dict]:
 
 def _worst_auroc(row, ref, refs, label: str) -> Interval:
     """The interval of ``row``'s AUROC minus ``ref``'s on the paper transform where ``row`` is most behind."""
-    ivs = [
-        auroc_interval(_get(row, c), _get(ref, c), refs.n(c.removeprefix("auroc_")), label=f"{label} {c}")
-        for c in PAPER_AUROCS
-    ]
+    ivs = [model_auroc_interval(row, ref, c, refs.n(c.removeprefix("auroc_")), f"{label} {c}") for c in PAPER_AUROCS]
     return min(ivs, key=lambda i: i.estimate)
 
 
@@ -575,9 +573,7 @@ def _pruning_rows(res: Results) -> list[dict]:
             if what == "quality":
                 parts.append(_better_fid(a, b, refs, f"{ratio:.0%}"))
             else:
-                iv = auroc_interval(
-                    _get(a, "auroc_worst"), _get(b, "auroc_worst"), refs.n("flip"), label=f"{ratio:.0%} worst AUROC"
-                )
+                iv = model_auroc_interval(a, b, "auroc_worst", refs.n("flip"), f"{ratio:.0%} worst AUROC")
                 parts.append((iv, superior(iv, AUROC_MARGIN)))
         label = {
             "fig2_fid": "unstructured better image quality than structured (global)",
@@ -645,11 +641,8 @@ def _pruning_rows(res: Results) -> list[dict]:
                 continue
             parts.append(_better_fid(ft, os_, refs, f"{strat} {r:.0%} fine-tuned vs one-shot"))
             for c in PAPER_AUROCS:
-                iv = auroc_interval(
-                    _get(ft, c),
-                    _get(base, c),
-                    refs.n(c.removeprefix("auroc_")),
-                    label=f"{strat} {r:.0%} ft {c} - baseline",
+                iv = model_auroc_interval(
+                    ft, base, c, refs.n(c.removeprefix("auroc_")), f"{strat} {r:.0%} ft {c} - baseline"
                 )
                 parts.append((iv, non_inferior(iv, AUROC_MARGIN)))
     absent = [f"{r:.0%}" for r in (0.8, 0.9) if r not in ratios]

@@ -593,8 +593,9 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
     student distilled; one scored row each): numeric columns averaged, ``IS_std``/``FID_std`` the
     spread over training *and* generation seeds (law of total variance: the mean generation variance
     plus the variance of the per-seed means), ``IS_train_std``/``FID_train_std`` the spread of the
-    per-seed means alone, where the rows have them the guard's rollbacks summed and ``diverged`` when
-    any run gave up; ``training_seeds`` counts the seeds."""
+    per-seed means alone and ``auroc_<set>_train_std`` that of each AUROC (every seed is scored on the
+    same digits, so it is training variance), where the rows have them the guard's rollbacks summed
+    and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds."""
     out = rows.iloc[0].to_dict()
     for col in rows.select_dtypes("number").columns:
         out[col] = float(rows[col].mean())
@@ -602,6 +603,8 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
         between = float(rows[metric].var(ddof=0)) if len(rows) > 1 else 0.0
         out[f"{metric}_std"] = float((rows[f"{metric}_std"].pow(2).mean() + between) ** 0.5)
         out[f"{metric}_train_std"] = float(rows[metric].std(ddof=1)) if len(rows) > 1 else float("nan")
+    for col in (c for c in rows.columns if c.startswith("auroc_") and pd.api.types.is_numeric_dtype(rows[c])):
+        out[f"{col}_train_std"] = float(rows[col].std(ddof=1)) if len(rows) > 1 else float("nan")
     if "rollbacks" in rows:
         out["rollbacks"] = int(rows.rollbacks.sum())
         out["diverged"] = bool(rows.diverged.any())

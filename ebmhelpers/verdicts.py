@@ -35,11 +35,15 @@ the model is better): log-ratios for FID and IS, differences for AUROC. For IS a
 standard error of a row's mean comes from its ``_std`` column over ``n`` independent draws,
 ``n`` = ``training_seeds`` when the row was trained with several seeds (its ``_std`` then
 combines training and generation variance, :func:`pruning.combine_training_seeds`) else
-``n_seeds`` (generation seeds only: a single training run's variance is not in the table); the
-interval is Student's t with the Welch-Satterthwaite degrees of freedom. A row without a measured
-spread (one seed) gives an unbounded interval: nothing can be concluded from it. AUROCs use the
-Hanley-McNeil standard error from the set sizes and a normal interval; two models scored on the
-same digits are treated as independent, which makes the interval wider than a paired one.
+``n_seeds`` (generation seeds only: a single training run's variance is not in the table; each
+generation seed draws fresh digits from the model, the resampling a bootstrap over one set of
+digits imitates); the interval is Student's t with the Welch-Satterthwaite degrees of freedom. A row without a measured
+spread (one seed) gives an unbounded interval: nothing can be concluded from it. An AUROC's error
+has two parts (:func:`auroc_errors`): the digits drawn, by the Hanley-McNeil standard error from
+the set sizes (the analytic form of a bootstrap over the digits; tests/test_verdicts.py checks the
+two agree), and, for a row trained with several seeds, the spread of its per-seed AUROCs; the
+interval of a difference is then Student's t as above. Two models scored on the same digits are
+treated as independent, which makes the interval wider than a paired one.
 
 **Verdicts** (:data:`VERDICTS`): ``reproduced`` when the interval lies on the claimed side of
 the margin, ``contradicted`` when it lies on the other side, ``inconclusive`` when it straddles
@@ -140,15 +144,17 @@ def standard_error(row, metric: str) -> tuple[float, int]:
     return std / math.sqrt(n), n - 1
 
 
-def _t_interval(estimate: float, parts: list[tuple[float, int]]) -> tuple[float, float]:
-    """Welch-Satterthwaite t interval around ``estimate`` from (standard error, dof) parts."""
+def _t_interval(estimate: float, parts: list[tuple[float, float]]) -> tuple[float, float]:
+    """Welch-Satterthwaite t interval around ``estimate`` from (standard error, dof) parts; a part
+    with ``math.inf`` dof is a normal error (normal interval when every part is)."""
     if any(math.isinf(se) for se, _ in parts):
         return -math.inf, math.inf
     var = sum(se**2 for se, _ in parts)
     if var == 0:
         return estimate, estimate
-    dof = var**2 / sum(se**4 / d for se, d in parts if se > 0)
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * math.sqrt(var)
+    denominator = sum(se**4 / d for se, d in parts if se > 0)  # a part of infinite dof adds nothing
+    q = 0.5 + CONFIDENCE / 2
+    half = (stats.norm.ppf(q) if denominator == 0 else stats.t.ppf(q, var**2 / denominator)) * math.sqrt(var)
     return estimate - half, estimate + half
 
 
@@ -178,6 +184,32 @@ def auroc_interval(
     se = math.hypot(auroc_se(a, *n), auroc_se(b, *n_b))
     half = stats.norm.ppf(0.5 + CONFIDENCE / 2) * se
     return Interval(a - b, a - b - half, a - b + half, "difference", "auroc", label)
+
+
+def auroc_errors(row, col: str, n: tuple[int, int]) -> list[tuple[float, float]]:
+    """The (standard error, dof) parts of a row's AUROC ``col`` measured on ``n`` (in, out) images:
+    the digits drawn (Hanley-McNeil, a normal error) and, for a row trained with several seeds, the
+    spread of its per-seed AUROCs (``<col>_train_std / sqrt(training_seeds)``, ``training_seeds - 1``
+    dof). Every seed is scored on the same digits, so the two parts are distinct sources."""
+    parts = [(auroc_se(_get(row, col), *n), math.inf)]
+    seeds, train_std = _get(row, "training_seeds"), _get(row, f"{col}_train_std")
+    if not math.isnan(seeds) and seeds > 1 and not math.isnan(train_std):
+        parts.append((train_std / math.sqrt(seeds), int(seeds) - 1))
+    return parts
+
+
+def model_auroc_interval(row, ref, col: str, n: tuple[int, int] | None, label: str = "") -> Interval:
+    """``row``'s AUROC ``col`` minus ``ref``'s with a t interval from both rows' :func:`auroc_errors`:
+    digit sampling and, for rows trained with several seeds, training variance. Unknown set sizes
+    give an unbounded interval."""
+    a, b = _get(row, col), _get(ref, col)
+    label = label or col
+    if math.isnan(a) or math.isnan(b):
+        return Interval(math.nan, math.nan, math.nan, "difference", "auroc", label)
+    if not n:
+        return Interval(a - b, -math.inf, math.inf, "difference", "auroc", label)
+    lo, hi = _t_interval(a - b, auroc_errors(row, col, n) + auroc_errors(ref, col, n))
+    return Interval(a - b, lo, hi, "difference", "auroc", label)
 
 
 def auroc_value_interval(a: float, n: tuple[int, int] | None, label: str = "auroc") -> Interval:
@@ -348,7 +380,7 @@ def quality_parts(
         )
     if check_ood:
         for col in aurocs:
-            iv = auroc_interval(_get(row, col), _get(ref, col), r.n(col.removeprefix("auroc_")), label=col)
+            iv = model_auroc_interval(row, ref, col, r.n(col.removeprefix("auroc_")))
             parts.append({"part": col, "interval": iv.text(), "verdict": non_inferior(iv, AUROC_MARGIN)})
     return pd.DataFrame(parts)
 

@@ -1,6 +1,8 @@
 """Pruning: achieved sparsity, which layers each strategy touches, whole-channel zeros, and
 physical removal that keeps the energies while dropping parameters."""
 
+import math
+
 import matplotlib
 import pandas as pd
 import pytest
@@ -408,9 +410,11 @@ def test_training_seeds_combine_by_the_law_of_total_variance():
     assert row["FID_std"] == pytest.approx((4.0 + 200.0 / 3) ** 0.5)  # generation variance + between-seed variance
     assert row["FID_train_std"] == pytest.approx(10.0)
     assert row["IS_std"] == pytest.approx(0.1) and row["training_seeds"] == 3
+    assert row["auroc_noise_train_std"] == pytest.approx(0.1)  # the per-seed AUROCs' spread (ddof 1)
     assert row["rollbacks"] == 1 and row["diverged"] and "training_seed" not in row
     one = pruning.combine_training_seeds(seeds.iloc[:1])
     assert one["FID_std"] == pytest.approx(2.0) and one["training_seeds"] == 1
+    assert math.isnan(one["auroc_noise_train_std"])
 
 
 def test_only_the_seeded_ratios_get_several_training_seeds():

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
-from ebmhelpers import paper_report, verdicts
+from ebmhelpers import metrics, paper_report, verdicts
 from ebmhelpers.profiles import get_profile
 from ebmhelpers.verdicts import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, References
 
@@ -216,3 +217,35 @@ def test_protocol_table_holds_choices_only():
     by = table.set_index("choice")
     assert by.loc["network", "status"] == "scaled" and by.loc["pruning norm", "status"] == "followed"
     assert by.loc["fine-tuning length", "how"].startswith("1.00x")  # the cpu profile keeps the paper's 7/60
+
+
+def test_hanley_mcneil_error_agrees_with_a_bootstrap_over_the_digits():
+    # the digit-sampling part of an AUROC's error is the analytic form of resampling the digits
+    g = torch.Generator().manual_seed(0)
+    s_in, s_out = torch.randn(400, generator=g) + 1.2, torch.randn(300, generator=g)
+    a = metrics.auroc(s_in, s_out)
+    boot = [
+        metrics.auroc(
+            s_in[torch.randint(0, 400, (400,), generator=g)], s_out[torch.randint(0, 300, (300,), generator=g)]
+        )
+        for _ in range(400)
+    ]
+    assert metrics.auroc_se(a, 400, 300) == pytest.approx(float(torch.tensor(boot).std()), rel=0.15)
+
+
+def test_auroc_interval_of_seeded_rows_widens_with_training_variance():
+    n = (20000, 20000)
+    base = _row(auroc=0.90)
+    steady = _row(auroc=0.88, training_seeds=3, auroc_noise_train_std=0.001)
+    shaky = _row(auroc=0.88, training_seeds=3, auroc_noise_train_std=0.05)
+    iv_steady = verdicts.model_auroc_interval(steady, base, "auroc_noise", n)
+    iv_shaky = verdicts.model_auroc_interval(shaky, base, "auroc_noise", n)
+    assert iv_steady.estimate == pytest.approx(-0.02) == iv_shaky.estimate
+    assert iv_shaky.hi - iv_shaky.lo > 3 * (iv_steady.hi - iv_steady.lo)
+    assert verdicts.non_inferior(iv_steady, verdicts.AUROC_MARGIN) == REPRODUCED
+    assert verdicts.non_inferior(iv_shaky, verdicts.AUROC_MARGIN) == INCONCLUSIVE
+    # one training seed, or none recorded: digit sampling alone, the same as the two-number interval
+    single = verdicts.model_auroc_interval(_row(auroc=0.88), base, "auroc_noise", n)
+    plain = verdicts.auroc_interval(0.88, 0.90, n)
+    assert (single.lo, single.hi) == pytest.approx((plain.lo, plain.hi))
+    assert math.isinf(verdicts.model_auroc_interval(steady, base, "auroc_noise", None).hi)
