@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import verdicts
-from .metrics import Evaluator, median_time_s
+from .metrics import QUALITY_COLUMNS, Evaluator, median_time_s
 from .profiles import Profile, SGLDConfig
 from .progress import tqdm
 from .runtime import Context, model_device
@@ -23,6 +23,20 @@ FIXED_TIME = "step ∝ 1/K (K·step fixed)"
 BUDGET_RULES = (FIXED_STEP, FIXED_TIME)
 TIMING_REPEATS = 3  # timed runs per (model, K); the median is reported
 ABOVE_REF_FACTOR = 2  # when the profile's budget_steps stop at gen_steps, also study this many times more steps
+# sampling_budget's table (saved as sampling_budget): the chain, its time, then its sample quality
+BUDGET_COLUMNS = (
+    "model",
+    "K",
+    "ref_K",
+    "rule",
+    "step_size",
+    "noise_std",
+    "temperature",
+    "total_time",
+    "seconds",
+    "timing_batch",
+    *QUALITY_COLUMNS,
+)
 
 
 def rescaled_step_size(base: SGLDConfig, steps: int, ref_steps: int) -> SGLDConfig:
@@ -101,7 +115,7 @@ def sampling_budget(
                     **quality[cfg],
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(BUDGET_COLUMNS))
 
 
 def budget_summary(budget: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pandas as pd
 
 from . import results, verdicts
-from .metrics import PAPER_OOD_SETS
+from .distillation import table_columns
+from .metrics import PAPER_OOD_SETS, score_columns
+from .pruning import sweep_columns
 from .runtime import Context
 from .verdicts import References, inverted_sets
 
@@ -41,9 +43,12 @@ COLUMNS = [
     "ratio",
     "finetuned",
 ]
+# comparison_table's columns (saved as comparison): COLUMNS, then the verdicts and the compression
+TABLE_COLUMNS = (*COLUMNS, "generates", "keeps_quality", "compression_x")
 __all__ = [
     "COLUMNS",
     "LATENCY",
+    "TABLE_COLUMNS",
     "best_pruning_rows",
     "comparison_table",
     "findings",
@@ -58,7 +63,9 @@ def references(ctx: Context) -> References:
     """The references "generates" is measured against, from notebook 02's tables of this run."""
     ood = results.load_table(ctx, "baseline_ood")
     return References.from_tables(
-        results.load_table(ctx, "baseline").iloc[0], results.load_table(ctx, "baseline_references"), ood
+        results.load_table(ctx, "baseline", score_columns()).iloc[0],
+        results.load_table(ctx, "baseline_references"),
+        ood,
     )
 
 
@@ -92,18 +99,12 @@ def comparison_table(ctx: Context) -> pd.DataFrame:
     Raises :class:`results.MissingResultsError` naming the notebook to run when a table, or a
     column this table needs, is missing.
     """
-    base = results.load_table(ctx, "baseline").assign(family="baseline")
-    quant = results.load_table(ctx, "quantization").assign(family="quantization")
-    pruning = results.load_table(ctx, "pruning")
-    students = results.load_table(ctx, "distillation").assign(family="distillation")
+    base = results.load_table(ctx, "baseline", score_columns()).assign(family="baseline")
+    quality = (*PAPER_AUROCS, "auroc_worst", "FID_std")  # what this table needs of the quantization table
+    quant = results.load_table(ctx, "quantization", quality).assign(family="quantization")
+    pruning = results.load_table(ctx, "pruning", sweep_columns())
+    students = results.load_table(ctx, "distillation", table_columns()).assign(family="distillation")
     refs = references(ctx)
-    for name, df in (("baseline", base), ("quantization", quant), ("pruning", pruning), ("distillation", students)):
-        missing = [c for c in (*PAPER_AUROCS, "auroc_worst", "FID_std") if c not in df.columns]
-        if missing:
-            raise results.MissingResultsError(
-                f"results/{ctx.profile.name}/{name}.csv has no {', '.join(missing)}: "
-                f"run notebooks/{results.PRODUCERS[name]}.ipynb again"
-            )
     pruned = best_pruning_rows(pruning, base.iloc[0], refs).assign(family="pruning")
     table = pd.concat([base, quant, pruned, students], ignore_index=True)
     for col in COLUMNS:
@@ -113,7 +114,7 @@ def comparison_table(ctx: Context) -> pd.DataFrame:
     table["generates"] = table.apply(verdicts.generates, axis=1, refs=refs)
     table["keeps_quality"] = table.apply(verdicts.keeps_quality, axis=1, ref=table.iloc[0], refs=refs)
     table["compression_x"] = base.size_mb.iloc[0] / table.size_mb
-    return table[COLUMNS + ["generates", "keeps_quality", "compression_x"]]
+    return table[list(TABLE_COLUMNS)]
 
 
 def findings(table: pd.DataFrame, refs: References) -> pd.DataFrame:

@@ -774,6 +774,19 @@ def heldout_errors(model: nn.Module, held: DistillSet, batch_size: int = 256) ->
     return pd.DataFrame(rows)
 
 
+# score_model's columns from held-out targets, per input kind
+HELDOUT_COLUMNS = tuple(f"{m}_{k}" for k in INPUT_KINDS for m in ("heldout_mse", "heldout_rel", "grad_cosine"))
+
+
+def table_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The columns of the distillation table (notebook 05, saved as ``distillation``), latency
+    timed on ``device`` (:func:`metrics.latency_columns`): ``student`` and ``variant``, the score
+    row's, :data:`HELDOUT_COLUMNS`, ``sgld_speedup`` over the teacher and ``distill_steps``.
+    Notebook 05 writes :data:`pruning.TRAINING_SEED_COLUMNS` after them; a reader requires only
+    these (the committed cpu table has no training-seed columns)."""
+    return ("student", "variant", *metrics.score_columns(device), *HELDOUT_COLUMNS, "sgld_speedup", "distill_steps")
+
+
 def score_model(
     ev: Evaluator, model: nn.Module, student: str, variant: str, held: DistillSet | None = None, **score_kwargs: Any
 ) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
@@ -819,7 +832,7 @@ def teacher_reference(teacher: nn.Module, ev: Evaluator) -> pd.Series:
 
     Raises ``results.MissingResultsError`` naming notebook 02 when it has not run for this profile.
     """
-    row = results.load_table(ev.ctx, "baseline").iloc[0].copy()
+    row = results.load_table(ev.ctx, "baseline", metrics.score_columns()).iloc[0].copy()
     for key, value in metrics.measure_cost(teacher, ev).items():
         row[key] = value
     return row

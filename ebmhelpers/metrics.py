@@ -105,6 +105,22 @@ def saturation(images: torch.Tensor, threshold: float = SATURATED_PIXEL) -> floa
     return float((images.abs() >= threshold).double().mean())
 
 
+def quality_scores(
+    logits: torch.Tensor, features: torch.Tensor, samples: torch.Tensor, real_mu: np.ndarray, real_sigma: np.ndarray
+) -> dict[str, float]:
+    """The sample-quality scores of one set of generated digits from the metric classifier's
+    ``logits`` and ``features`` of them: IS, FID against real digits' feature statistics
+    (``real_mu``, ``real_sigma``), class entropy, confident fraction and pixel saturation."""
+    mu, sigma = feature_stats(features)
+    return {
+        "IS": inception_score(logits),
+        "FID": frechet_distance(mu, sigma, real_mu, real_sigma),
+        "entropy_bits": class_entropy_bits(logits),
+        "confident": confident_fraction(logits),
+        "saturation": saturation(samples),
+    }
+
+
 @torch.no_grad()
 def nearest_distance(samples: torch.Tensor, reference: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Euclidean distance from each sample to its nearest reference image (e.g. training digits):
@@ -368,6 +384,17 @@ def sgld_throughput(
     return batch * cfg.steps / t
 
 
+def latency_column(device: torch.device | str) -> str:
+    """The latency column of a row timed on ``device``: ``latency_ms_cpu`` or ``latency_ms_cuda``."""
+    return f"latency_ms_{torch.device(device).type}"
+
+
+def latency_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The latency column of a table timed on ``device``, as a tuple to splice into a table's
+    declaration; empty without a device: a reader requires the columns of a table timed anywhere."""
+    return () if device is None else (latency_column(device),)
+
+
 def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None = None) -> dict[str, Any]:
     """Latency and SGLD throughput of ``model`` on ``device`` (default: the evaluator's), measured
     the way :meth:`Evaluator.score` measures every model, so rows timed in one process compare.
@@ -375,7 +402,7 @@ def measure_cost(model: nn.Module, ev: "Evaluator", device: torch.device | None 
     p, device = ev.ctx.profile, device or ev.device
     latency = latency_ms(model, p.latency_batch, device, p.latency_repeats, p.latency_warmup)
     return {
-        f"latency_ms_{device.type}": latency,
+        latency_column(device): latency,
         "latency_batch": p.latency_batch,
         "sgld_img_steps_per_s": sgld_throughput(
             model, throughput_config(p.gen_sgld_config()), p.latency_batch, device, sampler=ev.sampler(model)
@@ -438,16 +465,8 @@ class Evaluator:
     # ---- sample quality -----------------------------------------------------------------
     def sample_quality(self, samples: torch.Tensor) -> dict[str, float]:
         """IS and FID of one set of generated digits (FID against ``n_fid_real`` real test digits)."""
-        bs = self.ctx.profile.eval_batch_size
-        logits = batched(self.classifier, samples, bs, self.device)
-        mu, sigma = feature_stats(self._features(samples))
-        return {
-            "IS": inception_score(logits),
-            "FID": frechet_distance(mu, sigma, self.real_mu, self.real_sigma),
-            "entropy_bits": class_entropy_bits(logits),
-            "confident": confident_fraction(logits),
-            "saturation": saturation(samples),
-        }
+        logits = batched(self.classifier, samples, self.ctx.profile.eval_batch_size, self.device)
+        return quality_scores(logits, self._features(samples), samples, self.real_mu, self.real_sigma)
 
     def generate(
         self, model: nn.Module, seed: int, cfg: SGLDConfig | None = None, n: int | None = None, progress: bool = False
@@ -517,9 +536,10 @@ class Evaluator:
         latency_device: torch.device | None = None,
         columns: dict[str, Any] | None = None,
     ) -> tuple[dict, pd.DataFrame, torch.Tensor | None]:
-        """Score one model: a summary row (cost; IS and FID with their spread over the seeds;
-        AUROC and gap per OOD set and the worst AUROC over the paper's three transforms), its OOD
-        table, and the samples of every seed in seed order (or the ``samples`` given, scored as one set).
+        """Score one model: a summary row (:func:`score_columns` of ``latency_device``: cost; IS and
+        FID with their spread over the seeds; AUROC and gap per OOD set and the worst AUROC over the
+        paper's three transforms), its OOD table, and the samples of every seed in seed order (or the
+        ``samples`` given, scored as one set).
 
         A model without input gradients (int8), or scored with ``generate_samples=False``, gets
         NaN IS/FID and ``generative=False``. ``columns`` are added to the row last (a compression
@@ -533,10 +553,9 @@ class Evaluator:
             "size_mb": serialized_size_bytes(model) / 1e6,
         }
         cost = measure_cost(model, self, lat_dev) if samples is not None or generate_samples else None
-        row[f"latency_ms_{lat_dev.type}"] = (
-            cost[f"latency_ms_{lat_dev.type}"]
-            if cost
-            else latency_ms(model, p.latency_batch, lat_dev, p.latency_repeats, p.latency_warmup)
+        lat = latency_column(lat_dev)
+        row[lat] = (
+            cost[lat] if cost else latency_ms(model, p.latency_batch, lat_dev, p.latency_repeats, p.latency_warmup)
         )
         row.update(latency_batch=p.latency_batch, hardware=device_name(lat_dev))
         nan_quality = {**dict.fromkeys(QUALITY_COLUMNS, float("nan")), "n_seeds": 0}
@@ -656,6 +675,28 @@ def model_contrasts(ood: pd.DataFrame, reference: str, column: str = "auroc") ->
             }
         )
     return pd.DataFrame(rows)
+
+
+# ood_summary's columns: AUROC and gap over all digits per OOD set, then the worst of the paper's transforms
+OOD_SUMMARY_COLUMNS = (*(f"{m}_{name}" for name in OOD_SETS for m in ("auroc", "gap")), "worst_set", "auroc_worst")
+
+
+def score_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The columns of an :meth:`Evaluator.score` row, in order, its latency timed on ``device``
+    (:func:`latency_columns`; without a device, the columns a reader requires): the baseline table
+    (notebook 02) is one such row, and every scored table starts with them."""
+    return (
+        "model",
+        "params",
+        "size_mb",
+        *latency_columns(device),
+        "latency_batch",
+        "hardware",
+        *QUALITY_COLUMNS,
+        "sgld_img_steps_per_s",
+        *OOD_SUMMARY_COLUMNS,
+        "generative",
+    )
 
 
 def ood_summary(ood: pd.DataFrame) -> dict[str, Any]:

@@ -13,10 +13,16 @@ Two tables, kept apart because they answer different questions:
   interval of the compared difference, and one of :data:`verdicts.VERDICTS`. A claim this
   setting cannot measure is ``not testable here``, and its reason says, computed, what would
   test it (a profile with the paper's network, the paper's classifier, a ratio the run lacks).
+
+Every IS and FID those claims read comes from one generation chain, the profile's
+(:meth:`Profile.gen_sgld_config`). :func:`chain_comparison` judges every claim again with the
+scores of a second chain (:attr:`Profile.second_chain`, ``python -m ebmhelpers chain-check``), to
+show which verdicts depend on the chain.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import paper, results
+from .metrics import QUALITY_COLUMNS
 from .verdicts import (
     AUROC_MARGIN,
     CHANCE_AUROC,
@@ -286,11 +293,11 @@ def protocol_table(folder: str | Path, profile) -> pd.DataFrame:
 
 
 # ---- the claims -----------------------------------------------------------------------------
-def verdict_table(folder: str | Path) -> pd.DataFrame:
+def verdict_table(source: str | Path | Results) -> pd.DataFrame:
     """One row per claim of the paper (:data:`paper.CLAIMS` and the reported numbers), with this
     run's numbers, the rule, the interval it is judged by, the verdict and its reason; claims
-    whose tables the run lacks are left out."""
-    res = Results.read(folder)
+    whose tables the run lacks are left out. ``source``: a results folder, or its tables already read."""
+    res = source if isinstance(source, Results) else Results.read(source)
     rows = _score_rows(res)
     if res.quant is not None:
         rows += _table1_rows(res)
@@ -788,3 +795,139 @@ def _student_rows(res: Results) -> list[dict]:
             )
         )
     return rows
+
+
+# ---- the claims under a second generation chain -----------------------------------------------
+# The tables whose IS and FID the claims read (their names under results/<profile>/ -> the Results field that
+# holds each). Every row of each feeds some claim: the one-shot rows of pruning.csv (as Results reads it), fine-tuned
+# or not, and every student (the smallest students are set against every pruned model). The quantization tables
+# feed none: static int8 draws nothing (no input gradient) and no claim reads the weight-only model's scores.
+QUALITY_TABLES = {"baseline": "base", "pruning": "pruning", "distillation": "students"}
+ROW_KEYS = ("strategy", "ratio", "finetuned", "student", "variant")  # what a row is, beside its `model`
+CHAIN_SCORES = (*QUALITY_COLUMNS, "training_seeds")  # what a second chain replaces in a row
+# second_chain.csv: one row per model of QUALITY_TABLES and chain. `model` is unique within its table and is the
+# key; the chain is `steps` steps of `step_scale` times the training step; `n_gen` digits per generation seed;
+# `baseline_weights` identifies the baseline every scored model derives from; `seconds` the scoring's wall time.
+CHAIN_COLUMNS = (
+    "table",
+    "model",
+    *ROW_KEYS,
+    "chain",
+    "steps",
+    "step_scale",
+    "n_gen",
+    "baseline_weights",
+    *CHAIN_SCORES,
+    "seconds",
+)
+CHAIN_FILE = "second_chain.csv"
+CHAIN_COMPARISON_COLUMNS = [
+    "claim",
+    "section",
+    "verdict",
+    "interval",
+    "second chain verdict",
+    "second chain interval",
+    "changed",
+]
+
+
+def chain_label(profile, steps: int, step_scale: float) -> str:
+    """A generation chain in words: ``steps`` SGLD steps of ``step_scale`` times ``profile``'s training
+    step at its temperature (:meth:`SGLDConfig.scaled`), with the step size, noise and clamp that makes."""
+    cfg = profile.sgld_config(steps).scaled(step_scale)
+    return (
+        f"{steps} steps of {step_scale:g}x the training step (step size {cfg.step_size:g}, noise std "
+        f"{cfg.noise_std:.3g}, gradient clamp {cfg.grad_clamp:g})"
+    )
+
+
+def chain_check_command(profile: str, steps: int | None = None, step_scale: float | None = None) -> str:
+    """The command that writes ``second_chain.csv`` for ``profile`` (with ``steps`` and ``step_scale``:
+    that chain, else the profile's :attr:`Profile.second_chain`)."""
+    chain = f" --steps {steps} --step-scale {step_scale:g}" if steps is not None else ""
+    return f"python -m ebmhelpers chain-check --profile {profile}{chain}"
+
+
+def of_chain(chain: pd.DataFrame, steps: int, step_scale: float) -> pd.Series:
+    """Which rows of ``chain`` (rows of :data:`CHAIN_COLUMNS`) were scored under ``steps`` steps of ``step_scale``."""
+    return (chain.steps == steps) & ((chain.step_scale.astype(float) - step_scale).abs() < 1e-9)
+
+
+def quality_rows(res: Results) -> pd.DataFrame:
+    """One row per model whose IS and FID a claim reads (:data:`QUALITY_TABLES`): its ``table``,
+    ``model``, :data:`ROW_KEYS` and ``training_seeds`` (1 where the table records none: one training
+    run, as :func:`verdicts.standard_error` reads it)."""
+    rows = []
+    for table, field in QUALITY_TABLES.items():
+        frame = getattr(res, field)
+        if frame is None:
+            continue
+        for _, r in (frame.to_frame().T if isinstance(frame, pd.Series) else frame).iterrows():
+            seeds = _get(r, "training_seeds")
+            rows.append(
+                {
+                    "table": table,
+                    "model": str(r["model"]),
+                    **{k: r.get(k, math.nan) for k in ROW_KEYS},
+                    "training_seeds": 1 if math.isnan(seeds) else int(seeds),
+                }
+            )
+    out = pd.DataFrame(rows, columns=["table", "model", *ROW_KEYS, "training_seeds"])
+    twice = out[out.duplicated(["table", "model"])]
+    if len(twice):
+        raise ValueError(f"{twice.table.iloc[0]}.csv names model {twice.model.iloc[0]!r} twice: a model is one row")
+    return out
+
+
+def with_second_chain(res: Results, chain: pd.DataFrame, steps: int, step_scale: float) -> Results:
+    """``res`` with :data:`CHAIN_SCORES` of every row of :data:`QUALITY_TABLES` replaced by that
+    model's under the chain of ``steps`` steps of ``step_scale`` times the training step, read from
+    ``chain`` (rows of :data:`CHAIN_COLUMNS`, e.g. ``second_chain.csv``; rows of other chains are
+    ignored), and the baseline's scores under that chain as the references' baseline: a model
+    generates when it draws like the baseline does under the same chain. Raises
+    :class:`results.MissingResultsError` naming the command that scores them when a model is missing."""
+    this = chain[of_chain(chain, steps, step_scale)]
+    this = this.assign(model=this.model.astype(str)).set_index(["table", "model"])
+    if this.index.duplicated().any():
+        table, model = this.index[this.index.duplicated()][0]
+        raise ValueError(f"the second chain scores {table} model {model!r} twice")
+    wanted = quality_rows(res)
+    missing = [f"{t} model {m!r}" for t, m in zip(wanted.table, wanted.model) if (t, m) not in this.index]
+    if missing:
+        profile = res.base.get("profile", "<profile>")
+        raise results.MissingResultsError(
+            f"the second chain ({steps} steps of {step_scale:g}x) has no scores for {missing[0]}"
+            + (f" and {len(missing) - 1} more model(s)" if len(missing) > 1 else "")
+            + f": run `{chain_check_command(profile, steps, step_scale)}`"
+        )
+    changes = {}
+    for table, field in QUALITY_TABLES.items():
+        frame = getattr(res, field)
+        if frame is None:
+            continue
+        if isinstance(frame, pd.Series):
+            changes[field] = frame.copy()
+            for c in CHAIN_SCORES:
+                changes[field][c] = this.at[(table, str(frame["model"])), c]
+            continue
+        scores = this.loc[table].loc[frame.model.astype(str), list(CHAIN_SCORES)]
+        changes[field] = frame.assign(**{c: scores[c].to_numpy() for c in CHAIN_SCORES})
+    base = changes["base"]
+    refs = dataclasses.replace(res.refs, base_IS=_get(base, "IS"), base_FID=_get(base, "FID"))
+    return dataclasses.replace(res, refs=refs, **changes)
+
+
+def chain_comparison(res: Results, chain: pd.DataFrame, steps: int, step_scale: float) -> pd.DataFrame:
+    """Every claim of :func:`verdict_table` judged with the profile's chain and again with the
+    scores of the chain of ``steps`` steps of ``step_scale`` (:func:`with_second_chain`): its verdict
+    and interval under each, and whether the verdict ``changed`` (:data:`CHAIN_COMPARISON_COLUMNS`)."""
+    first = verdict_table(res)
+    second = verdict_table(with_second_chain(res, chain, steps, step_scale))
+    if list(first.claim) != list(second.claim):  # which claims are judged depends on the tables, not on scores
+        raise RuntimeError("the claims judged under the second chain are not those judged under the profile's")
+    out = first[["claim", "section", "verdict", "interval"]].assign(
+        **{"second chain verdict": second.verdict.to_numpy(), "second chain interval": second.interval.to_numpy()}
+    )
+    out["changed"] = out.verdict != out["second chain verdict"]
+    return out[CHAIN_COMPARISON_COLUMNS]

@@ -312,14 +312,15 @@ def masked_at_dense_size(table: pd.DataFrame, size: str = "size_mb") -> pd.Serie
     return (table.family == "pruning") & (table[size] >= 0.999 * float(base.iloc[0]))
 
 
-def _legible_log_x(ax) -> None:
-    """Log x axis with plain-number labels at 1, 2, 5 x 10^k only (no crowded minor labels)."""
+def _legible_log_x(ax, axis: str = "x") -> None:
+    """Log x axis (``axis="y"``: y axis) with plain-number labels at 1, 2, 5 x 10^k only (no crowded minor labels)."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    getattr(ax, f"set_{axis}scale")("log")
+    scale = getattr(ax, f"{axis}axis")
+    scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(FormatStrFormatter("%g"))
+    scale.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="both", labelsize=8)
 
 
@@ -618,30 +619,51 @@ def plot_layer_sparsity(tables: dict[str, pd.DataFrame], title: str | None = Non
     return finish(fig, title, save)
 
 
-def plot_distill_study(
-    summary: pd.DataFrame,
-    teacher: pd.Series,
-    metrics: tuple[str, ...] = ("FID", "IS", "auroc_worst"),
-    title: str | None = None,
-    save: str | Path | None = None,
-) -> plt.Figure:
-    """The distillation-objectives study: each metric against the student's parameter count (log x),
-    one line per objective with error bars (``<metric>_std`` where the summary has it), the teacher
-    as a dashed line (``tools.distill_study.summarize`` rows)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)
-    for ax, col in zip(axes[0], metrics):
-        for objective, part in summary.sort_values("params").groupby("objective", sort=False):
-            std = part.get(f"{col}_std")
-            ax.errorbar(
-                part.params,
-                part[col],
-                yerr=None if std is None else std.fillna(0),
-                fmt="o-",
-                capsize=3,
-                label=objective,
-            )
-        ax.axhline(teacher[col], color="k", ls="--", lw=1, label="teacher")
+DODGE = 1.04  # plot_distill_study: the factor between neighbouring objectives' x positions at one size (log axis)
+
+
+def plot_distill_study(summary: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> plt.Figure:
+    """The distillation-objectives study (an :func:`objective_study.summarize` table with its teacher
+    and noise rows): FID (log axis) and IS against the student's parameters (log axis), one line per
+    objective, the mean over training seeds with error bars (``FID_std``, ``IS_std``), the objectives
+    side by side at each size (x shifted by factors of :data:`DODGE`); markers are hollow where the
+    student does not generate. The teacher (also a star at its size) and uniform
+    noise are horizontal lines, and where generating starts (:func:`verdicts.generates` against those
+    two rows, :func:`objective_study.references`) a dotted line, the side that does not generate shaded."""
+    from . import objective_study as study
+
+    refs, gen = study.references(summary), study.generating(summary)
+    rows = study.students(summary).sort_values("params")
+    ends = {name: study.reference_row(summary, name) for name in study.REFERENCE_ROWS}
+    # (column, axis label, where generating starts, whether generating lies below it, number format)
+    panels = (
+        ("FID", "FID (lower is better)", refs.fid_max, True, ",.0f"),
+        ("IS", "IS (higher is better)", refs.is_min, False, ".2f"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    for ax, (col, label, threshold, below, digits) in zip(axes[0], panels):
+        groups = list(rows.groupby("objective", sort=False))
+        for i, (_, part) in enumerate(groups):
+            colour, alive = f"C{i % 10}", gen[part.index]
+            x = part.params * DODGE ** (i - (len(groups) - 1) / 2)  # side by side at each size
+            error_bars(ax, x, part[col], part[f"{col}_std"], color=colour, marker=None, label=part.label.iloc[0])
+            ax.scatter(x[alive], part[col][alive], color=colour, s=30, zorder=3)
+            ax.scatter(x[~alive], part[col][~alive], color="none", edgecolors=colour, s=30, zorder=3)
+        for (name, row), (colour, ls) in zip(ends.items(), (("k", "--"), ("r", "-."))):
+            ax.axhline(row[col], color=colour, ls=ls, lw=1, label=f"{name} ({row[col]:{digits}})")
+        teacher = ends[study.TEACHER]
+        ax.scatter([teacher.params], [teacher[col]], marker="*", s=120, color="k", zorder=3)
+        sign = "<" if below else ">"
+        ax.axhline(threshold, color="0.3", ls=":", lw=1.2, label=f"generates: {col} {sign} {threshold:{digits}}")
+        if col == "FID":
+            _legible_log_x(ax, "y")
+        lo, hi = ax.get_ylim()
+        ax.axhspan(*((threshold, hi) if below else (lo, threshold)), color="0.92", zorder=0)
+        ax.set_ylim(lo, hi)
+        if (~gen).any():
+            ax.scatter([], [], color="none", edgecolors="0.3", label="hollow: does not generate")
         _legible_log_x(ax)
-        ax.set(xlabel="student parameters", title=col)
-    axes[0, 0].legend(fontsize=7)
+        ax.set(xlabel="parameters (star: the teacher)", ylabel=label)
+        ax.grid(alpha=0.3, which="major")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the points stay visible
     return finish(fig, title, save)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .checkpoints import atomic_save, load_checkpoint
+from .profiles import Profile
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 MANIFEST = "manifest.json"
@@ -331,3 +332,31 @@ def baseline_state(
             raise WeightsError(f"no metric classifier in {checkpoints} and none committed for profile {profile_name!r}")
         state["classifier"] = committed["classifier"]
     return state
+
+
+def commit_baseline(
+    profile: Profile,
+    checkpoints: Path,
+    *,
+    seconds: float,
+    command: str,
+    snapshot: str | None = None,
+    weights: str = "trained",
+    keep: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Commit the baseline of the training checkpoint folder ``checkpoints`` as the profile's
+    ``baseline``: :func:`baseline_state` (its final weights or the kept ``snapshot``, trained or a
+    weight average, with the snapshots in ``keep``) at the step it holds, with the wall ``seconds``
+    of its training and the ``command`` that trained it. Returns the manifest entry."""
+    state = baseline_state(checkpoints, profile.name, snapshot, weights, keep) | {"seconds": seconds}
+    return commit(
+        profile.name,
+        "baseline",
+        "baseline",
+        state,
+        architecture=profile.baseline,
+        iterations=state["step"],
+        seconds=seconds,
+        command=command,
+        weights=weights,
+    )

@@ -76,7 +76,6 @@ class Speedups:
 
     channels_last: bool = False
     compile: bool = False
-    cuda_graph: bool = False
 
     @property
     def label(self) -> str:
@@ -114,6 +113,10 @@ class Profile:
     # Generation's step size as a multiple of training's; the noise is scaled by its square root so
     # the temperature noise^2 / (2 step) stays the training sampler's (notebook 02 measures the choice).
     gen_step_scale: float = 1.0
+    # A second generation chain, (steps, step-size factor) at the training temperature (SGLDConfig.scaled): every
+    # model whose IS and FID feed a claim is scored again with it (python -m ebmhelpers chain-check), so notebook 06
+    # shows which verdicts depend on the chain. None: the profile declares none.
+    second_chain: tuple[int, float] | None = None
 
     # ---- replay buffer and PCD training (Algorithm 2) ---------------------------------
     buffer_size: int = 8192
@@ -143,12 +146,13 @@ class Profile:
         None  # autocast of SGLD passes: None (fp32), "bf16", "fp16", "auto" (runtime.autocast_dtype)
     )
     # SGLD speed-ups (speedups.py). channels_last applies on any device (the cpu profile turns it on after
-    # `python -m ebmhelpers bench --interleaved` measured it, results/cpu/bench_interleaved.csv); compile and
-    # cuda_graph on CUDA devices only, and their GPU rungs are unmeasured, so every profile keeps them off
-    # until `python -m ebmhelpers bench --speedups` has measured them on a GPU
+    # `python -m ebmhelpers bench --interleaved` measured it, results/cpu/bench_interleaved.csv). compile applies on
+    # CUDA devices only and every profile keeps it off: its one measurement, on a CPU in the same file, gives it 1.33x
+    # over eager (quartile range 1.05-1.48x), inside channels_last's spread (1.27x, 1.16-1.45x), so it does not tell
+    # the two apart, and compilation adds start-up time for every batch shape (`python -m ebmhelpers bench
+    # --speedups` measures it on a GPU)
     channels_last: bool = False  # NHWC weights and activations
     compile: bool = False  # torch.compile of the energy network (SGLD's forward and its input gradient)
-    cuda_graph: bool = False  # one step captured as a CUDA graph, replayed K times
 
     # ---- evaluation -------------------------------------------------------------------
     clf_epochs: int = 3
@@ -207,10 +211,10 @@ class Profile:
 
     def speedups(self, device: torch.device | str) -> Speedups:
         """The SGLD speed-ups this profile turns on for ``device``: ``channels_last`` on any device,
-        ``compile`` and ``cuda_graph`` on CUDA devices only (see the fields)."""
+        ``compile`` on CUDA devices only (see the fields)."""
         if torch.device(device).type != "cuda":
             return Speedups(channels_last=self.channels_last)
-        return Speedups(channels_last=self.channels_last, compile=self.compile, cuda_graph=self.cuda_graph)
+        return Speedups(channels_last=self.channels_last, compile=self.compile)
 
     def student_epochs(self) -> int:
         """Epochs of each distilled student: ``distill_epochs`` when set, else half the baseline's
@@ -284,7 +288,7 @@ PROFILES: dict[str, Profile] = {
         lottery_rounds=2,
         budget_steps=(16, 32, 64, 128),  # students: half the 3 epochs, rounded: 2 (Profile.student_epochs)
         amp_dtype="auto",  # bf16 SGLD on the H100 (runtime.autocast_dtype)
-        # channels_last, compile, cuda_graph: off until measured on the H100 (`python -m ebmhelpers bench --speedups`)
+        # channels_last, compile: off until measured on the H100 (`python -m ebmhelpers bench --speedups`)
     ),
     "cpu": Profile(
         name="cpu",
@@ -306,6 +310,9 @@ PROFILES: dict[str, Profile] = {
         # epoch 9) at 1.45x the time, more than the series' 60 minutes allow
         gen_steps=64,
         gen_step_scale=16.0,
+        # the second chain: 128 steps of 4x, the lowest validation FID of the whole chain study for that snapshot
+        # (generation_chain_study.csv), chosen there on validation digits like the first, never on test digits
+        second_chain=(128, 4.0),
         channels_last=True,  # 1.27x on the training chain, quartile range 1.16-1.45x (bench --interleaved, 2 threads)
         ckpt_every=100,
         study_steps=(16, 64, 256),  # a quarter, 1x and 4x the generation chain
@@ -333,6 +340,7 @@ PROFILES: dict[str, Profile] = {
         test_subset=512,
         sgld_steps=10,
         gen_steps=10,
+        second_chain=(20, 0.25),  # exercises chain-check: twice the steps of a quarter the size, as cpu's second chain
         buffer_size=256,
         batch_size=16,
         epochs=1,

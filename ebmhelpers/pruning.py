@@ -37,7 +37,7 @@ from .progress import tqdm
 
 from . import metrics as metrics_mod
 from . import paper, pretrained, results, verdicts
-from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, serialized_size_bytes
+from .metrics import OOD_LABELS, PAPER_OOD_SETS, Evaluator, measure_cost, score_columns, serialized_size_bytes
 from .models import count_parameters
 from .profiles import Profile
 from .runtime import Context, seed_everything
@@ -70,6 +70,24 @@ TABLE_COLUMNS = [
     "rollbacks",
     "diverged",
 ]
+# score_variant's columns, after the score row's (metrics.score_columns)
+VARIANT_COLUMNS = ("strategy", "ratio", "sparsity", "finetuned", "rollbacks", "diverged", "method", "samples")
+# what combine_training_seeds adds to a scored row: the spread of the seeds' means of IS, FID and each AUROC, and
+# the number of seeds
+TRAINING_SEED_COLUMNS = (
+    "IS_train_std",
+    "FID_train_std",
+    *(f"{c}_train_std" for c in score_columns() if c.startswith("auroc_")),
+    "training_seeds",
+)
+
+
+def sweep_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The columns of the pruning table (notebook 04: :func:`prune_sweep`'s rows and the lottery
+    ticket's, saved as ``pruning``), latency timed on ``device`` (:func:`metrics.latency_columns`):
+    the score row's, then :data:`VARIANT_COLUMNS`. Notebook 04 writes :data:`TRAINING_SEED_COLUMNS`
+    after them; a reader requires only these (the committed cpu table has no training-seed columns)."""
+    return (*score_columns(device), *VARIANT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -595,7 +613,7 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
     plus the variance of the per-seed means), ``IS_train_std``/``FID_train_std`` the spread of the
     per-seed means alone and ``auroc_<set>_train_std`` that of each AUROC (every seed is scored on the
     same digits, so it is training variance), where the rows have them the guard's rollbacks summed
-    and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds."""
+    and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds (:data:`TRAINING_SEED_COLUMNS`)."""
     out = rows.iloc[0].to_dict()
     for col in rows.select_dtypes("number").columns:
         out[col] = float(rows[col].mean())
@@ -614,6 +632,28 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
 
 
 TIMED = ["speedup_interleaved", "speedup_lo", "speedup_hi", "speed_verdict"]  # interleaved_speedup's columns
+
+
+def speed_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The columns of :func:`speed_table` (saved as ``pruning_speed``), latency timed on ``device``
+    (:func:`metrics.latency_columns`; without a device, the columns a reader requires)."""
+    return (
+        "strategy",
+        "ratio",
+        "variant",
+        "params",
+        "size_mb",
+        *metrics_mod.latency_columns(device),
+        "sgld_img_steps_per_s",
+        "latency_batch",
+        "hardware",
+        "max_abs_energy_diff",
+        *TIMED,
+        "max_abs_energy_diff_finetuned",
+        "param_fraction",
+        "speedup_latency",
+        "speedup_sgld",
+    )
 
 
 def speed_table(baseline_row: dict, pruning: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
@@ -648,7 +688,7 @@ def speed_table(baseline_row: dict, pruning: pd.DataFrame, timings: pd.DataFrame
     out["param_fraction"] = out.params / base["params"]
     out["speedup_latency"] = base[lat] / out[lat]
     out["speedup_sgld"] = out.sgld_img_steps_per_s / base["sgld_img_steps_per_s"]
-    return out
+    return out.reindex(columns=list(speed_columns(lat.removeprefix("latency_ms_"))))
 
 
 def quality_table(rows: pd.DataFrame, keys: tuple[str, ...] = ("strategy", "ratio", "finetuned")) -> pd.DataFrame:

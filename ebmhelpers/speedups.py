@@ -1,13 +1,12 @@
-"""Faster SGLD: channels_last, ``torch.compile`` of the energy network, CUDA-graph replay.
+"""Faster SGLD: channels_last and ``torch.compile`` of the energy network.
 
 SGLD is the series' hot loop (training spends most of its time in it). On 28x28 digits a ResNet18
-step is many small kernels, so a GPU idles between launches unless the batch is large or the
-launches are batched up. :class:`SGLDRunner` runs the same chain as :func:`sampling.sgld` (one
-:func:`sampling.sgld_step` per step, parameters frozen) with any of three changes. A profile turns
-each on by its field of the same name (:meth:`profiles.Profile.speedups`): ``channels_last`` on any
-device, ``compile`` and ``cuda_graph`` on CUDA devices only, so those two serve the GPU profiles
-(on a CPU the runner is plain :func:`sampling.sgld`). ``python -m ebmhelpers bench --speedups``
-measures each on a GPU, with its agreement with eager SGLD:
+step is many small kernels, so a GPU idles between launches unless the batch is large.
+:class:`SGLDRunner` runs the same chain as :func:`sampling.sgld` (one :func:`sampling.sgld_step`
+per step, parameters frozen) with either of two changes. A profile turns each on by its field of
+the same name (:meth:`profiles.Profile.speedups`): ``channels_last`` on any device, ``compile`` on
+CUDA devices only, so it serves the GPU profiles.
+``python -m ebmhelpers bench --speedups`` measures each on a GPU, with its agreement with eager SGLD:
 
 * ``channels_last``: the network's weights (and so its activations) in NHWC, the layout the
   tensor-core convolutions of cuDNN prefer under bf16 (the cpu profile turns it on too:
@@ -17,15 +16,11 @@ measures each on a GPU, with its agreement with eager SGLD:
   ``autograd.grad`` runs for dE/dx. The network is compiled, not the whole step: tracing
   ``autograd.grad`` needs ``torch._dynamo.config.trace_autograd_ops = True``, which torch 2.11
   rejects ("Unsupported Tensor.requires_grad_() call"), and what it would add, fusing the step's
-  five elementwise operations, is small beside the network's kernels (``cuda_graph`` removes their
-  launches anyway);
-* ``cuda_graph``: one step captured as a CUDA graph per (batch shape, sampler settings) and
-  replayed ``steps`` times: one launch per step instead of a few hundred. The graph reads the
-  parameters where they live, so it stays valid while an optimizer updates them in place.
+  five elementwise operations, is small beside the network's kernels.
 
-None of them changes what is computed; the chains differ from eager ones only by floating-point
-rounding and by how the Gaussian noise is drawn (tests/test_speedups.py; on a GPU, the bench's
-agreement columns). Nothing falls back: a change that cannot run raises.
+Neither changes what is computed; the chains differ from eager ones only by floating-point
+rounding (tests/test_speedups.py; on a GPU, the bench's agreement columns). Nothing falls back:
+a change that cannot run raises.
 """
 
 from __future__ import annotations
@@ -36,15 +31,13 @@ import torch
 from torch import nn
 
 from .profiles import SGLDConfig, Speedups
-from .runtime import model_device
-from .sampling import frozen, sgld, sgld_step
+from .sampling import sgld
 
-GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick their kernels)
 RECOMPILE_LIMIT = 64  # compiled variants of a network (batch shapes, layouts, frozen or not) before an error
 
 
 class SpeedupError(RuntimeError):
-    """A requested speed-up cannot run here (no CUDA for graphs, a torch too old to compile the step)."""
+    """A requested speed-up cannot run here (a torch too old to compile the network)."""
 
 
 def enable_compile() -> None:
@@ -82,58 +75,23 @@ class SGLDRunner:
         compile_backend: str = "inductor",
     ) -> None:
         self.model, self.speedups, self.amp_dtype = model, speedups, amp_dtype
-        device = model_device(model)
-        if speedups.cuda_graph and device.type != "cuda":
-            raise SpeedupError(f"CUDA graphs need the model on a CUDA device, not {device}")
         if speedups.channels_last:
             model.to(memory_format=torch.channels_last)
         self.energy = compiled(model, compile_backend) if speedups.compile else model  # what the steps call
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = torch.cuda.graph_pool_handle() if speedups.cuda_graph else None
 
     def __call__(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
-        if self.speedups.cuda_graph:
-            return self._replay(x, cfg)
-        return sgld(
-            self.energy, x, cfg, amp_dtype=self.amp_dtype
-        )  # a compiled network shares the parameters it freezes
-
-    def _replay(self, x: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, dataclasses.replace(cfg, steps=0))  # what the graph bakes in
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(x, cfg)
-        graph, static_x = self._graphs[key]
-        static_x.copy_(x)
-        for _ in range(cfg.steps):
-            graph.replay()
-        return static_x.clone()
-
-    def _capture(self, x: torch.Tensor, cfg: SGLDConfig) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture one step on a static input. The warm-up steps draw noise like any other steps,
-        so a seeded run stays reproducible: the same calls in the same order give the same chains."""
-        static_x, noise = x.detach().clone(), torch.empty_like(x)
-        graph = torch.cuda.CUDAGraph()
-        with frozen(self.model):
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                for _ in range(GRAPH_WARMUP_STEPS):
-                    sgld_step(self.energy, static_x, cfg, noise, self.amp_dtype)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            with torch.cuda.graph(graph, pool=self._pool):
-                sgld_step(self.energy, static_x, cfg, noise, self.amp_dtype)
-        return graph, static_x
+        # a compiled network shares the parameters that sgld freezes
+        return sgld(self.energy, x, cfg, amp_dtype=self.amp_dtype)
 
 
 def chain_agreement(
     model: nn.Module, x: torch.Tensor, cfg: SGLDConfig, speedups: Speedups, amp_dtype: str | None = None
 ) -> dict[str, float]:
     """How far a sped-up chain ends from the eager fp32 one started at the same images, with the
-    noise switched off (noise draws are the one thing the speed-ups may legitimately change):
-    the largest pixel difference, that difference relative to the largest pixel move of the eager
-    chain (a freshly initialised network moves pixels very little, so the absolute difference
-    alone would look small whatever the error), and the fraction of pixels more than 0.01 apart
-    (the image range is 2)."""
+    noise switched off, so that only the computation separates them: the largest pixel difference,
+    that difference relative to the largest pixel move of the eager chain (a freshly initialised
+    network moves pixels very little, so the absolute difference alone would look small whatever
+    the error), and the fraction of pixels more than 0.01 apart (the image range is 2)."""
     quiet = dataclasses.replace(cfg, noise_std=0.0)
     reference = SGLDRunner(model, Speedups())(x, quiet)
     fast = SGLDRunner(model, speedups, amp_dtype)(x, quiet)

@@ -566,7 +566,6 @@ def toy_profile(base: Profile, sgld_steps: int = TOY_SGLD_STEPS[-1]) -> Profile:
         amp_dtype=None,
         channels_last=False,
         compile=False,
-        cuda_graph=False,
         ema_decays=(),
         snapshot_epochs=(),
     )
@@ -722,6 +721,11 @@ def mode_masses(density: torch.Tensor, grid: Grid, means: torch.Tensor) -> torch
     """Probability mass of each mode's region (the grid cells nearest to that mode's mean)."""
     nearest = torch.cdist(grid.points, means.to(grid.points.dtype)).argmin(1)
     return torch.bincount(nearest, weights=density.reshape(-1), minlength=len(means))
+
+
+# notebook 00's table of density fits (saved as toy_density_fits): density_report's scores of each method, with
+# the divergence guard's rollbacks of its training and its wall seconds
+DENSITY_FIT_COLUMNS = ("method", "rollbacks", "tv", "kl", "test_nll", "light_mode_mass", "seconds")
 
 
 @torch.no_grad()

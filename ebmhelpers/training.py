@@ -555,10 +555,17 @@ def train_classifier(
 
 
 def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNISTClassifier, float]:
-    """The metric classifier of ``ctx.profile`` and its test accuracy (loaded or trained)."""
+    """The metric classifier of ``ctx.profile`` (:func:`metric_classifier`) and its test accuracy."""
+    model = metric_classifier(ctx, progress)
+    test_x, test_y = data_mod.load_dataset("mnist", train=False, device=ctx.device)
+    return model, accuracy(model, test_x, test_y)
+
+
+def metric_classifier(ctx: Context, progress: bool = True) -> MNISTClassifier:
+    """The metric classifier of ``ctx.profile``: ``classifier.pt`` in its checkpoints, installed there
+    from the committed baseline's file when it has one (unless ``EBM_TRAIN=1``), else trained there."""
     p = ctx.profile
     path = ctx.checkpoints / "classifier.pt"
-    test_x, test_y = data_mod.load_dataset("mnist", train=False, device=ctx.device)
     committed = None if path.exists() or pretrained.wants_training() else pretrained.load(p.name, "baseline")
     if committed is not None and "classifier" in committed:
         atomic_save({"model": committed["classifier"]}, path)
@@ -570,4 +577,4 @@ def load_or_train_classifier(ctx: Context, progress: bool = True) -> tuple[MNIST
         x, y = data_mod.load_training_split("fit", p.val_size, p.clf_train_subset, p.seed, ctx.device, with_labels=True)
         model = train_classifier(x, y, p.clf_epochs, p.clf_batch_size, seed=p.seed, progress=progress)
         atomic_save({"model": model.state_dict()}, path)
-    return model, accuracy(model, test_x, test_y)
+    return model

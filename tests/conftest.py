@@ -1,10 +1,12 @@
-"""Shared fixtures: small real MNIST slices and tiny energy models."""
+"""Shared fixtures: small real MNIST slices, tiny energy models and profiles, the committed tables."""
 
 import pytest
 import torch
 
-from ebmhelpers import data
+from ebmhelpers import data, results
 from ebmhelpers.models import ResNetEnergy
+from ebmhelpers.profiles import get_profile
+from ebmhelpers.runtime import Context
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +19,40 @@ def mnist_test():
 def tiny_energy():
     torch.manual_seed(0)
     return ResNetEnergy(blocks=(1, 1), widths=(8, 16))
+
+
+@pytest.fixture
+def tiny_baseline():
+    """The smoke profile with a baseline that trains in a second: tutorial 8's CNN on 64 digits in
+    batches of 8 (8 iterations an epoch, one epoch), 2 SGLD steps, 32 chains, a checkpoint every 4
+    iterations."""
+    return get_profile("smoke").replace(
+        baseline="cnn_tutorial8",
+        train_subset=64,
+        batch_size=8,
+        buffer_size=32,
+        sgld_steps=2,
+        epochs=1,
+        max_iters_per_epoch=None,
+        ckpt_every=4,
+    )
+
+
+@pytest.fixture
+def committed_cpu_table(monkeypatch):
+    """``load(name, columns, written)``: the committed ``results/cpu/<name>.csv`` read as the series
+    reads it, by :func:`results.load_table` with the columns its readers require (``columns``), and
+    checked to have no column its writer does not declare (``written``, the table's declaration on
+    a CPU; default ``columns``)."""
+
+    def load(name, columns, written=None):
+        monkeypatch.setenv("EBM_RESULTS_DIR", str(results.COMMITTED_RESULTS))
+        table = results.load_table(Context(get_profile("cpu"), torch.device("cpu")), name, columns)
+        undeclared = set(table.columns) - {"profile", *(written or columns)}
+        assert not undeclared, f"results/cpu/{name}.csv has undeclared columns {sorted(undeclared)}"
+        return table
+
+    return load
 
 
 @pytest.fixture

@@ -59,8 +59,8 @@ def test_speedup_ladder_on_the_cpu_measures_each_rung_and_the_targets(capsys):
 def test_ladder_adds_one_change_per_rung():
     rungs = bench.ladder(torch.device("cuda"))
     assert rungs[0] == (None, Speedups()) and rungs[1] == ("bf16", Speedups())
-    assert Speedups(True, True, True) in [s for _, s in rungs]
-    assert all(not s.cuda_graph for _, s in bench.ladder(torch.device("cpu")))
+    assert (None, Speedups(channels_last=True, compile=True)) in rungs  # both in fp32, what scoring uses
+    assert len(set(rungs)) == len(rungs)
     assert bench._speedups_of("channels_last + compile") == Speedups(channels_last=True, compile=True)
 
 

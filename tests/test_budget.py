@@ -91,3 +91,8 @@ def test_budget_summary_judges_each_k_by_the_series_margins():
     assert s.keeps.to_dict() == {16: "contradicted", 32: "reproduced", 128: "reproduced"}
     one_seed = b.assign(IS_std=NAN, FID_std=NAN, n_seeds=1)  # no spread: no interval, nothing shown
     assert set(budget.budget_summary(one_seed).keeps) == {"inconclusive"}
+
+
+def test_committed_sampling_budget_loads_with_its_declaration(committed_cpu_table):
+    table = committed_cpu_table("sampling_budget", budget.BUDGET_COLUMNS)
+    assert set(table.rule) == set(budget.BUDGET_RULES) and (table.K == table.ref_K).any()

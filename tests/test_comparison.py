@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ebmhelpers import comparison, results, runtime
+from ebmhelpers import comparison, distillation, metrics, pruning, results, runtime
 from ebmhelpers.profiles import get_profile
 from ebmhelpers.verdicts import References
 
@@ -19,7 +19,9 @@ REFS = References(
 
 
 def _score_row(model, size, fid, flip=0.9, IS=7.0, **extra):
+    """A row with every column of a scored table (metrics.score_columns), AUROC 0.9 unless given."""
     return {
+        **{c: 0.9 if c.startswith("auroc_") else 0.0 for c in metrics.score_columns("cpu")},
         "model": model,
         "params": 100,
         "size_mb": size,
@@ -90,13 +92,25 @@ def test_comparison_table_from_saved_results(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path))
     ctx = runtime.Context(get_profile("smoke"), torch.device("cpu"))
     _save_references(ctx)
-    results.save_table(ctx, "baseline", pd.DataFrame([_score_row("baseline", 40.0, 300.0)]))
+    results.save_table(
+        ctx, "baseline", pd.DataFrame([_score_row("baseline", 40.0, 300.0)]), columns=metrics.score_columns("cpu")
+    )
     results.save_table(
         ctx, "quantization", pd.DataFrame([_score_row("int8 static", 10.0, NAN, IS=NAN, generative=False)])
     )
     prune = [
         _score_row(
-            f"p{r}{ft}", 40.0, fid, strategy="s", ratio=r, finetuned=ft, rollbacks=rb, diverged=dv, method="one-shot"
+            f"p{r}{ft}",
+            40.0,
+            fid,
+            strategy="s",
+            ratio=r,
+            sparsity=r,
+            finetuned=ft,
+            rollbacks=rb,
+            diverged=dv,
+            method="one-shot",
+            samples=f"pruning_s_{r}",
         )
         for r, ft, fid, rb, dv in [
             (0.2, False, 302.0, 0, False),
@@ -104,11 +118,22 @@ def test_comparison_table_from_saved_results(tmp_path, monkeypatch):
             (0.6, True, 301.0, 2, True),
         ]
     ]
-    results.save_table(ctx, "pruning", pd.DataFrame(prune))
-    results.save_table(
-        ctx, "distillation", pd.DataFrame([_score_row("resnet_77k/mixed", 0.4, 2500.0, flip=0.3, IS=2.0)])
+    results.save_table(ctx, "pruning", pd.DataFrame(prune), columns=pruning.sweep_columns("cpu"))  # one seed each
+    student = _score_row(
+        "resnet_77k/mixed",
+        0.4,
+        2500.0,
+        flip=0.3,
+        IS=2.0,
+        student="resnet_77k",
+        variant="mixed",
+        sgld_speedup=3.0,
+        distill_steps=100,
+        **dict.fromkeys(distillation.HELDOUT_COLUMNS, 0.1),
     )
+    results.save_table(ctx, "distillation", pd.DataFrame([student]), columns=distillation.table_columns("cpu"))
     table = comparison.comparison_table(ctx)
+    assert list(table.columns) == list(comparison.TABLE_COLUMNS)
     by = table.set_index("model")
     assert "p0.6False" not in by.index  # 0.2 is the largest one-shot ratio that keeps quality
     assert (
@@ -133,7 +158,7 @@ def test_comparison_table_from_saved_results(tmp_path, monkeypatch):
     assert found.loc["p0.2False", "keeps_quality"] and found.loc["p0.2False", "not shown"] == ""
     # a table without the per-transform columns: one error naming the notebook that writes it
     results.save_table(ctx, "baseline", pd.DataFrame([{"model": "baseline", "size_mb": 40.0, "IS": 7.0, "FID": 300.0}]))
-    with pytest.raises(results.MissingResultsError, match="baseline.csv has no auroc_noise.*02_evaluation"):
+    with pytest.raises(results.MissingResultsError, match="baseline.csv has no column.*auroc_noise.*02_evaluation"):
         comparison.comparison_table(ctx)
 
 
@@ -202,3 +227,8 @@ def test_missing_results_name_the_notebook(tmp_path, monkeypatch):
     ctx = runtime.Context(get_profile("smoke"), torch.device("cpu"))
     with pytest.raises(results.MissingResultsError, match="02_evaluation"):
         comparison.comparison_table(ctx)
+
+
+def test_committed_comparison_has_no_undeclared_column(committed_cpu_table):
+    table = committed_cpu_table("comparison", (), comparison.TABLE_COLUMNS)  # no reader requires its columns
+    assert table.model.iloc[0] == "baseline" and (table.family == "baseline").sum() == 1

@@ -9,6 +9,7 @@ from torch import nn
 
 from ebmhelpers import data
 from ebmhelpers import distillation as d
+from ebmhelpers.pruning import TRAINING_SEED_COLUMNS
 from ebmhelpers.models import EnergyModel, ResNetEnergy, Swish, build_baseline, count_parameters
 from ebmhelpers.profiles import get_profile
 
@@ -338,6 +339,7 @@ def test_score_rows_carry_heldout_columns_per_kind_and_do_not_reseed():
         assert rows[0][f"heldout_rel_{kind}"] == pytest.approx(errors.energy_rel[kind])
         assert f"grad_cosine_{kind}" in rows[0]
     assert rows[0]["student"] == "cnn_2k" and rows[0]["variant"] == "mixed" and rows[0]["model"] == "cnn_2k/mixed"
+    assert [c for c in rows[0] if c.startswith(("heldout_", "grad_cosine_"))] == list(d.HELDOUT_COLUMNS)
 
 
 def test_figure3_uses_worst_case_auroc_and_seed_error_bars():
@@ -478,3 +480,9 @@ def test_quality_text_says_when_a_student_does_not_generate():
     row = {"IS": 1.5, "IS_std": 0.01, "FID": 712.4, "FID_std": 7.6}
     assert d.quality_text(row, refs) == "IS 1.50 ± 0.01, FID 712 ± 8 (does not generate)"
     assert d.quality_text(pd.Series(row | {"IS": 3.5}), refs) == "IS 3.50 ± 0.01, FID 712 ± 8"
+
+
+def test_committed_distillation_table_loads_with_its_declaration(committed_cpu_table):
+    written = (*d.table_columns("cpu"), *TRAINING_SEED_COLUMNS)
+    table = committed_cpu_table("distillation", d.table_columns(), written)
+    assert (table.model == table.student + "/" + table.variant).all()

@@ -55,6 +55,7 @@ SHOWN = {
         ("distillation", "distillation_inputs"),
         ("distillation", "distill_loss"),
         ("distillation", "Distiller._train_step"),
+        ("objective_study", "choose_objective"),
     },
     "06": {("verdicts", "generates"), ("verdicts", "quality_interval")},
 }
@@ -141,6 +142,12 @@ CONTENT = {
     ],
     "distill_loss": ["def distill_loss(", "create_graph=True", "weighted_mse(energy, teacher_energy, energy_w)"],
     "Distiller._train_step": ["def _train_step(self, batch", "distill_loss(", "self.opt.step()"],
+    "choose_objective": [
+        "def choose_objective(",
+        "gen = generating(summary)",
+        'order = pd.concat([size[alive].sort_values("FID"), size[~alive].sort_values("IS", ascending=False)])',
+        "-mean_is.get(o, 0.0)",
+    ],
     "generates": ["def generates(", "return is_ > r.is_min and fid < r.fid_max"],
     "quality_interval": ["def quality_interval(", "standard_error(row, metric)", "_t_interval(est,"],
 }

@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
 import torch
 
 from ebmhelpers import plotting
@@ -165,3 +166,42 @@ def test_sampling_budget_gives_a_model_one_colour_in_both_panels():
         assert colour == colour_of[label.split(",")[0]], label
     styles = {c.get_label(): c.lines[0].get_linestyle() for c in fid_ax.containers}
     assert styles["baseline, fixed T"] != styles["baseline, fixed step"]
+
+
+def test_distill_study_draws_one_line_per_objective_and_both_references_and_thresholds():
+    from matplotlib.collections import PathCollection
+
+    from ebmhelpers import objective_study as study
+
+    refs = [
+        {"objective": study.TEACHER, "student": "t", "ratio": 1.0, "params": 80_000, "IS": 8.0, "FID": 100.0},
+        {"objective": study.NOISE, "student": study.NOISE, "ratio": float("inf"), "params": 0, "IS": 1.0, "FID": 1e3},
+    ]
+    cells = [
+        {"objective": o, "student": f"s{n}", "ratio": r, "params": n, "IS": is_, "FID": fid, "label": f"({o})"}
+        for o, is_, fid in (("eq6", 5.0, 200.0), ("score", 2.0, 900.0), ("pcd", 4.0, 250.0))
+        for r, n in ((4, 20_000), (40, 2_000))
+        for seed in (0, 1)
+    ]
+    table = pd.DataFrame(refs + cells).assign(
+        profile="cpu", teacher_arch="t", budget_flops=1e9, IS_std=0.1, FID_std=5.0
+    )
+    summary = study.summarize(table)
+    fig = plotting.plot_distill_study(summary)
+    fid_ax, is_ax = fig.axes
+    assert fid_ax.get_yscale() == "log" and fid_ax.get_xscale() == "log" and is_ax.get_yscale() == "linear"
+    r = study.references(summary)  # generates: IS above sqrt(8) and FID below sqrt(1e5)
+    for ax, col, threshold in ((fid_ax, "FID", r.fid_max), (is_ax, "IS", r.is_min)):
+        lines = [c for c in ax.containers if c.has_yerr]
+        assert sorted(c.get_label() for c in lines) == ["(eq6)", "(pcd)", "(score)"]  # one line per objective
+        assert all(len(c.lines[0].get_xdata()) == 2 for c in lines)  # the seeds averaged: one point per size
+        flat = {
+            line.get_label(): line.get_ydata()[0]
+            for line in ax.get_lines()
+            if line.get_label().startswith((study.TEACHER, study.NOISE, "generates"))
+        }
+        assert len(flat) == 3  # teacher, uniform noise and where generating starts
+        assert sorted(flat.values()) == pytest.approx(sorted([summary[col].iloc[0], summary[col].iloc[1], threshold]))
+        points = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+        hollow = [c for c in points if not c.get_facecolors().any()]
+        assert sum(len(c.get_offsets()) for c in hollow) == 2  # score's two students do not generate

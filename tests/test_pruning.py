@@ -185,25 +185,11 @@ def test_physical_removal_of_the_plain_cnn_baseline(key, mnist_test):
         torch.testing.assert_close(phys(x), masked(x), atol=1e-5, rtol=1e-5)
 
 
-def _lottery_ctx(tmp_path, monkeypatch):
+def test_lottery_ticket_rewinds_to_the_runs_snapshot_and_trains_like_one_shot(
+    tmp_path, monkeypatch, one_thread, tiny_baseline
+):
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path))
-    profile = get_profile("smoke").replace(
-        baseline="cnn_tutorial8",
-        train_subset=64,
-        batch_size=8,
-        buffer_size=32,
-        sgld_steps=2,
-        epochs=1,
-        max_iters_per_epoch=None,
-        ckpt_every=4,
-        finetune_iters=3,
-        lottery_rounds=2,
-    )
-    return Context(profile, torch.device("cpu"))
-
-
-def test_lottery_ticket_rewinds_to_the_runs_snapshot_and_trains_like_one_shot(tmp_path, monkeypatch, one_thread):
-    ctx = _lottery_ctx(tmp_path, monkeypatch)
+    ctx = Context(tiny_baseline.replace(finetune_iters=3, lottery_rounds=2), torch.device("cpu"))
     baseline = training.load_or_train_baseline(ctx, progress=False)  # keeps the rewind snapshot
     data = baseline.data
     early, k = pruning.early_weights(ctx)
@@ -560,7 +546,9 @@ def _speed_inputs():
 
 def test_speed_table_carries_interleaved_timings_for_masked_and_physical_models():
     base, quality, timings = _speed_inputs()
-    speed = pruning.speed_table(base, quality, timings).set_index(["variant", "ratio"])
+    table = pruning.speed_table(base, quality, timings)
+    assert list(table.columns) == list(pruning.speed_columns("cpu"))
+    speed = table.set_index(["variant", "ratio"])
     assert speed.loc[("dense", 0.0), "speedup_interleaved"] == 1.0
     assert speed.loc[("masked", 0.3), "speedup_interleaved"] == 1.02  # from the timings, not the score row
     assert speed.loc[("masked", 0.3), "speedup_sgld"] == pytest.approx(0.8)  # one-off, kept apart
@@ -587,3 +575,18 @@ def test_speedup_figure_plots_interleaved_medians_with_quartile_bars_and_fronts_
     front = next(ln for ln in fid_ax.get_lines() if ln.get_label().startswith("Pareto front"))
     assert 3.0 not in set(front.get_xdata()) and 900.0 not in set(front.get_ydata())
     assert set(front.get_xdata()) <= {1.0, 1.02, 1.5}
+
+
+def test_a_row_combined_over_training_seeds_adds_the_declared_columns():
+    row = dict.fromkeys(pruning.sweep_columns("cpu"), 0.5) | {"model": "m", "worst_set": "flip", "rollbacks": 0}
+    rows = pd.DataFrame([row | {"IS": 5.0, "training_seed": 0}, row | {"IS": 6.0, "training_seed": 1}])
+    combined = pruning.combine_training_seeds(rows)
+    assert list(combined) == [*pruning.sweep_columns("cpu"), *pruning.TRAINING_SEED_COLUMNS]
+    assert combined["IS_train_std"] == pytest.approx(0.5**0.5) and combined["auroc_flip_train_std"] == 0.0
+
+
+def test_committed_pruning_tables_load_with_their_declarations(committed_cpu_table):
+    written = (*pruning.sweep_columns("cpu"), *pruning.TRAINING_SEED_COLUMNS)
+    sweep = committed_cpu_table("pruning", pruning.sweep_columns(), written)
+    speed = committed_cpu_table("pruning_speed", pruning.speed_columns(), pruning.speed_columns("cpu"))
+    assert set(sweep.method) == {"one-shot", "lottery"} and set(speed.variant) == {"dense", "masked", "physical"}

@@ -136,7 +136,27 @@ def test_digit_measures():
     assert torch.allclose(d[:3], torch.zeros(3), atol=1e-3) and d[3] == pytest.approx(0.4, abs=1e-3)
 
 
-def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
+def test_validation_scorer_scores_quality_as_the_evaluator_does():
+    """Given the same classifier and real-digit statistics, the recipe study's scorer and the
+    Evaluator give the same scores to the same digits (one definition of the quality scores)."""
+    from ebmhelpers.models import MNISTClassifier
+    from ebmhelpers.runtime import Context
+    from ebmhelpers.tools.recipe_study import ValidationScorer
+
+    torch.manual_seed(0)
+    ev = metrics.Evaluator(
+        Context(get_profile("smoke").replace(n_fid_real=64, n_ood=16), torch.device("cpu")), MNISTClassifier()
+    )
+    scorer = ValidationScorer.__new__(ValidationScorer)  # the Evaluator's digits in place of the validation split
+    scorer.classifier, scorer.fit_ref = ev.classifier, ev.ood_x
+    scorer.real_mu, scorer.real_sigma = ev.real_mu, ev.real_sigma
+    samples = torch.rand(32, 1, 28, 28) * 2 - 1
+    scores = scorer(samples)
+    assert scores.pop("nearest_train") > 0
+    assert scores == pytest.approx(ev.sample_quality(samples))
+
+
+def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch, tiny_baseline):
     """A trained baseline exported at a kept snapshot is installed as a finished checkpoint with the
     snapshot's weights, its buffer to within half a grey level and the history up to its step."""
     from ebmhelpers import pretrained, training
@@ -145,34 +165,17 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.delenv(pretrained.TRAIN_ENV, raising=False)
-    p = get_profile("smoke").replace(
-        baseline="cnn_tutorial8",
-        train_subset=64,
-        batch_size=8,
-        buffer_size=32,
-        sgld_steps=2,
-        epochs=2,
-        max_iters_per_epoch=None,
-        ckpt_every=4,
-        snapshot_epochs=(1, 2),
-        clf_train_subset=256,
-    )
+    p = tiny_baseline.replace(epochs=2, snapshot_epochs=(1, 2), clf_train_subset=256)
     ctx = Context(p, torch.device("cpu"))
     trainer = training.load_or_train_baseline(ctx, progress=False, train=True)
     training.load_or_train_classifier(ctx, progress=False)  # the committed baseline carries the metric classifier
     assert trainer.done and trainer.step == 16
-    state = pretrained.baseline_state(ctx.checkpoints, p.name, "epoch1", keep=("rewind", "epoch1", "epoch2"))
-    entry = pretrained.commit(
-        p.name,
-        "baseline",
-        "baseline",
-        state,
-        architecture=p.baseline,
-        iterations=state["step"],
-        seconds=1.0,
-        command="a test",
+    entry = pretrained.commit_baseline(
+        p, ctx.checkpoints, seconds=1.0, command="a test", snapshot="epoch1", keep=("rewind", "epoch1", "epoch2")
     )
     assert pretrained.folder(p.name) / entry["file"] == pretrained.path_for(p.name)
+    assert entry["iterations"] == 8 and entry["architecture"] == p.baseline and entry["weights"] == "trained"
+    assert pretrained.read_manifest(p.name)["baseline"] == entry
     snap = torch.load(ctx.checkpoints / "baseline_epoch1.pt", weights_only=True)
 
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "fresh"))
@@ -187,23 +190,13 @@ def test_pretrained_export_and_install_round_trip(tmp_path, monkeypatch):
     assert pretrained.wants_training()
 
 
-def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch):
+def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch, tiny_baseline):
     """A recipe stopped and resumed reports the wall time of all its training, not of the last call."""
     from ebmhelpers.runtime import Context
     from ebmhelpers.tools import recipe_study
 
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    p = get_profile("smoke").replace(
-        baseline="cnn_tutorial8",
-        train_subset=64,
-        batch_size=8,
-        buffer_size=32,
-        sgld_steps=2,
-        epochs=2,
-        max_iters_per_epoch=None,
-        ckpt_every=2,
-    )
-    ctx = Context(p, torch.device("cpu"))
+    ctx = Context(tiny_baseline.replace(epochs=2, ckpt_every=2), torch.device("cpu"))
     images = data.load_training_split("fit", 0, 64)
     # the study checkpoints every 50 iterations and at each epoch's end (8 iterations here): a call
     # stops at the first checkpoint at or after its budget
@@ -216,26 +209,13 @@ def test_recipe_training_seconds_add_up_over_resumed_calls(tmp_path, monkeypatch
     assert third.step == 16 and s3 == pytest.approx(s2, abs=0.5)  # nothing left to train: nothing added
 
 
-def _tiny(name: str = "smoke"):
-    return get_profile("smoke").replace(
-        baseline="cnn_tutorial8",
-        train_subset=64,
-        batch_size=8,
-        buffer_size=32,
-        sgld_steps=2,
-        epochs=1,
-        max_iters_per_epoch=None,
-        ckpt_every=4,
-    )
-
-
-def test_long_run_keeps_every_epoch_apart_from_the_profile_baseline(tmp_path, monkeypatch):
+def test_long_run_keeps_every_epoch_apart_from_the_profile_baseline(tmp_path, monkeypatch, tiny_baseline):
     """``recipe-study --long``: a recipe trained with a snapshot per epoch in its own folder, resumable
     to more epochs, and the profile's own baseline checkpoint never written."""
     from ebmhelpers.tools import recipe_study
 
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path))
-    monkeypatch.setattr(recipe_study, "get_profile", _tiny)
+    monkeypatch.setattr(recipe_study, "get_profile", lambda name=None: tiny_baseline)
     trainer = recipe_study.long_run("paper: 5% fresh", 2, "smoke", progress=False)
     folder = tmp_path / "smoke" / "recipe_study" / "paper__5__fresh_long"
     assert trainer.ckpt_path.parent == folder and trainer.step == 16 and trainer.profile.reinit_frac == 0.05

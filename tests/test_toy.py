@@ -106,7 +106,6 @@ def test_toy_training_settings_do_not_depend_on_the_profile():
         "amp_dtype",
         "channels_last",
         "compile",
-        "cuda_graph",
         "ema_decays",
         "snapshot_epochs",
         "max_abs_energy",
@@ -249,3 +248,8 @@ def test_mlp_energy_interface():
     assert torch.equal(model(x), model.logits(x).mean(1))
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         model(torch.randn(5, 3))
+
+
+def test_committed_density_fits_load_with_their_declaration(committed_cpu_table):
+    table = committed_cpu_table("toy_density_fits", toy.DENSITY_FIT_COLUMNS)
+    assert {"target", "exact MLE", "NCE"} <= set(table.method)

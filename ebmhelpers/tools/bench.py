@@ -2,8 +2,8 @@
 
 ``python -m ebmhelpers bench --speedups`` measures the SGLD speed-ups instead (:func:`run_speedup_bench`):
 the baseline under each rung of :func:`ladder` with its agreement with eager fp32 chains, and
-the speed targets (:data:`TARGET_GEN`, :data:`TARGET_TRAIN_MIN`). Its GPU rungs (compile, CUDA graphs) are
-not measured on a GPU, so every profile keeps them off; this is the command that measures them.
+the speed targets (:data:`TARGET_GEN`, :data:`TARGET_TRAIN_MIN`). Its GPU rung (compile) is not measured on a
+GPU, so every profile keeps it off; this is the command that measures it.
 
 For each model: SGLD image-steps per second (the cost of sampling and of PCD training), the
 FLOPs of one SGLD step counted by ``torch.utils.flop_counter``, the FLOP/s achieved and, where the
@@ -171,9 +171,8 @@ LADDER_BUDGET_S = 420.0  # stop adding rows after this long (a device command ha
 
 
 def ladder(device: torch.device) -> list[tuple[str | None, Speedups]]:
-    """The rungs, each adding one change: fp32, bf16 autocast, channels_last, compile, CUDA graphs
-    (with and without compile), and all of them in fp32 (what scoring uses). On a CPU only what
-    runs there: bf16 only with native bf16 units, no CUDA graphs."""
+    """The rungs, each adding one change: fp32, bf16 autocast, channels_last, compile, and on a GPU
+    both speed-ups in fp32 (what scoring uses). On a CPU bf16 only with native bf16 units."""
     cuda = device.type == "cuda"
     bf16 = "bf16" if cuda or torch.cpu._is_avx512_bf16_supported() else None
     rungs = [
@@ -183,11 +182,7 @@ def ladder(device: torch.device) -> list[tuple[str | None, Speedups]]:
         (bf16, Speedups(channels_last=True, compile=True)),
     ]
     if cuda:
-        rungs += [
-            (bf16, Speedups(channels_last=True, cuda_graph=True)),
-            (bf16, Speedups(True, True, True)),
-            (None, Speedups(True, True, True)),
-        ]
+        rungs.append((None, Speedups(channels_last=True, compile=True)))
     return list(dict.fromkeys(rungs))  # without bf16 units the bf16 rungs collapse onto the fp32 ones
 
 
@@ -200,7 +195,7 @@ def measure_rung(
     device: torch.device,
     repeats: int,
 ) -> dict:
-    """Speed of one rung: the first call (compile or capture included) and the median of later calls."""
+    """Speed of one rung: the first call (compilation included) and the median of later calls."""
     model = make().to(device).eval()
     runner = SGLDRunner(model, speedups, amp)
     if device.type == "cuda":
@@ -307,7 +302,7 @@ def target_lines(
     synchronize(device)
     gen_s = time.perf_counter() - t0
     paper = get_profile("paper").replace(
-        baseline=p.baseline, amp_dtype=amp, channels_last=sp.channels_last, compile=sp.compile, cuda_graph=sp.cuda_graph
+        baseline=p.baseline, amp_dtype=amp, channels_last=sp.channels_last, compile=sp.compile
     )
     train = measure_training(paper, paper.batch_size, device, repeats=5)
     iters = training_iterations(paper, MNIST_TRAIN)

@@ -1,5 +1,5 @@
 """Command line: ``python -m ebmhelpers {run,train,report,recipe-study,export-pretrained,distill-study,bench,
-estimate,prepare-data}``.
+estimate,prepare-data,chain-check}``.
 
 A mistake of the caller (an unknown profile, a profile sized for a GPU on a CPU, a notebook that does
 not exist) is one line on stderr and exit status 2, never a traceback.
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--speedups",
         action="store_true",
-        help="measure the SGLD speed-ups (bf16, channels_last, compile, CUDA graphs; their GPU rungs are "
-        "unmeasured and off in every profile) and the speed targets",
+        help="measure the SGLD speed-ups (bf16, channels_last, compile; compile's GPU rung is unmeasured and "
+        "off in every profile) and the speed targets",
     )
 
     report = sub.add_parser(
@@ -145,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare-data", help="gunzip an offline copy of MNIST/Fashion-MNIST into the data root")
     prep.add_argument("source", help="folder with mnist/ and fashion-mnist/ *.gz files (e.g. ../shared/data)")
     prep.add_argument("--root", help="data root (default: EBM_DATA_ROOT, else ./data)")
+
+    chain = sub.add_parser(
+        "chain-check",
+        help="score every model behind the paper's verdicts again under a second generation chain "
+        "(resumable; results/<profile>/second_chain.csv)",
+    )
+    chain.add_argument("--profile", help="profile whose models and tables are used (default: EBM_PROFILE, else cpu)")
+    chain.add_argument("--steps", type=int, help="SGLD steps of the second chain (default: the profile's second_chain)")
+    chain.add_argument("--step-scale", type=float, help="its step size as a multiple of the training step")
+    chain.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
     args = parser.parse_args(argv)
     from ..profiles import ProfileError
@@ -249,24 +259,20 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "export-pretrained":
         from pathlib import Path
 
-        from ..pretrained import baseline_state, commit
+        from ..pretrained import commit_baseline
         from ..profiles import get_profile
         from ..runtime import checkpoint_dir
 
         p = get_profile(args.profile)
         folder = Path(args.checkpoints) if args.checkpoints else checkpoint_dir(p)
-        keep = ("rewind", *(f"epoch{e}" for e in p.snapshot_epochs))
-        state = baseline_state(folder, p.name, args.snapshot, args.weights, keep) | {"seconds": args.seconds}
-        entry = commit(
-            p.name,
-            "baseline",
-            "baseline",
-            state,
-            architecture=p.baseline,
-            iterations=state["step"],
+        entry = commit_baseline(
+            p,
+            folder,
             seconds=args.seconds,
             command=args.trained,
+            snapshot=args.snapshot,
             weights=args.weights,
+            keep=("rewind", *(f"epoch{e}" for e in p.snapshot_epochs)),
         )
         print(f"committed {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]})")
     elif args.command == "bench":
@@ -303,11 +309,48 @@ def _run(args: argparse.Namespace) -> int:
         table, summary = estimate(args.profile, flops_per_s=rate, device=args.device)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         print(summary)
+    elif args.command == "chain-check":
+        _chain_check(args)
     elif args.command == "prepare-data":
         from ..data import install_offline_copy
 
         print(f"data root: {install_offline_copy(args.source, args.root)}")
     return 0
+
+
+def _chain_check(args: argparse.Namespace) -> None:
+    """``chain-check``: score the models under the second chain, then print how many verdicts change."""
+    import torch
+
+    from .. import paper_report
+    from ..pretrained import WeightsError
+    from ..results import MissingResultsError
+    from ..runtime import start
+    from . import chain_check
+
+    if (args.steps is None) != (args.step_scale is None):
+        raise CommandError("--steps and --step-scale go together (the default: the profile's second_chain)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = chain_check.run(args.profile, args.steps, args.step_scale)
+    except (chain_check.ChainError, chain_check.Missing, MissingResultsError, WeightsError) as err:
+        raise CommandError(str(err)) from None
+    if rows.empty:
+        print("no model was scored under the second chain")
+        return
+    print(rows[["table", "model", "training_seeds", "IS", "IS_std", "FID", "FID_std"]].to_string(index=False))
+    ctx = start(args.profile, verbose=False)
+    steps, scale = rows.steps.iloc[0], rows.step_scale.iloc[0]
+    try:
+        compared = paper_report.chain_comparison(paper_report.Results.read(ctx.results), rows, steps, scale)
+    except MissingResultsError as err:
+        print(err)
+        return
+    changed = compared[compared.changed]
+    print(f"{len(changed)} of {len(compared)} verdicts change under the second chain")
+    for claim, first, second in zip(changed.claim, changed.verdict, changed["second chain verdict"]):
+        print(f"  {claim}: {first} -> {second}")
 
 
 if __name__ == "__main__":

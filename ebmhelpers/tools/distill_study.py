@@ -25,10 +25,11 @@ run (:func:`measure_costs`: forward, backward, double backward, SGLD steps), per
 epoch's rounding for PCD runs: the run's epochs are cut so that it ends exactly where planned).
 The Adam update itself (elementwise, a few FLOPs per parameter per step) is not counted.
 
-**Selection and targets.** :func:`summarize` averages the training seeds of each (size, objective);
-:func:`choose_objective` picks the objective with the best mean FID rank over the sizes (students
-that do not generate rank last); ``--winners`` trains its students for committing
-(:func:`train_winners`); :func:`targets` states the goals as rules on a summary.
+**Selection and targets** are read from the table by :mod:`ebmhelpers.objective_study` (which notebook
+05 reads too): ``summarize`` combines the training seeds of each (size, objective); ``choose_objective``
+picks the objective with the best mean FID rank over the sizes (students that do not generate rank
+last); ``targets`` states the goals as rules on a summary. ``--winners`` trains the chosen objective's
+students for committing (:func:`train_winners`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from .. import data as data_mod
-from .. import distillation, objectives, pretrained, verdicts
+from .. import distillation, objectives, pretrained
 from ..metrics import OOD_TRANSFORMS, Evaluator, feature_stats
 from ..models import count_parameters
+from ..objective_study import (
+    CONTROL,
+    CSV_NAME,
+    NOISE,
+    REFERENCE_ROWS,
+    TEACHER,
+    choose_objective,
+    command,
+    of_budget,
+    summarize,
+)
+from ..objective_study import targets as targets  # the command line prints them beside the summary
 from ..profiles import Profile, get_profile
 from ..runtime import Context, checkpoint_dir, get_device, seed_everything
 from ..sampling import ReplayBuffer, frozen, sgld, sgld_step
@@ -74,10 +87,6 @@ NAMED_SLACK = 1.25  # a named student within this factor below the target size i
 GRID_CHANNELS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # widths of the 4-convolution CNN students
 STUDY_KINDS = (*distillation.INPUT_KINDS, "sgld")  # the inputs: real, buffer, noise and the teacher's SGLD samples
 FALLBACK_VAL_SIZE = 256  # validation digits held out for this study by a profile that holds out none (smoke)
-CSV_NAME = "distillation_study.csv"
-TEACHER = "teacher"  # the objective column of the teacher's row
-NOISE = "uniform noise"  # ... and of uniform noise's (the other end of "generates", verdicts.References)
-REFERENCE_ROWS = (TEACHER, NOISE)
 # a cell's identity in the table: a rerun skips the cells whose key is there
 KEY = ("teacher_arch", "ratio", "student", "objective", "seed", "budget_flops")
 
@@ -112,7 +121,7 @@ OBJECTIVES: dict[str, Objective] = {
             teacher_grads=True,
             scale_fit=True,
         ),
-        Objective("pcd", "(f) control: PCD from scratch", None, pcd_share=1.0, pcd_from_teacher_buffer=False),
+        Objective(CONTROL, "(f) control: PCD from scratch", None, pcd_share=1.0, pcd_from_teacher_buffer=False),
     )
 }
 
@@ -703,146 +712,12 @@ def run_study(
     if len(table):
         from ..plotting import plot_distill_study
 
-        summary = summarize(of_budget(table))
         plot_distill_study(
-            summary[~summary.objective.isin(REFERENCE_ROWS)],
-            summary[summary.objective == TEACHER].iloc[0],
+            summarize(of_budget(table)),
             title=f"distillation objectives at equal compute (validation digits)\n{ctx.label()}",
             save=ctx.figures / "distillation_study.png",
         )
     return table
-
-
-# ---- summary, choice and targets ------------------------------------------------------------
-def of_budget(table: pd.DataFrame, budget: float | None = None) -> pd.DataFrame:
-    """The teacher's row and the rows of one budget (default: that of the last row written), so
-    runs with other budgets in the same CSV are not mixed."""
-    students = table[~table.objective.isin(REFERENCE_ROWS)]
-    if budget is None and len(students):
-        budget = float(students.budget_flops.iloc[-1])
-    same = (table.budget_flops - (budget or 0.0)).abs() <= 1e-6 * (budget or 0.0)
-    return table[table.objective.isin(REFERENCE_ROWS) | same]
-
-
-QUALITY = ("IS", "FID", "auroc_noise", "auroc_flip", "auroc_reduced", "auroc_worst")
-
-
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (teacher, ratio, student, objective, budget): the mean over training seeds of
-    :data:`QUALITY` and the parameters, with ``IS_std``/``FID_std`` combining the generation spread
-    within seeds and the spread of the seeds' means (law of total variance), and ``n_train_seeds``."""
-    group = ["profile", "teacher_arch", "ratio", "student", "objective", "budget_flops"]
-    rows = []
-    for key, part in table.groupby(group, sort=False):
-        row = dict(zip(group, key)) | {"params": int(part.params.iloc[0]), "n_train_seeds": len(part)}
-        for col in QUALITY:
-            row[col] = float(part[col].mean()) if col in part else float("nan")
-        for col in ("IS", "FID"):
-            within = part[f"{col}_std"].pow(2).mean() if part[f"{col}_std"].notna().any() else 0.0
-            across = part[col].var(ddof=1) if len(part) > 1 else 0.0
-            row[f"{col}_std"] = (
-                float((within + across) ** 0.5) if len(part) > 1 or part[f"{col}_std"].notna().any() else float("nan")
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def references(summary: pd.DataFrame) -> verdicts.References:
-    """What "generates" is measured against here: the teacher's and uniform noise's validation scores."""
-    teacher = summary[summary.objective == TEACHER].iloc[0]
-    noise = summary[summary.objective == NOISE].iloc[0]
-    return verdicts.References(base_IS=teacher.IS, base_FID=teacher.FID, noise_IS=noise.IS, noise_FID=noise.FID)
-
-
-def choose_objective(summary: pd.DataFrame) -> str:
-    """The objective with the lowest mean rank over the student sizes, each size ranking its
-    objectives by validation FID among the students that generate (:func:`verdicts.generates`;
-    those that do not rank after them, by IS; :func:`references`); ties go to the higher mean IS."""
-    students = summary[~summary.objective.isin(REFERENCE_ROWS)]
-    if students.empty:
-        raise ValueError("the study table has no student row")
-    refs = references(summary)
-    ranks: dict[str, list[float]] = {}
-    for _, size in students.groupby("ratio"):
-        gen = size.apply(lambda r: verdicts.generates(r, refs), axis=1)
-        order = pd.concat([size[gen].sort_values("FID"), size[~gen].sort_values("IS", ascending=False)])
-        for rank, objective in enumerate(order.objective, 1):
-            ranks.setdefault(objective, []).append(rank)
-    mean_is = students.groupby("objective").IS.mean()
-    return min(ranks, key=lambda o: (sum(ranks[o]) / len(ranks[o]), -mean_is.get(o, 0.0)))
-
-
-TARGET_PARAM_FRACTION = 1 / 4  # the compressed student has at most this fraction of the teacher's parameters
-TARGET_IS_FRACTION = 0.9  # ... an IS at least this fraction of the teacher's
-TARGET_FID_FACTOR = 1.25  # ... a FID at most this multiple of the teacher's
-TARGET_AUROC_TOLERANCE = 0.02  # ... and each of the paper's AUROCs at most this far below the teacher's
-PAPER_AUROCS = ("auroc_noise", "auroc_flip", "auroc_reduced")  # metrics.PAPER_OOD_SETS
-
-
-def keeps_targets(row: pd.Series, teacher: pd.Series, refs: verdicts.References) -> list[str]:
-    """Why a student row misses the compressed-student target against ``teacher`` (empty: it meets
-    it); a student that does not generate (:func:`verdicts.generates` against ``refs``) misses it too."""
-    fails = [] if verdicts.generates(row, refs) else ["does not generate"]
-    if row.params > TARGET_PARAM_FRACTION * teacher.params:
-        fails.append(f"{row.params:,} parameters > {TARGET_PARAM_FRACTION:g} x {teacher.params:,}")
-    if not row.IS >= TARGET_IS_FRACTION * teacher.IS:
-        fails.append(f"IS {row.IS:.2f} < {TARGET_IS_FRACTION:g} x {teacher.IS:.2f}")
-    if not row.FID <= TARGET_FID_FACTOR * teacher.FID:
-        fails.append(f"FID {row.FID:.1f} > {TARGET_FID_FACTOR:g} x {teacher.FID:.1f}")
-    for col in PAPER_AUROCS:
-        if not row[col] >= teacher[col] - TARGET_AUROC_TOLERANCE:
-            fails.append(f"{col} {row[col]:.3f} < {teacher[col]:.3f} - {TARGET_AUROC_TOLERANCE:g}")
-    return fails
-
-
-def targets(summary: pd.DataFrame) -> pd.DataFrame:
-    """The study's goals as rules on a :func:`summarize` table (its teacher row is the reference):
-    ``compressed`` - a student with at most 1/4 of the teacher's parameters, IS >= 90% and FID <=
-    1.25x the teacher's and each paper AUROC within 0.02 (:func:`keeps_targets`; the best such
-    student, else the lowest-FID candidate and why it misses); ``smallest generating`` - the
-    smallest student that generates by :func:`verdicts.generates` against :func:`references`."""
-    teacher = summary[summary.objective == TEACHER].iloc[0]
-    students = summary[~summary.objective.isin(REFERENCE_ROWS)]
-    refs = references(summary)
-    small = students[students.params <= TARGET_PARAM_FRACTION * teacher.params]
-    meets = small[small.apply(lambda r: not keeps_targets(r, teacher, refs), axis=1)] if len(small) else small
-    pick = meets if len(meets) else small
-    rows = []
-    if len(pick):
-        best = pick.loc[pick.FID.idxmin()]
-        why = keeps_targets(best, teacher, refs)
-        rows.append(
-            {
-                "target": "compressed",
-                "student": best.student,
-                "objective": best.objective,
-                "params": int(best.params),
-                "IS": best.IS,
-                "FID": best.FID,
-                "met": not why,
-                "why": "; ".join(why),
-            }
-        )
-    else:
-        rows.append({"target": "compressed", "met": False, "why": "no student with at most 1/4 of the parameters"})
-    gen = students[students.apply(lambda r: verdicts.generates(r, refs), axis=1)] if len(students) else students
-    if len(gen):
-        best = gen.sort_values(["params", "FID"]).iloc[0]
-        rows.append(
-            {
-                "target": "smallest generating",
-                "student": best.student,
-                "objective": best.objective,
-                "params": int(best.params),
-                "IS": best.IS,
-                "FID": best.FID,
-                "met": True,
-                "why": "",
-            }
-        )
-    else:
-        rows.append({"target": "smallest generating", "met": False, "why": "no student generates"})
-    return pd.DataFrame(rows)
 
 
 # ---- winners --------------------------------------------------------------------------------
@@ -864,7 +739,7 @@ def train_winners(
     p = ctx.profile
     out_csv = ctx.results / CSV_NAME
     if not out_csv.exists():
-        raise FileNotFoundError(f"no {out_csv}: run `python -m ebmhelpers distill-study --profile {p.name}` first")
+        raise FileNotFoundError(f"no {out_csv}: run `{command(p.name)}` first")
     table = of_budget(pd.read_csv(out_csv))
     objective = objective or choose_objective(summarize(table))
     budget = float(table[~table.objective.isin(REFERENCE_ROWS)].budget_flops.iloc[-1])

@@ -33,15 +33,7 @@ import pandas as pd
 import torch
 
 from .. import data as data_mod
-from ..metrics import (
-    class_entropy_bits,
-    confident_fraction,
-    feature_stats,
-    frechet_distance,
-    inception_score,
-    nearest_distance,
-    saturation,
-)
+from ..metrics import feature_stats, nearest_distance, quality_scores, saturation
 from ..models import build_baseline
 from ..profiles import Profile, SGLDConfig, get_profile
 from ..runtime import Context, checkpoint_dir, get_device, seed_everything
@@ -107,13 +99,8 @@ class ValidationScorer:
     @torch.no_grad()
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
         logits = torch.cat([self.classifier(b) for b in samples.split(1000)])
-        mu, sigma = feature_stats(self._features(samples))
         return {
-            "IS": inception_score(logits),
-            "FID": frechet_distance(mu, sigma, self.real_mu, self.real_sigma),
-            "entropy_bits": class_entropy_bits(logits),
-            "confident": confident_fraction(logits),
-            "saturation": saturation(samples),
+            **quality_scores(logits, self._features(samples), samples, self.real_mu, self.real_sigma),
             "nearest_train": float(nearest_distance(samples, self.fit_ref).median()),
         }
 

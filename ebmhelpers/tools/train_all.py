@@ -24,7 +24,7 @@ import pandas as pd
 from .. import data as data_mod
 from .. import distillation, pretrained, pruning
 from ..checkpoints import load_checkpoint
-from ..pretrained import baseline_state, commit, is_fresh, read_manifest, retrain_command
+from ..pretrained import commit_baseline, is_fresh, read_manifest, retrain_command
 from ..runtime import Context, start
 from ..models import build_baseline, count_parameters
 from ..training import load_or_train_baseline, load_or_train_classifier, training_iterations
@@ -109,17 +109,7 @@ def _train_baseline(ctx: Context, force: bool) -> None:
     _start_over(ctx.checkpoints / "baseline.pt", force, training_iterations(p, len(_fit_digits(ctx))))
     trainer = load_or_train_baseline(ctx, train=True)
     load_or_train_classifier(ctx)
-    state = baseline_state(ctx.checkpoints, p.name, None) | {"seconds": trainer.seconds}
-    entry = commit(
-        p.name,
-        "baseline",
-        "baseline",
-        state,
-        architecture=p.baseline,
-        iterations=trainer.step,
-        seconds=trainer.seconds,
-        command=retrain_command(p.name, "baseline"),
-    )
+    entry = commit_baseline(p, ctx.checkpoints, seconds=trainer.seconds, command=retrain_command(p.name, "baseline"))
     trainer.installed_from = entry["sha256"]  # this checkpoint is the committed baseline: no install over it
     trainer.save()
 
@@ -181,7 +171,8 @@ def student_jobs(profile) -> list[tuple[str, str, str, float, int]]:
     balanced loss, the real-only ablation, gradient matching)."""
     teacher = build_baseline(profile.baseline)
     students = distillation.students_with_paper_ratio(count_parameters(teacher), distillation.forward_flops(teacher))
-    runs = [(name, distillation.REPRODUCTION, 0.0, seed) for seed in range(profile.training_seeds) for name in students]
+    seeds = distillation.training_seeds(profile, distillation.REPRODUCTION)
+    runs = [(name, distillation.REPRODUCTION, 0.0, seed) for seed in range(seeds) for name in students]
     extension = distillation.extension_students(students)
     runs += [(name, "mixed", 0.0, 0) for name in extension]
     runs += [(extension[0], "real", 0.0, 0)] if extension else []
