@@ -371,10 +371,19 @@ def try_sgld(model: nn.Module, cfg: SGLDConfig, n: int = 2) -> str | None:
     return None
 
 
+VARIANT_COLUMNS = ("family", "weights", "compute")  # what a quantized variant adds to its score row
+
+
+def table_columns(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The columns of the quantization table (notebook 03, saved as ``quantization``): the score
+    row's (:func:`metrics.score_columns`, latency timed on ``device``), then :data:`VARIANT_COLUMNS`."""
+    return (*metrics_mod.score_columns(device), *VARIANT_COLUMNS)
+
+
 def variant_columns(model: nn.Module, weights: str, compute: str) -> dict[str, Any]:
-    """This notebook's columns for :meth:`Evaluator.score`: ``family``, ``weights``, ``compute``
-    and the number of stored weights as ``params`` (int8 weights are not ``Parameter``s)."""
-    return {"params": weight_count(model), "family": FAMILY, "weights": weights, "compute": compute}
+    """This notebook's columns for :meth:`Evaluator.score` (:data:`VARIANT_COLUMNS`) and the number
+    of stored weights as ``params`` (int8 weights are not ``Parameter``s)."""
+    return {"params": weight_count(model), **dict(zip(VARIANT_COLUMNS, (FAMILY, weights, compute)))}
 
 
 # The paper's Table 1 (cost_table; saved as quantization_speed).

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.ao.nn.quantized as nnq
 import torch.nn.functional as F
+from torch import nn
 
 from ebmhelpers import data, quantization
 from ebmhelpers.metrics import serialized_size_bytes
@@ -258,3 +259,10 @@ def test_a_channels_last_baseline_compresses_like_a_contiguous_one():
     masked = pruning.apply_pruning(pruning.copy_model(nhwc), "structured_conv", 0.5).eval()
     masked.to(memory_format=torch.channels_last)  # as a fine-tuned model leaves training
     assert torch.allclose(pruning.physically_prune(masked)(x), masked(x), atol=1e-5)
+
+
+def test_committed_quantization_table_loads_with_its_declaration(committed_cpu_table):
+    table = committed_cpu_table("quantization", quantization.table_columns(), quantization.table_columns("cpu"))
+    assert set(table.family) == {quantization.FAMILY} and len(table) == 2
+    row = quantization.variant_columns(nn.Linear(3, 2), weights="int8", compute="fp32")
+    assert set(row) == {"params", *quantization.VARIANT_COLUMNS} and row["params"] == 8
