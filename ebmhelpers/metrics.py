@@ -162,7 +162,12 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
 
 def auroc_se(a: float, n_in: int, n_out: int) -> float:
     """Standard error of an AUROC ``a`` measured on ``n_in`` and ``n_out`` images (Hanley and
-    McNeil, 1982): the sampling error of the images drawn (about 0.02 for an AUROC of 0.8 on 200 and 200)."""
+    McNeil, 1982): the sampling error of the images drawn (about 0.02 for an AUROC of 0.8 on 200 and 200).
+    An AUROC measured at 0 or 1 (every pair ordered) gets the error of one half-pair per image of the
+    smaller set short of it, a continuity correction: a finite set cannot show that a detector is
+    perfect, and the formula's zero there would make any comparison at the ceiling look exact."""
+    edge = 0.5 / min(n_in, n_out)
+    a = min(max(a, edge), 1 - edge)
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     var = (a * (1 - a) + (n_in - 1) * (q1 - a * a) + (n_out - 1) * (q2 - a * a)) / (n_in * n_out)
     return math.sqrt(max(var, 0.0))

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from . import paper, results
 from .metrics import QUALITY_COLUMNS
 from .verdicts import (
+    CONFIDENCE,
     AUROC_MARGIN,
     CHANCE_AUROC,
     CONTRADICTED,
@@ -58,6 +60,8 @@ from .verdicts import (
     non_inferior,
     quality_failures,
     quality_interval,
+    quality_parts,
+    standard_error,
     ratio_verdict,
     superior,
 )
@@ -315,6 +319,18 @@ def verdict_counts(table: pd.DataFrame) -> pd.Series:
     return table.verdict.value_counts().reindex(list(VERDICTS), fill_value=0)
 
 
+def _mean_interval(row, metric: str) -> str:
+    """``row``'s mean ``metric`` with its t interval over the draws it was averaged from
+    (:func:`verdicts.standard_error`), on this project's classifier's scale."""
+    value, (se, dof) = _get(row, metric), standard_error(row, metric)
+    if math.isnan(value):
+        return f"{metric}: not measured"
+    if math.isinf(se):
+        return f"{metric} {value:.4g} [-inf, inf] (one draw)"
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
+    return f"{metric} {value:.4g} [{value - half:.4g}, {value + half:.4g}] (this classifier)"
+
+
 def _score_rows(res: Results) -> list[dict]:
     """§4.2's FID and IS: on the scale of the paper's classifier, which it does not publish."""
     r = res.refs
@@ -329,7 +345,7 @@ def _score_rows(res: Results) -> list[dict]:
                 f"{rep.value:g}",
                 _score(res.base),
                 "testable only on the paper's classifier's scale (paper.CLASSIFIER_PUBLISHED)",
-                "-",
+                _mean_interval(res.base, metric),
                 NOT_TESTABLE,
                 f"{paper.CLAIMS['classifier'][0]}: '{paper.CLAIMS['classifier'][1]}', no architecture or weights; "
                 f"on this classifier's scale uniform noise scores {metric} {ref_noise:.4g} and this baseline "
@@ -365,7 +381,7 @@ def _table1_rows(res: Results) -> list[dict]:
             f"{p_mb} MB / {q_mb} MB = {p_mb / q_mb:.1f}x",
             f"{_get(res.base, 'size_mb'):.3f} MB / {_get(int8, 'size_mb'):.3f} MB = {ours:.2f}x (weights / weights)",
             f"needs the paper's network and a ratio int8 weights can reach (at most {bound:g}x)",
-            "-",
+            f"size ratio {ours:.3g} (exact: serialized weights, no sampling error)",
             NOT_TESTABLE
             if not at_scale or p_mb / q_mb > bound
             else REPRODUCED
@@ -703,7 +719,13 @@ def _student_rows(res: Results) -> list[dict]:
     teacher = _get(base, "params")
     smallest = st[st.params == st.params.min()]
     ratio = teacher / float(smallest.params.iloc[0])
-    # claims about absolute student sizes: the paper's smallest student is as large as this whole teacher
+    # Every claim about the paper's students needs students of the paper's capacity: its smallest one is
+    # about as large as this whole teacher, so below the paper's scale they are measured but not judged
+    capacity = (
+        f"the paper's smallest student ({paper.STUDENT_PARAMS.value:,.0f} parameters) is "
+        f"{paper.STUDENT_PARAMS.value / teacher:.2f}x this whole teacher, its students here "
+        f"{_get(smallest.iloc[0], 'params'):,.0f} to {st.params.max():,.0f}; " + _needs_paper_network(res)
+    )
     keeps = [r.model for _, r in st.iterrows() if keeps_quality(r, base, refs)]
     near = st.loc[
         (st.params.astype(float) / (teacher / paper.STUDENT_RATIO.value)).map(lambda v: abs(math.log(v))).idxmin()
@@ -730,6 +752,7 @@ def _student_rows(res: Results) -> list[dict]:
             if (keeps if key == "fig3_medium" else not fails)
             else CONTRADICTED
         )
+        measured = [near] if key == "abstract_headline" else [r for _, r in st.iterrows()]
         rows.append(
             _row(
                 claim,
@@ -737,10 +760,14 @@ def _student_rows(res: Results) -> list[dict]:
                 paper.CLAIMS[key][1],
                 ours,
                 "keeps quality (verdicts.keeps_quality) at the paper's student sizes, distilled from its ResNet18",
-                "-",
+                "; ".join(
+                    f"{r.model} {part.interval}"
+                    for r in measured
+                    for part in quality_parts(r, base, refs).itertuples()
+                    if part.part != "generates"
+                ),
                 verdict,
-                f"the paper's smallest student ({paper.STUDENT_PARAMS.value:,.0f} parameters) is "
-                f"{paper.STUDENT_PARAMS.value / teacher:.2f}x this whole teacher; " + _needs_paper_network(res),
+                capacity,
             )
         )
     # the smallest students against most pruned models (same teacher)
@@ -776,6 +803,8 @@ def _student_rows(res: Results) -> list[dict]:
             f"the smallest student here is {ratio:.0f}x smaller than its teacher, the paper's "
             f"{paper.STUDENT_RATIO.value:g}x: needs students at the paper's ratio"
         )
+    elif not at_scale:
+        row["verdict"], row["reason"] = NOT_TESTABLE, f"{row['reason']}; not judged: {capacity}"
     rows.append(row)
     # students comparable or superior to int8 at OOD
     if res.quant is not None and (res.quant.model == "int8 static").any():
@@ -784,16 +813,17 @@ def _student_rows(res: Results) -> list[dict]:
         for _, s in st.iterrows():
             worst = _worst_auroc(s, int8, refs, s.model)
             parts.append((worst, non_inferior(worst, AUROC_MARGIN)))
-        rows.append(
-            _claim_row(
-                "students comparable or superior to the quantized model at OOD",
-                paper.CLAIMS["fig3_vs_quantized"][0],
-                paper.CLAIMS["fig3_vs_quantized"][1],
-                "each student's most-behind paper AUROC minus int8 static's",
-                parts,
-                f"every student within {AUROC_MARGIN} of int8 static (or above) on every paper transform",
-            )
+        row = _claim_row(
+            "students comparable or superior to the quantized model at OOD",
+            paper.CLAIMS["fig3_vs_quantized"][0],
+            paper.CLAIMS["fig3_vs_quantized"][1],
+            "each student's most-behind paper AUROC minus int8 static's",
+            parts,
+            f"every student within {AUROC_MARGIN} of int8 static (or above) on every paper transform",
         )
+        if not at_scale:
+            row["verdict"], row["reason"] = NOT_TESTABLE, f"{row['reason']}; not judged: {capacity}"
+        rows.append(row)
     return rows
 
 

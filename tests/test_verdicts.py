@@ -187,7 +187,7 @@ def test_pareto_front_drops_dominated_rows():
 def test_verdict_counts_of_the_committed_cpu_results():
     table = paper_report.verdict_table(CPU)
     counts = paper_report.verdict_counts(table).to_dict()
-    assert counts == {REPRODUCED: 5, CONTRADICTED: 7, INCONCLUSIVE: 1, NOT_TESTABLE: 8}, counts
+    assert counts == {REPRODUCED: 5, CONTRADICTED: 5, INCONCLUSIVE: 1, NOT_TESTABLE: 10}, counts
     assert list(table.columns) == paper_report.COLUMNS and table.verdict.isin(verdicts.VERDICTS).all()
     assert not table.claim.str.startswith("protocol").any()  # choices are in the protocol table, not here
 
@@ -209,6 +209,17 @@ def test_rows_with_intervals_carry_them():
     table = paper_report.verdict_table(CPU)
     judged = table[table.verdict.isin([REPRODUCED, CONTRADICTED, INCONCLUSIVE])]
     assert judged.interval.str.contains(r"\[").all()
+    # untestable rows show what was measured too; only a row whose setting was not run has nothing to show
+    bare = table[~table.interval.str.contains(r"\[|exact")]
+    assert (bare.verdict == NOT_TESTABLE).all() and bare.claim.tolist() == ["IS volatile, notable drops at 30% and 40%"]
+
+
+def test_every_claim_about_the_papers_students_follows_one_capacity_rule():
+    table = paper_report.verdict_table(CPU)
+    students = table[table.section.str.contains("Figure 3") | table.claim.str.contains("student")]
+    assert len(students) == 4 and (students.verdict == NOT_TESTABLE).all()
+    assert students.reason.str.contains("this whole teacher").all()  # the same capacity reason on every row
+    assert students.interval.str.contains(r"\[").all()  # measured all the same
 
 
 def test_protocol_table_holds_choices_only():
