@@ -246,26 +246,28 @@ def _flat_grad(scalar: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor
 
 
 def mle_gradient(energy: nn.Module, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """The paper's eq. 3, d/dtheta log p = -dE/dtheta(x+) + E_{x- ~ p}[dE/dtheta(x-)], with the
-    expectation taken exactly over the grid density; flattened over ``energy.parameters()``."""
+    """The paper's eq. 3, the gradient of the negative log-likelihood of ``x``,
+    -d/dtheta log p = dE/dtheta(x+) - E_{x- ~ p}[dE/dtheta(x-)], with the expectation taken exactly
+    over the grid density; flattened over ``energy.parameters()``."""
     params = [p for p in energy.parameters() if p.requires_grad]
     with torch.no_grad():
         weights = grid_density(energy, grid).reshape(-1).to(x.dtype)
-    surrogate = -energy(x).mean() + (weights * _energies_on(energy, grid)).sum()
+    surrogate = energy(x).mean() - (weights * _energies_on(energy, grid)).sum()
     return _flat_grad(surrogate, params)
 
 
 def mle_gradient_mc(energy: nn.Module, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
     """Eq. 3 with the expectation replaced by an average over samples ``x_neg`` of the model:
-    the estimate that (persistent) contrastive divergence follows (minus the gradient of
+    the estimate that (persistent) contrastive divergence follows (the gradient of
     :func:`~ebmhelpers.training.pcd_loss` without its regularizer)."""
     params = [p for p in energy.parameters() if p.requires_grad]
-    return _flat_grad(-energy(x_pos).mean() + energy(x_neg).mean(), params)
+    return _flat_grad(energy(x_pos).mean() - energy(x_neg).mean(), params)
 
 
 @torch.no_grad()
 def finite_difference_gradient(energy: nn.Module, x: torch.Tensor, grid: Grid, h: float = 1e-5) -> torch.Tensor:
-    """Central differences of :func:`exact_log_likelihood` in every parameter (use float64)."""
+    """Central differences of the negative :func:`exact_log_likelihood` (the loss whose gradient
+    is eq. 3) in every parameter (use float64)."""
     out = []
     for p in energy.parameters():
         flat = p.data.view(-1)
@@ -276,7 +278,7 @@ def finite_difference_gradient(energy: nn.Module, x: torch.Tensor, grid: Grid, h
             flat[i] = old - h
             down = exact_log_likelihood(energy, x, grid)
             flat[i] = old
-            out.append((up - down) / (2 * h))
+            out.append((down - up) / (2 * h))  # of -log p
     return torch.stack(out)
 
 

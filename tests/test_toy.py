@@ -174,9 +174,9 @@ def test_mle_gradient_matches_finite_differences():
     fd = toy.finite_difference_gradient(energy, data, grid)
     assert eq3.shape == (sum(p.numel() for p in energy.parameters()),)
     assert torch.allclose(eq3, fd, rtol=1e-5, atol=1e-8)
-    # and it is the autograd gradient of the exact log-likelihood
+    # and it is the autograd gradient of the exact negative log-likelihood (the paper's eq. 3)
     energy.zero_grad()
-    toy.exact_log_likelihood(energy, data, grid).backward()
+    (-toy.exact_log_likelihood(energy, data, grid)).backward()
     assert torch.allclose(eq3, torch.cat([p.grad.reshape(-1) for p in energy.parameters()]))
 
 
@@ -193,6 +193,14 @@ def test_mle_gradient_vanishes_at_the_gaussian_mle():
     mc = toy.mle_gradient_mc(unfit, data, x_neg)
     exact = toy.mle_gradient(unfit, data, grid)
     assert (mc - exact).norm() < 0.05 * exact.norm()
+    # eq. 3 is the loss's gradient: a small step against it raises the exact log-likelihood
+    with torch.no_grad():
+        before = toy.exact_log_likelihood(unfit, data, grid)
+        offset = 0
+        for param in unfit.parameters():
+            param -= 1e-3 * exact[offset : offset + param.numel()].view_as(param)
+            offset += param.numel()
+        assert toy.exact_log_likelihood(unfit, data, grid) > before
 
 
 def test_nce_recovers_gaussian_and_its_normalizer():
