@@ -26,6 +26,7 @@ Its figures (Figure 2, quality against speed-up, zeros per layer) are in :mod:`e
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -286,9 +287,15 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
 # ---- fine-tuning ------------------------------------------------------------------------
 def finetune_profile(profile: Profile) -> Profile:
     """The profile of a fine-tuning run: ``finetune_epochs`` epochs of ``finetune_iters``
-    iterations (a full pass when that is None), otherwise the training settings."""
+    iterations (a full pass when that is None), otherwise the training settings, with the divergence
+    guard on numbers only (energies beyond ``max_abs_energy``). The protocol fixes a fine-tuning's
+    length (the paper's 7 of 60 epochs), and a pruned model whose samples collapse to noise is an
+    outcome its scores report, not a run to cut short: rolling back cannot rescue it (the collapse
+    comes back at any learning rate), so the energy-gap collapse check is off."""
     return profile.replace(
-        epochs=profile.finetune_epochs, max_iters_per_epoch=profile.finetune_iters or profile.max_iters_per_epoch
+        epochs=profile.finetune_epochs,
+        max_iters_per_epoch=profile.finetune_iters or profile.max_iters_per_epoch,
+        max_energy_gap=math.inf,
     )
 
 
@@ -345,7 +352,8 @@ def commit_run(
     ctx: Context, name: str, trainer: PCDTrainer, diverged: bool, commit: dict, seed: int, parent: str
 ) -> None:
     """Commit a finished fine-tuning run's weights as ``name`` (:func:`pretrained.commit`): the
-    manifest's ``kind`` and extra fields from ``commit``, its iterations, seconds, seed and parent."""
+    manifest's ``kind`` and extra fields from ``commit``, its iterations, seconds, seed, parent,
+    whether the guard gave up (``diverged``) and how many rollbacks it made."""
     pretrained.commit(
         ctx.profile.name,
         name,
@@ -357,6 +365,8 @@ def commit_run(
         command=pretrained.retrain_command(ctx.profile.name, name),
         seed=seed,
         parent=parent,
+        diverged=diverged,
+        rollbacks=len(trainer.rollbacks),
         **{k: v for k, v in commit.items() if k != "kind"},
     )
 

@@ -164,6 +164,9 @@ def test_finetune_profile_and_rewind_step():
     assert training.rewind_step(paper, 60_000) == round(training.REWIND_FRACTION * 60 * 469)
     smoke = get_profile("smoke")
     assert pruning.finetune_profile(smoke).max_iters_per_epoch == smoke.finetune_iters
+    # the length is the protocol's: only a numerical blow-up stops a fine-tuning, not a collapse to noise
+    assert training.energy_gap_bound(ft) == math.inf and ft.max_abs_energy == paper.max_abs_energy
+    assert training.energy_gap_bound(paper) < math.inf
     assert training.rewind_step(smoke, 512) >= 1
 
 

@@ -213,6 +213,7 @@ def test_a_killed_training_job_resumes_where_it_stopped(tiny, monkeypatch):
     assert starts[0] == stopped_at  # continued from its checkpoint, not from the start
     entry = pretrained.read_manifest(TINY)["prune_unstructured_conv_50"]
     assert entry["iterations"] == training.training_iterations(pruning.finetune_profile(tiny), 64)
+    assert entry["diverged"] is False and entry["rollbacks"] == 0  # the guard's record, in the manifest
     assert train_all.status(TINY).fresh.all()
 
 
