@@ -287,3 +287,15 @@ def test_committed_files_pack_masks_to_bits_and_history_to_float32():
     unpacked = pretrained.unpack_history(pretrained.pack_history(rows))
     assert [x for r in unpacked for x in r] == pytest.approx([x for r in rows for x in r])
     assert pretrained.unpack_history(rows) == rows
+
+
+COMMITTED_LIMIT_BYTES = 25_000_000  # weights committed for one profile, all files together
+
+
+@pytest.mark.parametrize("profile_name", ["cpu"])
+def test_committed_weights_are_small_and_every_file_is_in_the_manifest(profile_name):
+    manifest = pretrained.read_manifest(profile_name)
+    files = {p.name: p.stat().st_size for p in pretrained.folder(profile_name).glob("*.pt")}
+    assert set(files) == {e["file"] for e in manifest.values()}  # no orphan file, no entry without its file
+    assert all(files[e["file"]] == e["bytes"] for e in manifest.values())
+    assert sum(files.values()) <= COMMITTED_LIMIT_BYTES, f"{sum(files.values()):,} bytes committed"
