@@ -6,6 +6,7 @@ import re
 import pandas as pd
 import pytest
 
+from ebmhelpers.results import COMMITTED_RESULTS
 from ebmhelpers.tools import report
 
 
@@ -146,3 +147,14 @@ def test_notebooks_older_than_the_newest_model_are_named_by_count(tmp_path):
     assert "| 00_a.ipynb | 6.000 | CPU | 2026-12-01 10:00 |" in text
     assert "1 of 2 notebooks last ran before 2026-12-03" in text
     assert "last ran before" not in report._times(tmp_path, {"m": _entry("m", "finetuned", 1, 1.0, date="2026-12-01")})
+
+
+def test_performance_lists_each_measured_variant_and_what_the_profile_turns_on():
+    text = report._performance(COMMITTED_RESULTS / "cpu", "cpu")
+    lines = {
+        line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line
+    }
+    assert {"eager", "channels_last", "compile"} <= set(lines)
+    assert lines["channels_last"].rstrip(" |").endswith("yes") and lines["compile"].rstrip(" |").endswith("no")
+    assert lines["eager"].rstrip(" |").endswith("no")  # channels_last replaces it in the cpu profile
+    assert "runs" in text and "quartiles" in text

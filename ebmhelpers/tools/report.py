@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pretrained
-from ..profiles import ProfileError
+from ..profiles import ProfileError, get_profile
 from ..results import COMMITTED_RESULTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -169,6 +169,32 @@ def _times(folder: Path, manifest: dict[str, dict]) -> str:
     return out
 
 
+def _performance(folder: Path, profile: str) -> str:
+    """The SGLD speed-ups measured on this hardware (``bench_interleaved.csv``: interleaved medians,
+    quartile spread) and which of them the profile turns on."""
+    t = _read(folder, "bench_interleaved")
+    if t is None:
+        return _missing("bench_interleaved")
+    p = get_profile(profile)
+    used = {"eager": not (p.channels_last or p.compile), "channels_last": p.channels_last, "compile": p.compile}
+    rows = pd.DataFrame(
+        {
+            "variant": t.model,
+            "median s": t.median_s.map(_num),
+            "speed-up [quartiles]": [
+                f"{_num(r.speedup)} [{_num(r.speedup_lo)}, {_num(r.speedup_hi)}]" for r in t.itertuples()
+            ],
+            "runs": t.n,
+            f"on in `{profile}`": [("yes" if used.get(m, False) else "no") for m in t.model],
+        }
+    )
+    return (
+        f"**Performance** (`python -m ebmhelpers bench --interleaved`, `bench_interleaved.csv`: "
+        f"{t.chain.iloc[0]}, the variants timed in turn, median of each with its quartiles). A variant is on "
+        f"only when its quartile range clears the others'; compile applies on CUDA devices only.\n\n{markdown(rows)}"
+    )
+
+
 def _baseline(folder: Path) -> str:
     b = _read(folder, "baseline")
     if b is None:
@@ -270,6 +296,7 @@ def render(profile: str = "cpu", folder: str | Path | None = None) -> str:
         f"`ebmhelpers/pretrained/{profile}/manifest.json`: a new run updates it, nothing here is typed.*",
         trained_once(_models(profile), manifest),
         _times(folder, manifest),
+        _performance(folder, profile),
         _baseline(folder),
         _quantization(folder),
         _pruning(folder),
