@@ -408,6 +408,7 @@ UNSTABLE_STYLE = {  # how fine-tuning runs the divergence guard had to act on ar
     "diverged": {"marker": "o", "s": 190, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.8},
 }
 NO_GENERATION_STYLE = {"marker": "x", "s": 60, "color": "0.35", "linewidths": 1.2, "zorder": 4}
+NO_GENERATION_LABEL = "does not generate: IS or FID beyond the dashed red line (crossed out on every panel)"
 
 
 def strategy_palette() -> dict[str, tuple]:
@@ -435,6 +436,17 @@ def _mark_unstable(ax: plt.Axes, d: pd.DataFrame, x: str, y: str, seen: set[str]
             seen.add(kind)
 
 
+def figure2_references(pruning: pd.DataFrame, refs: verdicts.References | None = None) -> verdicts.References:
+    """``refs`` when given, else :meth:`verdicts.References.for_profile` of the rows' ``profile``
+    column (``EBM_PROFILE`` when the table has none); rows of several profiles need explicit ``refs``."""
+    if refs is not None:
+        return refs
+    profiles = pruning["profile"].dropna().unique().tolist() if "profile" in pruning else []
+    if len(profiles) > 1:
+        raise ValueError(f"rows of several profiles {profiles}: pass refs explicitly")
+    return verdicts.References.for_profile(profiles[0] if profiles else None)
+
+
 def plot_figure2(
     pruning: pd.DataFrame,
     baseline_row: dict,
@@ -447,11 +459,14 @@ def plot_figure2(
     hollow markers after fine-tuning), lottery tickets as stars, the baseline as a dotted line.
     IS and FID carry error bars (std over the evaluator's seeds) when more than one seed was
     scored. Fine-tuning runs that rolled back or diverged are ringed (see :data:`UNSTABLE_STYLE`).
-    Given ``refs``, the IS and FID panels draw where generating starts (:func:`verdicts.generates`:
-    IS above :attr:`~verdicts.References.is_min`, FID below :attr:`~verdicts.References.fid_max`);
-    AUROC panels draw chance (0.5): below it the detector is inverted."""
+    Models that do not generate (:func:`verdicts.generates` against ``refs``, by default the
+    references of the rows' ``profile``, :func:`figure2_references`) are crossed out on every panel
+    (:data:`NO_GENERATION_STYLE`), and the IS and FID panels draw where generating starts (IS above
+    :attr:`~verdicts.References.is_min`, FID below :attr:`~verdicts.References.fid_max`); AUROC
+    panels draw chance (0.5): below it the detector is inverted."""
     from .pruning import CHANCE_AUROC, ERROR_BARS, QUALITY_METRICS, STRATEGIES
 
+    refs = figure2_references(pruning, refs)
     colors = strategy_palette()
     n = len(QUALITY_METRICS)
     cols = 3
@@ -459,6 +474,13 @@ def plot_figure2(
     axes = axes.flatten()
     one_shot = results.one_shot(pruning)
     lottery = pruning[pruning.method == "lottery"]
+    drawn = pd.concat(
+        [
+            one_shot[one_shot.strategy.isin(STRATEGIES)],
+            lottery[lottery.strategy.isin([f"lottery_{k}" for k in STRATEGIES])],
+        ]
+    )
+    silent = drawn[~drawn.apply(verdicts.generates, axis=1, refs=refs).astype(bool)] if len(drawn) else drawn
     for ax, (metric, label) in zip(axes, QUALITY_METRICS.items()):
         seen: set[str] = set()
         for key, s in STRATEGIES.items():
@@ -491,11 +513,14 @@ def plot_figure2(
                     label=f"{s.label}: lottery ticket",
                 )
         _mark_unstable(ax, pruning[pruning.finetuned.astype(bool)], "ratio", metric, seen)
+        crossed = silent.dropna(subset=[metric])
+        if not crossed.empty:
+            ax.scatter(crossed.ratio, crossed[metric], label=NO_GENERATION_LABEL, **NO_GENERATION_STYLE)
         base, spread = baseline_row[metric], baseline_row.get(ERROR_BARS.get(metric, ""), float("nan"))
         ax.axhline(base, color="0.3", ls=":", label="baseline")
         if pd.notna(spread):
             ax.axhspan(base - spread, base + spread, color="0.3", alpha=0.12, lw=0)
-        floor = {"IS": "is_min", "FID": "fid_max"}.get(metric) if refs is not None else None
+        floor = {"IS": "is_min", "FID": "fid_max"}.get(metric)
         if floor:
             ax.axhline(
                 getattr(refs, floor),

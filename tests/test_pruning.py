@@ -272,7 +272,8 @@ def _rows():
 
 def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     base, df = _rows()
-    fig = plotting.plot_figure2(df, base)
+    refs = verdicts.References(base_IS=2.0, base_FID=50.0, noise_IS=1.0, noise_FID=5000.0)
+    fig = plotting.plot_figure2(df, base, refs=refs)
     labels = fig.axes[len(pruning.QUALITY_METRICS)].get_legend_handles_labels()[1] + [
         t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()
     ]
@@ -283,18 +284,92 @@ def test_figure2_marks_rolled_back_and_diverged_runs_and_draws_error_bars():
     fid_ax = fig.axes[list(pruning.QUALITY_METRICS).index("FID")]
     assert fid_ax.containers and any(c.has_yerr for c in fid_ax.containers)
     assert fid_ax.get_yscale() == "log"  # FID spans orders of magnitude across the sweep
-    assert not any(ln.get_label().startswith("generates") for ax in fig.axes for ln in ax.get_lines())
-    refs = verdicts.References(base_IS=2.0, base_FID=50.0, noise_IS=1.0, noise_FID=5000.0)
-    floored = plotting.plot_figure2(df, base, refs=refs)
     for metric, level in (("IS", refs.is_min), ("FID", refs.fid_max)):  # where "generates" starts
-        ax = floored.axes[list(pruning.QUALITY_METRICS).index(metric)]
+        ax = fig.axes[list(pruning.QUALITY_METRICS).index(metric)]
         lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("generates")]
         assert len(lines) == 1 and list(lines[0].get_ydata()) == pytest.approx([level, level])
     plain = df.assign(IS_std=float("nan"), FID_std=float("nan"), rollbacks=0, diverged=False)
-    fig2 = plotting.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")})
+    fig2 = plotting.plot_figure2(plain, {**base, "IS_std": float("nan"), "FID_std": float("nan")}, refs=refs)
     texts = [t.get_text() for t in fig2.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
     assert not any(t.startswith("fine-tuning rolled back") for t in texts)
     assert not any(c.has_yerr for c in fig2.axes[0].containers)
+
+
+def _mixed_generation_sweep():
+    """One-shot rows of every strategy at three ratios (fine-tuned too where the paper fine-tunes)
+    and two lottery tickets, every row with its own scores, and which of them generate against
+    references with IS above sqrt(2) and FID below 500."""
+    refs = verdicts.References(base_IS=2.0, base_FID=50.0, noise_IS=1.0, noise_FID=5000.0)
+    rows = []
+    for key, s in pruning.STRATEGIES.items():
+        for tuned in (False, True) if s.finetuned else (False,):
+            for ratio in (0.3, 0.6, 0.9):
+                rows.append({"strategy": key, "ratio": ratio, "finetuned": tuned, "method": "one-shot"})
+    rows += [
+        {"strategy": "lottery_unstructured_conv", "ratio": 0.9, "finetuned": True, "method": "lottery"},
+        {"strategy": "lottery_structured_conv", "ratio": 0.9, "finetuned": True, "method": "lottery"},
+    ]
+    df = pd.DataFrame(rows).assign(rollbacks=0, diverged=False, IS_std=0.05, FID_std=3.0)
+    i = pd.Series(range(len(df)), index=df.index)
+    df = df.assign(
+        IS=1.9 - 0.01 * i,
+        FID=60.0 + i,
+        auroc_noise=0.90 - 0.01 * i,
+        auroc_flip=0.40 + 0.01 * i,
+        auroc_reduced=0.75 - 0.005 * i,
+    )
+    unstructured_conv_90 = (df.strategy == "unstructured_conv") & (df.ratio == 0.9)
+    df.loc[(df.ratio == 0.9) & (df.method == "one-shot") & ~df.finetuned, "FID"] = 2000.0  # FID fails only
+    df.loc[unstructured_conv_90 & df.finetuned, "IS"] = 1.2  # IS fails only
+    df.loc[df.strategy == "lottery_structured_conv", ["IS", "FID"]] = [1.1, 3000.0]  # both fail
+    df.loc[(df.strategy == "structured_global") & (df.ratio == 0.9), "auroc_flip"] = float("nan")  # not scored
+    return df, refs, ~df.apply(verdicts.generates, axis=1, refs=refs)
+
+
+def test_figure2_crosses_out_exactly_the_models_that_do_not_generate_on_every_panel():
+    df, refs, silent = _mixed_generation_sweep()
+    assert 0 < silent.sum() < len(df) and silent[df.method == "lottery"].tolist() == [False, True]
+    base = {"IS": 2.0, "IS_std": 0.1, "FID": 50.0, "FID_std": 2.0, "auroc_noise": 0.9, "auroc_flip": 0.7}
+    fig = plotting.plot_figure2(df, base | {"auroc_reduced": 0.8}, refs=refs)
+    style = plotting.NO_GENERATION_STYLE
+    for ax, metric in zip(fig.axes, pruning.QUALITY_METRICS):
+        crossed = [c for c in ax.collections if c.get_label() == plotting.NO_GENERATION_LABEL]
+        assert len(crossed) == 1, metric
+        expected = df[silent].dropna(subset=[metric])
+        got = sorted((round(float(x), 6), round(float(y), 6)) for x, y in crossed[0].get_offsets())
+        assert got == sorted((round(r, 6), round(v, 6)) for r, v in zip(expected.ratio, expected[metric])), metric
+        assert list(crossed[0].get_sizes()) == [style["s"]]
+        assert tuple(crossed[0].get_edgecolor()[0]) == pytest.approx(matplotlib.colors.to_rgba(style["color"]))
+        drawn = {round(float(y), 6) for ln in ax.get_lines() for y in ln.get_ydata()}
+        drawn |= {round(float(y), 6) for c in ax.collections if "lottery" in c.get_label() for _, y in c.get_offsets()}
+        assert {y for _, y in got} <= drawn  # each cross sits on a point of its strategy's line or star
+    for metric, level in (("IS", refs.is_min), ("FID", refs.fid_max)):  # the generation floor stays
+        ax = fig.axes[list(pruning.QUALITY_METRICS).index(metric)]
+        floors = [ln for ln in ax.get_lines() if ln.get_label().startswith("generates")]
+        assert len(floors) == 1 and list(floors[0].get_ydata()) == pytest.approx([level, level])
+    texts = [t.get_text() for t in fig.axes[len(pruning.QUALITY_METRICS)].get_legend().get_texts()]
+    assert texts.count(plotting.NO_GENERATION_LABEL) == 1  # explained once for all panels
+    everyone = df.assign(IS=1.9, FID=60.0)  # every model generates: nothing is crossed out
+    clean = plotting.plot_figure2(everyone, base | {"auroc_reduced": 0.8}, refs=refs)
+    assert not any(c.get_label() == plotting.NO_GENERATION_LABEL for ax in clean.axes for c in ax.collections)
+
+
+def test_figure2_takes_the_references_of_the_rows_profile_by_default(monkeypatch):
+    df, refs, _ = _mixed_generation_sweep()
+    asked = []
+    monkeypatch.setattr(
+        verdicts.References, "for_profile", classmethod(lambda cls, name=None: asked.append(name) or refs)
+    )
+    assert plotting.figure2_references(df.assign(profile="cpu")) is refs and asked == ["cpu"]
+    assert plotting.figure2_references(df) is refs and asked == ["cpu", None]  # no column: EBM_PROFILE's
+    explicit = verdicts.References(base_IS=3.0, base_FID=10.0, noise_IS=1.0, noise_FID=1000.0)
+    assert plotting.figure2_references(df.assign(profile="cpu"), explicit) is explicit and len(asked) == 2
+    with pytest.raises(ValueError, match="several profiles"):
+        plotting.figure2_references(df.assign(profile=["smoke"] + ["cpu"] * (len(df) - 1)))
+    base = {"IS": 2.0, "FID": 50.0, "auroc_noise": 0.9, "auroc_flip": 0.7, "auroc_reduced": 0.8}
+    fig = plotting.plot_figure2(df.assign(profile="smoke"), base)  # the figure asks for the same references
+    assert asked[-1] == "smoke"
+    assert any(c.get_label() == plotting.NO_GENERATION_LABEL for c in fig.axes[0].collections)
 
 
 def test_quality_table_names_inverted_transforms_and_keeps_the_guard_record():
