@@ -109,17 +109,19 @@ def load(
     architecture: str | None = None,
     model: torch.nn.Module | None = None,
     parent: str | None = None,
+    command: str | None = None,
 ) -> dict[str, Any] | None:
     """The committed state of model ``name`` of a profile, or None when the manifest has no entry.
 
     Verified first: the file exists, its sha256 is the manifest's, its manifest ``architecture``
     is ``architecture`` (when given), it derives from the baseline whose sha256 is ``parent`` (when
-    given) and its weights have ``model``'s names and shapes (when given); otherwise :class:`WeightsError`."""
+    given) and its weights have ``model``'s names and shapes (when given); otherwise :class:`WeightsError`,
+    naming ``command`` (default: :func:`retrain_command`) as the one that regenerates the file."""
     entry = read_manifest(profile_name).get(name)
     if entry is None:
         return None
     path = folder(profile_name) / entry["file"]
-    again = f"regenerate it with `{retrain_command(profile_name, name)}`"
+    again = f"regenerate it with `{command or retrain_command(profile_name, name)}`"
     if not path.exists():
         raise WeightsError(f"{path} is listed in {MANIFEST} but missing; {again}")
     if sha256(path) != entry["sha256"]:

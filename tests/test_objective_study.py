@@ -5,9 +5,12 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
+from ebmhelpers import distillation, pretrained
 from ebmhelpers import objective_study as study
 from ebmhelpers import verdicts
+from ebmhelpers.tools import distill_study as dist_study
 
 TEACHER_ROW = {
     "objective": study.TEACHER,
@@ -186,3 +189,91 @@ def test_versus_control_compares_each_size_by_the_series_rule():
     assert table.verdict.tolist() == ["better", "no difference", "worse"]  # worse: only the control generates
     assert table.generates.tolist() == [True, True, False] and table.control_generates.all()
     assert table.FID_control.tolist() == [250.0, 210.0, 300.0]
+
+
+# ---- committed winners ------------------------------------------------------------------------
+WINNER_PROFILE = "winners_test"
+
+
+def _commit_student(name: str, architecture: str, variant: str, seed: int, kind: str = "student") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    student = distillation.build_student(architecture)
+    state = {"model": pretrained.encode_masks(student.state_dict()), "step": 3, "history": pretrained.pack_history([])}
+    pretrained.commit(
+        WINNER_PROFILE,
+        name,
+        kind,
+        state,
+        architecture=architecture,
+        iterations=3,
+        seconds=0.0,
+        command="test",
+        variant=variant,
+    )
+    return student.eval()
+
+
+@pytest.fixture
+def committed(tmp_path, monkeypatch):
+    """A temporary committed folder: two study winners, an eq. 6 student and a pruned model whose variant
+    also starts with study_ (not a student: not a winner)."""
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    arch_a, arch_b = "cnn_2-3-4-4", "cnn_3-3-3-3"
+    winners = {
+        dist_study.winner_file(arch_a, "eq6+pcd"): _commit_student(
+            dist_study.winner_file(arch_a, "eq6+pcd"), arch_a, "study_eq6+pcd", 1
+        ),
+        dist_study.winner_file(arch_b, "eq6+pcd"): _commit_student(
+            dist_study.winner_file(arch_b, "eq6+pcd"), arch_b, "study_eq6+pcd", 2
+        ),
+    }
+    _commit_student(distillation.student_file(arch_a, "eq6"), arch_a, "eq6", 3)
+    _commit_student("pruned_study_like", arch_a, "study_eq6", 4, kind="finetuned")
+    return winners
+
+
+def test_committed_winners_are_the_study_students_of_the_manifest(committed):
+    entries = study.committed_winners(WINNER_PROFILE)
+    assert sorted(e["name"] for e in entries) == sorted(committed)
+    assert all(e["kind"] == "student" and e["variant"] == "study_eq6+pcd" for e in entries)
+    assert study.committed_winners("no_such_profile") == []
+
+
+def test_a_winners_table_variant_names_its_committed_file(committed):
+    for entry in study.committed_winners(WINNER_PROFILE):
+        variant = study.winner_variant(entry)
+        assert variant == "study_eq6-pcd"
+        assert distillation.student_file(entry["architecture"], variant) == entry["name"]
+
+
+def test_a_loaded_winner_has_the_committed_energies(committed):
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    for entry in study.committed_winners(WINNER_PROFILE):
+        loaded = study.load_winner(WINNER_PROFILE, entry, "cpu")
+        assert not loaded.training
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), committed[entry["name"]](x))
+    a, b = (study.load_winner(WINNER_PROFILE, e) for e in study.committed_winners(WINNER_PROFILE))
+    with torch.no_grad():
+        assert not torch.allclose(a(x), b(x))  # each entry loads its own weights
+
+
+def test_a_tampered_winner_is_refused_naming_the_file_and_the_winners_command(committed):
+    entry = study.committed_winners(WINNER_PROFILE)[0]
+    path = pretrained.folder(WINNER_PROFILE) / entry["file"]
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(pretrained.WeightsError) as err:
+        study.load_winner(WINNER_PROFILE, entry)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "sha256" in message
+    assert study.winners_command(WINNER_PROFILE) in message
+    assert (
+        study.winners_command(WINNER_PROFILE)
+        == f"python -m ebmhelpers distill-study --profile {WINNER_PROFILE} --winners"
+    )
+
+
+def test_a_winner_of_another_architecture_is_refused(committed):
+    entry = study.committed_winners(WINNER_PROFILE)[0] | {"architecture": "cnn_3-3-3-3"}
+    with pytest.raises(pretrained.WeightsError, match="cnn_3-3-3-3"):
+        study.load_winner(WINNER_PROFILE, entry)
