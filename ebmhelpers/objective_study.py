@@ -18,13 +18,10 @@ one through :func:`pretrained.load` and :func:`winner_variant` names its row in 
 
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
-import torch
 
-from . import distillation, pretrained, verdicts
-from .models import EnergyModel
+from . import verdicts
 from .pruning import combine_training_seeds
 
 CSV_NAME = "distillation_study.csv"
@@ -44,60 +41,6 @@ def command(profile: str) -> str:
 def not_committed(profile: str) -> str:
     """The line a reader sees where ``profile`` has no study table."""
     return f"no distillation study is committed for profile {profile!r}: `{command(profile)}` produces it"
-
-
-WINNER_PREFIX = "study_"  # a committed winner's manifest variant: study_<objective>
-
-
-def winners_command(profile: str) -> str:
-    """The command line that trains and commits the chosen objective's students for ``profile``."""
-    return f"{command(profile)} --winners"
-
-
-def no_winners(profile: str) -> str:
-    """The line a reader sees where ``profile`` has no committed winner."""
-    return (
-        f"no winner of the distillation study is committed for profile {profile!r}: "
-        f"`{winners_command(profile)}` commits them"
-    )
-
-
-def committed_winners(profile_name: str) -> list[dict[str, Any]]:
-    """The manifest entries of the study's committed winners of a profile (kind ``student``, a
-    ``variant`` starting with :data:`WINNER_PREFIX`), in manifest order; [] when none is committed."""
-    return [
-        entry
-        for entry in pretrained.read_manifest(profile_name).values()
-        if entry["kind"] == "student" and str(entry.get("variant", "")).startswith(WINNER_PREFIX)
-    ]
-
-
-def winner_variant(entry: dict[str, Any]) -> str:
-    """A winner's ``variant`` in notebook 05's distillation table: the run part of its committed
-    name (``study_<objective>``, ``+`` written ``-``), so that :func:`distillation.student_file` of its
-    architecture and this variant is its committed file, as for every student of that table."""
-    prefix = distillation.student_file(entry["architecture"], "")
-    if not entry["name"].startswith(prefix):
-        raise ValueError(f"committed winner {entry['name']!r} is not named student_{entry['architecture']}_<run>")
-    return entry["name"].removeprefix(prefix)
-
-
-def load_winner(profile_name: str, entry: dict[str, Any], device: torch.device | str = "cpu") -> EnergyModel:
-    """The committed winner of manifest ``entry`` on ``device``, in eval mode: a
-    :func:`distillation.build_student` of its ``architecture`` holding its committed weights, read by
-    :func:`pretrained.load` (sha256, architecture and weight shapes verified; a one-line
-    :class:`pretrained.WeightsError` naming the file and :func:`winners_command` otherwise)."""
-    student = distillation.build_student(entry["architecture"])
-    state = pretrained.load(
-        profile_name, entry["name"], entry["architecture"], student, command=winners_command(profile_name)
-    )
-    if state is None:
-        raise pretrained.WeightsError(
-            f"no {entry['name']!r} in the manifest of profile {profile_name!r}; commit it with "
-            f"`{winners_command(profile_name)}`"
-        )
-    student.load_state_dict(pretrained.decode_masks(state["model"]))
-    return student.to(device).eval()
 
 
 def of_budget(table: pd.DataFrame, budget: float | None = None) -> pd.DataFrame:

@@ -233,47 +233,47 @@ def committed(tmp_path, monkeypatch):
 
 
 def test_committed_winners_are_the_study_students_of_the_manifest(committed):
-    entries = study.committed_winners(WINNER_PROFILE)
+    entries = distillation.committed_winners(WINNER_PROFILE)
     assert sorted(e["name"] for e in entries) == sorted(committed)
     assert all(e["kind"] == "student" and e["variant"] == "study_eq6+pcd" for e in entries)
-    assert study.committed_winners("no_such_profile") == []
+    assert distillation.committed_winners("no_such_profile") == []
 
 
 def test_a_winners_table_variant_names_its_committed_file(committed):
-    for entry in study.committed_winners(WINNER_PROFILE):
-        variant = study.winner_variant(entry)
+    for entry in distillation.committed_winners(WINNER_PROFILE):
+        variant = distillation.winner_variant(entry)
         assert variant == "study_eq6-pcd"
         assert distillation.student_file(entry["architecture"], variant) == entry["name"]
 
 
 def test_a_loaded_winner_has_the_committed_energies(committed):
     x = torch.rand(5, 1, 28, 28) * 2 - 1
-    for entry in study.committed_winners(WINNER_PROFILE):
-        loaded = study.load_winner(WINNER_PROFILE, entry, "cpu")
+    for entry in distillation.committed_winners(WINNER_PROFILE):
+        loaded = distillation.load_winner(WINNER_PROFILE, entry, "cpu")
         assert not loaded.training
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), committed[entry["name"]](x))
-    a, b = (study.load_winner(WINNER_PROFILE, e) for e in study.committed_winners(WINNER_PROFILE))
+    a, b = (distillation.load_winner(WINNER_PROFILE, e) for e in distillation.committed_winners(WINNER_PROFILE))
     with torch.no_grad():
         assert not torch.allclose(a(x), b(x))  # each entry loads its own weights
 
 
 def test_a_tampered_winner_is_refused_naming_the_file_and_the_winners_command(committed):
-    entry = study.committed_winners(WINNER_PROFILE)[0]
+    entry = distillation.committed_winners(WINNER_PROFILE)[0]
     path = pretrained.folder(WINNER_PROFILE) / entry["file"]
     path.write_bytes(path.read_bytes() + b"tampered")
     with pytest.raises(pretrained.WeightsError) as err:
-        study.load_winner(WINNER_PROFILE, entry)
+        distillation.load_winner(WINNER_PROFILE, entry)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "sha256" in message
-    assert study.winners_command(WINNER_PROFILE) in message
+    assert distillation.winners_command(WINNER_PROFILE) in message
     assert (
-        study.winners_command(WINNER_PROFILE)
+        distillation.winners_command(WINNER_PROFILE)
         == f"python -m ebmhelpers distill-study --profile {WINNER_PROFILE} --winners"
     )
 
 
 def test_a_winner_of_another_architecture_is_refused(committed):
-    entry = study.committed_winners(WINNER_PROFILE)[0] | {"architecture": "cnn_3-3-3-3"}
+    entry = distillation.committed_winners(WINNER_PROFILE)[0] | {"architecture": "cnn_3-3-3-3"}
     with pytest.raises(pretrained.WeightsError, match="cnn_3-3-3-3"):
-        study.load_winner(WINNER_PROFILE, entry)
+        distillation.load_winner(WINNER_PROFILE, entry)
