@@ -77,3 +77,35 @@ def no_leaked_folders():
     yield
     after = {k: os.environ.get(k) for k in LEAK_WATCHED}
     assert after == before, f"the test left the environment changed: {before} -> {after}"
+
+
+@pytest.fixture
+def tiny_job_profile():
+    """``make(name, **settings)``: the smoke profile shrunk so that ``train --all`` trains every
+    model in seconds (tutorial 8's CNN on 96 digits, 2 epochs of 3 iterations, 2 SGLD steps, one
+    pruning ratio with 2 training seeds, 3 fine-tuning iterations), named ``name``, with ``settings``."""
+
+    def make(name: str, **settings):
+        return get_profile("smoke").replace(
+            name=name,
+            baseline="cnn_tutorial8",
+            train_subset=96,
+            val_size=32,
+            batch_size=16,
+            sgld_steps=2,
+            buffer_size=64,
+            epochs=2,
+            max_iters_per_epoch=3,
+            ckpt_every=2,
+            snapshot_epochs=(1,),
+            clf_epochs=1,
+            clf_train_subset=256,
+            prune_ratios=(0.5,),
+            seeded_ratios=(0.5,),
+            training_seeds=2,
+            finetune_epochs=1,
+            finetune_iters=3,
+            **settings,
+        )
+
+    return make

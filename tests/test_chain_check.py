@@ -169,35 +169,11 @@ TRAINED += ["student_cnn_7k_eq6", "student_cnn_7k_eq6_s1"]
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, monkeypatch, tiny_job_profile):
     """A profile whose models train in seconds, committed to a temporary folder, with result tables
     that name a baseline, a one-shot and a fine-tuned (two seeds) pruned model, a lottery ticket, a
     student distilled with two seeds and a student never trained."""
-    p = get_profile("smoke").replace(
-        name=TINY,
-        baseline="cnn_tutorial8",
-        train_subset=96,
-        val_size=32,
-        batch_size=16,
-        sgld_steps=2,
-        buffer_size=64,
-        epochs=2,
-        max_iters_per_epoch=3,
-        ckpt_every=2,
-        snapshot_epochs=(1,),
-        clf_epochs=1,
-        clf_train_subset=256,
-        prune_ratios=(0.5,),
-        seeded_ratios=(0.5,),
-        training_seeds=2,
-        finetune_epochs=1,
-        finetune_iters=3,
-        distill_batch_size=32,
-        n_gen=8,
-        score_seeds=2,
-        gen_steps=2,
-        second_chain=(3, 2.0),
-    )
+    p = tiny_job_profile(TINY, distill_batch_size=32, n_gen=8, score_seeds=2, gen_steps=2, second_chain=(3, 2.0))
     monkeypatch.setitem(PROFILES, TINY, p)
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))

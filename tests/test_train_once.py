@@ -9,7 +9,7 @@ import torch
 
 from ebmhelpers import data as data_mod
 from ebmhelpers import pretrained, pruning, training
-from ebmhelpers.profiles import PROFILES, get_profile
+from ebmhelpers.profiles import PROFILES
 from ebmhelpers.runtime import Context, get_device
 from ebmhelpers.tools import train_all
 
@@ -17,31 +17,10 @@ TINY = "tiny-train-once"
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, monkeypatch, tiny_job_profile):
     """A profile small enough to train every model in seconds, with its committed weights, checkpoints
     and results in a temporary folder (the checkout's committed weights are never touched)."""
-    p = get_profile("smoke").replace(
-        name=TINY,
-        baseline="cnn_tutorial8",
-        train_subset=96,
-        val_size=32,
-        batch_size=16,
-        sgld_steps=2,
-        buffer_size=64,
-        epochs=2,
-        max_iters_per_epoch=3,
-        ckpt_every=2,
-        snapshot_epochs=(1,),
-        clf_epochs=1,
-        clf_train_subset=256,
-        prune_ratios=(0.5,),
-        seeded_ratios=(0.5,),
-        training_seeds=2,
-        finetune_epochs=1,
-        finetune_iters=3,
-        lottery_rounds=2,
-        distill_batch_size=32,
-    )
+    p = tiny_job_profile(TINY, lottery_rounds=2, distill_batch_size=32)
     monkeypatch.setitem(PROFILES, TINY, p)
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.setenv("EBM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
