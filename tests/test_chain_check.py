@@ -228,9 +228,28 @@ def test_chain_check_scores_every_model_the_claims_read_under_the_second_chain(t
     def refuse(*args, **kwargs):
         raise AssertionError("a scored model was scored again")
 
+    quality = metrics.Evaluator.quality
     monkeypatch.setattr(metrics.Evaluator, "quality", refuse)
     again = chain_check.run(TINY, progress=False)
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), rows.drop(columns="seconds"), check_dtype=False)
+
+    # a table that now records another number of training seeds has that model scored again, and only it
+    calls = []
+
+    def counted(self, model, *args, **kwargs):
+        calls.append(model)
+        return quality(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(metrics.Evaluator, "quality", counted)
+    tuned = pd.read_csv(tiny.results / "pruning.csv")
+    tuned.loc[tuned.model == "conv 50% + fine-tuned", "training_seeds"] = 1
+    results.save_table(tiny, "pruning", tuned)
+    rescored = chain_check.run(TINY, progress=False).set_index("model")
+    assert len(calls) == 1 and rescored.training_seeds.to_dict()["conv 50% + fine-tuned"] == 1
+    assert len(rescored) == len(rows)
+    assert rescored.loc["baseline", "FID"] == rows.set_index("model").loc["baseline", "FID"]
+    tuned.loc[tuned.model == "conv 50% + fine-tuned", "training_seeds"] = 2
+    results.save_table(tiny, "pruning", tuned)
 
     # the model it could not score keeps the comparison from being made, by name
     with pytest.raises(results.MissingResultsError, match="cnn_20k/real.*chain-check --profile tiny-chain-check"):

@@ -18,8 +18,10 @@ model is the baseline pruned again, as notebook 04 prunes it. A model that is ne
 finished is reported in one line, with the command that trains it, and skipped.
 
 Resumable: the table is written after every model, and a model already scored under the same chain,
-with the same digits per seed, from the same baseline is not scored again; rows of that chain scored
-from another baseline or with other digits per seed are dropped (they describe other models or scores).
+with the same digits per seed, from the same baseline and the same number of training seeds is not
+scored again; rows of that chain scored from another baseline, with other digits per seed or from
+another number of training seeds than its table now records are dropped and scored again (they
+describe other models or scores).
 """
 
 from __future__ import annotations
@@ -181,9 +183,18 @@ def run(
     out = ctx.results / CHAIN_FILE
     table = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=list(CHAIN_COLUMNS))
     chain = of_chain(table, steps, step_scale)
-    ours = chain & (table.baseline_weights == baseline.identity) & (table.n_gen == p.n_gen)
+    seeds = dict(zip(zip(wanted.table, wanted.model.astype(str)), wanted.training_seeds))
+    current = pd.Series(
+        [seeds.get((t, str(m)), s) == s for t, m, s in zip(table.table, table.model, table.training_seeds)],
+        index=table.index,
+        dtype=bool,
+    )
+    ours = chain & (table.baseline_weights == baseline.identity) & (table.n_gen == p.n_gen) & current
     if (chain & ~ours).any():
-        print(f"dropping {int((chain & ~ours).sum())} row(s) of this chain scored from other weights or digits")
+        print(
+            f"dropping {int((chain & ~ours).sum())} row(s) of this chain scored from other weights or digits, "
+            "or from another number of training seeds"
+        )
     done = set(zip(table[ours].table, table[ours].model.astype(str)))
     kept = table[~chain | ours].reindex(columns=list(CHAIN_COLUMNS)).to_dict("records")
     todo = wanted[[(t, m) not in done for t, m in zip(wanted.table, wanted.model)]]
