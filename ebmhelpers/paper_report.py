@@ -574,8 +574,7 @@ def _pruning_rows(res: Results) -> list[dict]:
     rows.append(
         _claim_row(
             "increased global pruning significantly affects all three scores",
-            paper.CLAIMS["fig2_global"][0],
-            paper.CLAIMS["fig2_global"][1],
+            *paper.CLAIMS["fig2_global"],
             f"highest ratio run ({hi:.0%}) against the baseline",
             parts,
             "FID, IS and the most-affected paper AUROC each worse than the baseline's at the highest ratio",
@@ -605,8 +604,7 @@ def _pruning_rows(res: Results) -> list[dict]:
         rows.append(
             _claim_row(
                 label,
-                paper.CLAIMS[claim][0],
-                paper.CLAIMS[claim][1],
+                *paper.CLAIMS[claim],
                 f"{a_s} vs {b_s} per ratio ({pct})",
                 parts,
                 (
@@ -625,8 +623,7 @@ def _pruning_rows(res: Results) -> list[dict]:
         rows.append(
             _row(
                 "IS volatile, notable drops at 30% and 40%",
-                paper.CLAIMS["fig2_is"][0],
-                paper.CLAIMS["fig2_is"][1],
+                *paper.CLAIMS["fig2_is"],
                 f"ratios run: {pct}",
                 "IS at 30% and at 40% below both neighbouring ratios'",
                 "-",
@@ -647,8 +644,7 @@ def _pruning_rows(res: Results) -> list[dict]:
         rows.append(
             _claim_row(
                 "IS volatile, notable drops at 30% and 40%",
-                paper.CLAIMS["fig2_is"][0],
-                paper.CLAIMS["fig2_is"][1],
+                *paper.CLAIMS["fig2_is"],
                 "IS against the neighbouring ratios",
                 parts,
                 "IS at 30% and 40% below both neighbours, every strategy",
@@ -671,8 +667,7 @@ def _pruning_rows(res: Results) -> list[dict]:
     absent = [f"{r:.0%}" for r in (0.8, 0.9) if r not in ratios]
     row = _claim_row(
         "fine-tuned pruned models improve at 80-90%, keeping close-to-perfect OOD",
-        paper.CLAIMS["fig2_finetuned"][0],
-        paper.CLAIMS["fig2_finetuned"][1],
+        *paper.CLAIMS["fig2_finetuned"],
         "fine-tuned against one-shot (FID) and against the baseline (each paper AUROC)",
         parts,
         f"better than before fine-tuning and every paper AUROC within {AUROC_MARGIN} of the baseline's",
@@ -756,8 +751,7 @@ def _student_rows(res: Results) -> list[dict]:
         rows.append(
             _row(
                 claim,
-                paper.CLAIMS[key][0],
-                paper.CLAIMS[key][1],
+                *paper.CLAIMS[key],
                 ours,
                 "keeps quality (verdicts.keeps_quality) at the paper's student sizes, distilled from its ResNet18",
                 "; ".join(
@@ -789,8 +783,7 @@ def _student_rows(res: Results) -> list[dict]:
     same_ratio = abs(math.log(ratio / paper.STUDENT_RATIO.value)) <= math.log(1 + RATIO_TOLERANCE)
     row = _claim_row(
         "even the smallest students are competitive with most pruned models",
-        paper.CLAIMS["fig3_smallest"][0],
-        paper.CLAIMS["fig3_smallest"][1],
+        *paper.CLAIMS["fig3_smallest"],
         f"smallest student(s) ({ratio:.0f}x fewer parameters than this teacher) against each one-shot pruned model",
         parts,
         f"FID at most {FID_MARGIN:.0%} above the pruned model's among models that generate "
@@ -815,8 +808,7 @@ def _student_rows(res: Results) -> list[dict]:
             parts.append((worst, non_inferior(worst, AUROC_MARGIN)))
         row = _claim_row(
             "students comparable or superior to the quantized model at OOD",
-            paper.CLAIMS["fig3_vs_quantized"][0],
-            paper.CLAIMS["fig3_vs_quantized"][1],
+            *paper.CLAIMS["fig3_vs_quantized"],
             "each student's most-behind paper AUROC minus int8 static's",
             parts,
             f"every student within {AUROC_MARGIN} of int8 static (or above) on every paper transform",
