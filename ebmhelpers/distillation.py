@@ -87,7 +87,7 @@ PAPER_RATIO = paper.STUDENT_RATIO.value  # §5 "145x fewer parameters than the b
 
 INPUT_KINDS = ("real", "buffer", "noise")
 REPRODUCTION = "eq6"  # the paper's loss, eq. 6 (plain MSE of energies), on the mixed inputs
-# Which input kinds each variant distils on (the ablation of Section 4.5), and whether its energy
+# Which input kinds each variant distils on (notebook 05's ablation of the inputs), and whether its energy
 # term is the kind-balanced extension (True) or eq. 6's plain MSE (False).
 VARIANT_INPUTS = {REPRODUCTION: INPUT_KINDS, "real": ("real",), "mixed": INPUT_KINDS}
 VARIANT_BALANCED = {REPRODUCTION: False, "real": True, "mixed": True}

@@ -62,7 +62,14 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from .metrics import CHANCE_AUROC, TIMING_NOISE, auroc_se, inverted, ratio_verdict  # noqa: F401 (part of the rules)
+from .metrics import (  # noqa: F401 (CHANCE_AUROC, TIMING_NOISE and ratio_verdict are part of the rules)
+    CHANCE_AUROC,
+    PAPER_OOD_SETS,
+    TIMING_NOISE,
+    auroc_se,
+    inverted,
+    ratio_verdict,
+)
 
 # ---- the margins and the interval ---------------------------------------------------------------
 FID_MARGIN = 0.10  # a model keeps FID when its FID is at most 10% above the reference's
@@ -410,15 +417,14 @@ def compare_quality(a, b, refs: References | None = None) -> str:
     return "better" if iv.lo > 0 else "worse" if iv.hi < 0 else "no difference"
 
 
-def inverted_sets(row, sets=None) -> str:
-    """The OOD sets (``auroc_<set>`` columns; default every one the row has) on which the model is
-    an :func:`inverted` detector, comma-separated; empty when there is none."""
-    cols = (
-        [f"auroc_{s}" for s in sets]
-        if sets is not None
-        else [c for c in row.index if c.startswith("auroc_") and c != "auroc_worst"]
-    )
-    return ", ".join(c.removeprefix("auroc_") for c in cols if inverted(_get(row, c)))
+INVERSION_SETS = (*PAPER_OOD_SETS, "fashion", "uniform")  # the paper's transforms and the two sets of non-digits
+
+
+def inverted_sets(row, sets=INVERSION_SETS) -> str:
+    """The OOD sets among ``sets`` (read from the row's ``auroc_<set>`` columns; a set the row lacks
+    is skipped) on which the model is an :func:`inverted` detector, comma-separated; empty when
+    there is none."""
+    return ", ".join(s for s in sets if f"auroc_{s}" in row.index and inverted(_get(row, f"auroc_{s}")))
 
 
 def pareto_front(df: pd.DataFrame, cost: str, quality: str, lower_quality_is_better: bool = True) -> pd.DataFrame:

@@ -166,6 +166,10 @@ def test_inverted_is_one_rule():
     assert verdicts.inverted(0.49) and not verdicts.inverted(0.5) and not verdicts.inverted(NAN)
     row = pd.Series({"auroc_noise": 0.9, "auroc_flip": 0.3, "auroc_worst": 0.3, "auroc_fashion": 0.49})
     assert verdicts.inverted_sets(row) == "flip, fashion"
+    # a training-seed spread or an extra transform is not a detector of the default sets
+    seeded = pd.concat([row, pd.Series({"auroc_flip_train_std": 0.01, "auroc_rot90": 0.2, "auroc_uniform": 1.0})])
+    assert verdicts.inverted_sets(seeded) == "flip, fashion"
+    assert verdicts.inverted_sets(seeded, ("rot90", "uniform")) == "rot90"
     assert verdicts.inverted_sets(row, ("noise", "flip")) == "flip"
 
 
