@@ -42,3 +42,15 @@ def test_markdown_holds_few_typed_numbers():
 def test_markdown_tells_no_history(path):
     hits = [m.group() for text in markdown(path) for m in HISTORY.finditer(text)]
     assert not hits, f"{path.name}: {hits}"
+
+
+ISSUE = re.compile(r"\bissue \d+\b", re.I)  # a tracker's number tells a reader nothing about the code
+
+
+def test_no_issue_numbers_in_the_readme_the_package_the_tests_or_the_notebooks():
+    root = notebooks.notebook_paths()[0].parents[1]
+    files = [root / "README.md", *root.glob("ebmhelpers/**/*.py"), *root.glob("tests/**/*.py")]
+    texts = {f.relative_to(root): f.read_text(encoding="utf-8") for f in files}
+    texts |= {p.relative_to(root): p.read_text(encoding="utf-8") for p in notebooks.notebook_paths()}
+    hits = {str(name): ISSUE.findall(text) for name, text in texts.items() if ISSUE.search(text)}
+    assert len(files) > 30 and not hits, hits
