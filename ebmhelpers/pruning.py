@@ -622,7 +622,8 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
     spread over training *and* generation seeds (law of total variance: the mean generation variance
     plus the variance of the per-seed means), ``IS_train_std``/``FID_train_std`` the spread of the
     per-seed means alone and ``auroc_<set>_train_std`` that of each AUROC (every seed is scored on the
-    same digits, so it is training variance), where the rows have them the guard's rollbacks summed
+    same digits, so it is training variance), ``auroc_worst``/``worst_set`` the lowest of the averaged
+    paper AUROCs (not the mean of each seed's worst), where the rows have them the guard's rollbacks summed
     and ``diverged`` when any run gave up; ``training_seeds`` counts the seeds (:data:`TRAINING_SEED_COLUMNS`)."""
     out = rows.iloc[0].to_dict()
     for col in rows.select_dtypes("number").columns:
@@ -633,6 +634,10 @@ def combine_training_seeds(rows: pd.DataFrame) -> dict:
         out[f"{metric}_train_std"] = float(rows[metric].std(ddof=1)) if len(rows) > 1 else float("nan")
     for col in (c for c in rows.columns if c.startswith("auroc_") and pd.api.types.is_numeric_dtype(rows[c])):
         out[f"{col}_train_std"] = float(rows[col].std(ddof=1)) if len(rows) > 1 else float("nan")
+    paper_sets = {s: out[f"auroc_{s}"] for s in PAPER_OOD_SETS if f"auroc_{s}" in out}
+    if "auroc_worst" in out and paper_sets:  # the worst of the combined means, as metrics.ood_summary defines it
+        out["worst_set"] = min(paper_sets, key=paper_sets.get)
+        out["auroc_worst"] = paper_sets[out["worst_set"]]
     if "rollbacks" in rows:
         out["rollbacks"] = int(rows.rollbacks.sum())
         out["diverged"] = bool(rows.diverged.any())

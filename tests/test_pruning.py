@@ -481,6 +481,26 @@ def test_training_seeds_combine_by_the_law_of_total_variance():
     assert math.isnan(one["auroc_noise_train_std"])
 
 
+def test_combined_worst_auroc_is_the_lowest_of_the_combined_means():
+    """Each seed's worst transform differs: the combined row's worst is the lowest mean AUROC, which
+    lies above the mean of the seeds' worst values."""
+    seeds = pd.DataFrame(
+        {
+            "FID": [100.0, 100.0],
+            "FID_std": [1.0, 1.0],
+            "IS": [5.0, 5.0],
+            "IS_std": [0.1, 0.1],
+            "auroc_noise": [0.99, 0.99],
+            "auroc_flip": [0.50, 0.74],
+            "auroc_reduced": [0.70, 0.52],
+            "worst_set": ["flip", "reduced"],
+            "auroc_worst": [0.50, 0.52],
+        }
+    )
+    row = pruning.combine_training_seeds(seeds)
+    assert row["worst_set"] == "reduced" and row["auroc_worst"] == pytest.approx(0.61)  # not the mean 0.51
+
+
 def test_only_the_seeded_ratios_get_several_training_seeds():
     p = get_profile("cpu")
     assert [pruning.training_seeds(p, r) for r in (0.1, 0.3, 0.6, 0.9)] == [1, 3, 3, 3]
