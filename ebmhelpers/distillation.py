@@ -918,10 +918,8 @@ def plot_vs_size(
             ax.errorbar(
                 part["params"], part[col], yerr=_std(part, col), fmt="o-", capsize=3, label=f"students ({variant})"
             )
-            for r in part.itertuples():
-                ax.annotate(
-                    r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points"
-                )
+        for r in df.sort_values("params").drop_duplicates("student").itertuples():  # each name once, not per variant
+            ax.annotate(r.student, (r.params, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if highlight is not None:
             ax.scatter(
                 [highlight["params"]],
@@ -944,9 +942,9 @@ def plot_vs_size(
             ax.set_yscale("log")
         ax.set_xlabel("student parameters (dotted: the paper's 77,004)")
         ax.set_title(label, fontsize=9)
-        if col.startswith("auroc"):
-            ax.legend(fontsize=7)
-    axes.flat[0].legend(fontsize=7)
+    # one legend for every panel, at the right, so no panel's lines are covered (chance: from an AUROC panel)
+    entries = {n: h for ax in axes.flat[: len(metrics)] for h, n in zip(*ax.get_legend_handles_labels())}
+    fig.legend(entries.values(), entries.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return finish(fig, title, save)
 
 

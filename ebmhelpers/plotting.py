@@ -569,13 +569,13 @@ def plot_speedup(
     error bars from the quartiles. Masked models (squares) run dense kernels; physically pruned ones
     (circles) have the same quality, hollow after fine-tuning (ringed when that fine-tuning rolled
     back or diverged). Models that do not generate (:func:`verdicts.generates` against ``refs``,
-    by default the rows' profile's) are crossed out and
+    by default the rows' profile's) are crossed out, without their ratio's label, and
     the Pareto front (dashed) is drawn through the baseline and the models that generate only.
     Models without an interleaved timing are left out, as the legend says."""
     from .pruning import CHANCE_AUROC, METRIC_LABELS, STRATEGIES
 
     colors = strategy_palette()
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     x = "speedup_interleaved"
     for ax, metric in zip(axes, ("FID", "auroc_worst")):
         seen: set[str] = set()
@@ -596,7 +596,7 @@ def plot_speedup(
                 edgecolors=colors[key],
                 zorder=3,
             )
-            for _, r in g.iterrows():
+            for _, r in g[g.generates.astype(bool)].iterrows():  # ratios named where they still generate only
                 ax.annotate(f"{r.ratio:.0%}", (r[x], r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         _mark_unstable(ax, points[points.finetuned.astype(bool)], x, metric, seen)
         silent = points[~points.generates.astype(bool)]
@@ -621,7 +621,7 @@ def plot_speedup(
         ax.xaxis.label.set_fontsize(8)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: points stay visible
     return finish(fig, title, save)
 
 
@@ -690,5 +690,9 @@ def plot_distill_study(summary: pd.DataFrame, title: str | None = None, save: st
         _legible_log_x(ax)
         ax.set(xlabel="parameters (star: the teacher)", ylabel=label)
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the points stay visible
+        # below each panel: its own reference lines (their values differ per metric); the objectives once, at the right
+        refs_here = [(h, n) for h, n in zip(*ax.get_legend_handles_labels()) if n not in set(rows.label)]
+        ax.legend(*zip(*refs_here), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    objectives = [(h, n) for h, n in zip(*axes[0][0].get_legend_handles_labels()) if n in set(rows.label)]
+    fig.legend(*zip(*objectives), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="objective")
     return finish(fig, title, save)
