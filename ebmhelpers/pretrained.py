@@ -231,10 +231,12 @@ def commit(
     iterations: int,
     seconds: float,
     command: str,
+    trained_on: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Write ``state`` as the committed file of model ``name`` (replacing an older one) and its entry in
-    the manifest (``extra`` adds fields, e.g. the seed or the pruning ratio); returns the entry."""
+    the manifest (``extra`` adds fields, e.g. the seed or the pruning ratio); returns the entry.
+    ``trained_on``: the hardware that trained it, where that was another process (default: this one's)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
     path = path_for(profile_name, name)
@@ -248,7 +250,7 @@ def commit(
         "architecture": architecture,
         "iterations": int(iterations),
         "seconds": round(float(seconds), 3),
-        "hardware": hardware(),
+        "hardware": trained_on or hardware(),
         "command": command,
         "commit": git_commit(),
         "date": datetime.date.today().isoformat(),

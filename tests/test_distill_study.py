@@ -239,8 +239,10 @@ def test_smoke_grid_resumes_without_recomputing_and_commits_winners(tmp_path, mo
     trained.clear()
     ds.run_study(profile, **grid)
     assert trained == []  # every row done: nothing retrained
+    monkeypatch.setattr(pretrained, "hardware", lambda: "the committing process")
     entries = ds.train_winners(profile, "eq6+scale", "cnn_tutorial8", progress=False)
     assert [e["kind"] for e in entries] == ["student"]
+    assert entries[0]["hardware"] == students.hardware["eq6+scale"]  # the cell's trainer, not the committer
     state = pretrained.load(profile.name, entries[0]["name"], architecture=entries[0]["architecture"])
     assert state["step"] == students.distill_steps["eq6+scale"]
 

@@ -441,7 +441,8 @@ def train_cell(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or resume) one student with ``objective`` as ``plan`` says; returns it (eval mode)
     and its columns: steps and iterations run, PCD rollbacks, fitted energy scale, outcome, training
-    seconds, and ``state``, the weights as :func:`pretrained.commit` stores them."""
+    seconds, and, not columns, ``state``, the weights as :func:`pretrained.commit` stores them, and
+    ``trained_here``, whether this call trained (False: the cell's checkpoints were complete)."""
     p, seconds = setup.ctx.profile, 0.0
     name = cell_name(student_name, objective.key, seed, plan.budget)
     seed_everything(p.seed + seed)
@@ -452,6 +453,7 @@ def train_cell(
         "pcd_rollbacks": 0,
         "energy_scale": 1.0,
         "outcome": "ok",
+        "trained_here": False,
     }
     history: list[list[float]] = []  # the distillation's loss per step (what a committed student keeps)
     if objective.loss is not None:
@@ -472,6 +474,7 @@ def train_cell(
         )
         if not (distiller.load() and distiller.done):
             distiller.fit(progress=progress, desc=f"{student_name} {objective.key} (seed {seed})")
+            info["trained_here"] = True
         student, info["distill_steps"] = distiller.student, distiller.step
         history = [list(r) for r in distiller.history.itertuples(index=False)]
         seconds += distiller.seconds
@@ -507,12 +510,14 @@ def train_cell(
             origin=f"study:{name}",
         )
         trainer.load()
+        resumed_at = trainer.step
         try:
             trainer.fit(progress=progress)
         except DivergenceError as err:
             info["outcome"] = f"diverged: {err}"
             trainer.load()
         student = trainer.model
+        info["trained_here"] |= trainer.step != resumed_at
         info["pcd_iterations"], info["pcd_rollbacks"] = trainer.step, len(trainer.rollbacks)
         seconds += trainer.seconds
     info["train_seconds"] = seconds  # over every call that trained this cell (kept in its checkpoints)
@@ -685,7 +690,7 @@ def run_study(
             name = students[ratio]
             plan = plan_cell(OBJECTIVES[key], costs[name], budget, work, p)
             model, info = train_cell(setup, name, OBJECTIVES[key], plan, seed, progress)
-            info.pop("state")
+            info.pop("state"), info.pop("trained_here")
             t0 = time.perf_counter()
             row, _, _ = ev.score(model, f"{name}/{key}/s{seed}")
             save(
@@ -734,7 +739,8 @@ def train_winners(
 ) -> list[dict[str, Any]]:
     """Train (or take from the study's checkpoints) seed 0 of ``objective``'s students (default:
     :func:`choose_objective` on the study's table) at every ratio of the table, and commit each
-    one through the manifest (kind ``student``, :func:`pretrained.commit`); returns the entries."""
+    one through the manifest (kind ``student``, :func:`pretrained.commit`), with the hardware of the
+    study's row where its cell's checkpoint is taken as it was; returns the entries."""
     ctx = study_context(profile, baseline)
     p = ctx.profile
     out_csv = ctx.results / CSV_NAME
@@ -774,6 +780,7 @@ def train_winners(
                 iterations=info["state"]["step"],
                 seconds=info["train_seconds"],
                 command=f"{row.command} --winners",
+                trained_on=None if info["trained_here"] else row.hardware,  # taken as its row was scored
                 seed=0,
                 parent=teacher.identity,
                 variant=f"study_{objective}",
